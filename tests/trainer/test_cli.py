@@ -1,0 +1,148 @@
+"""`mnist-train` end to end, as a user runs it: a real process on a tiny generated dataset."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import write_idx_dataset
+from mnist_trainer import artifact
+
+TINY = ["--preset", "fast", "--hidden", "16", "--epochs", "2", "--batch-size", "16", "--val-size", "20"]
+
+
+def run(*args, env=None, **kwargs):
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("MNIST_", "MODEL_"))}
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, "-m", "mnist_trainer.cli", *map(str, args)], capture_output=True,
+                          text=True, env=full_env, timeout=120, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("mnist")
+    write_idx_dataset(directory, n_train=200, n_test=50, seed=0)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def published(tiny_data, tmp_path_factory):
+    models = tmp_path_factory.mktemp("models")
+    result = run("train", "--data", tiny_data, "--model-dir", models, "--name", "digits", *TINY)
+    assert result.returncode == 0, result.stderr
+    return models, result
+
+
+def test_train_publishes_a_complete_version(published, tiny_data):
+    models, result = published
+    summary = json.loads(result.stdout)
+    assert summary["version"] == 1 and summary["name"] == "digits"
+    path = models / "digits" / "1"
+    manifest, arrays = artifact.load(path)
+    assert manifest["architecture"]["layer_sizes"] == [784, 16, 10]
+    assert manifest["training"]["epochs_run"] == 2 and manifest["training"]["hyperparameters"]["hidden"] == [16]
+    assert manifest["dataset"]["train_size"] == 180 and manifest["dataset"]["validation_size"] == 20
+    assert manifest["metrics"]["test"]["accuracy"] == summary["test_accuracy"]
+    assert np.array(manifest["metrics"]["test"]["confusion_matrix"]).sum() == 50
+    assert len(manifest["metrics"]["test"]["per_class"]) == 10
+    for key in ("created", "input", "labels", "code_version", "library_versions", "dataset"):
+        assert key in manifest
+    assert sorted(p.name for p in (path / "report").iterdir()) == [
+        "confusion_matrix.png", "learning_curves.png", "misclassified.png"]
+    # One line per epoch with the figures a user watches.
+    epochs = [line for line in result.stderr.splitlines() if line.startswith("epoch")]
+    assert len(epochs) == 2
+    for field in ("train_loss", "val_loss", "val_acc", "lr", "samples/s", "elapsed"):
+        assert field in epochs[0]
+
+
+def test_evaluate_reproduces_the_manifest(published, tiny_data):
+    models, _ = published
+    result = run("evaluate", "--model-dir", models, "--name", "digits", "--data", tiny_data)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    manifest = json.loads((models / "digits" / "1" / "manifest.json").read_text())
+    assert report["test_accuracy"] == manifest["metrics"]["test"]["accuracy"]
+    assert report["matches_manifest"] and report["same_dataset"] and report["version"] == 1
+
+
+def test_predict_writes_a_kaggle_submission(published, tmp_path):
+    models, _ = published
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (5, 784))
+    csv = tmp_path / "test.csv"
+    header = ",".join(f"pixel{i}" for i in range(784))
+    csv.write_text(header + "\n" + "\n".join(",".join(map(str, row)) for row in pixels) + "\n")
+    out = tmp_path / "submission.csv"
+    result = run("predict", "--model-dir", models, "--name", "digits", csv, "--output", out)
+    assert result.returncode == 0, result.stderr
+    lines = out.read_text().splitlines()
+    assert lines[0] == "ImageId,Label" and len(lines) == 6
+    assert [int(line.split(",")[0]) for line in lines[1:]] == [1, 2, 3, 4, 5]
+    assert all(0 <= int(line.split(",")[1]) <= 9 for line in lines[1:])
+
+
+def test_environment_variables_configure_every_run(tiny_data, tmp_path):
+    env = {"MNIST_DIR": str(tiny_data), "MODEL_DIR": str(tmp_path), "MODEL_NAME": "envmodel",
+           "MNIST_EPOCHS": "1", "MNIST_HIDDEN": "8,4", "MNIST_BATCH_SIZE": "16", "MNIST_VAL_SIZE": "20",
+           "LOG_FORMAT": "json", "MNIST_NESTEROV": "false"}
+    result = run("train", env=env)
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads((tmp_path / "envmodel" / "1" / "manifest.json").read_text())
+    assert manifest["architecture"]["layer_sizes"] == [784, 8, 4, 10]
+    assert manifest["training"]["epochs_run"] == 1
+    assert manifest["training"]["hyperparameters"]["nesterov"] is False
+    events = [json.loads(line) for line in result.stderr.splitlines()]  # every line is JSON
+    assert [e["event"] for e in events if e["event"] == "epoch"] == ["epoch"]
+    assert events[-1]["event"] == "published"
+    # A flag beats the environment.
+    result = run("train", "--epochs", "2", env=env)
+    manifest = json.loads((tmp_path / "envmodel" / "2" / "manifest.json").read_text())
+    assert manifest["training"]["epochs_run"] == 2
+
+
+@pytest.mark.parametrize("args, code, message", [
+    (["train", "--hidden", "12,x"], 2, "comma-separated integers"),
+    (["train", "--optimizer", "rmsprop"], 2, "optimizer must be sgd or adam"),
+    (["train", "--dropout", "1.5"], 2, "dropout must be in [0, 1)"),
+    (["train", "--data", "/nonexistent/mnist"], 3, "/nonexistent/mnist"),
+    (["evaluate", "--name", "nothing"], 4, "no published version"),
+])
+def test_bad_input_is_one_clear_line_and_a_documented_exit_code(args, code, message, tmp_path):
+    result = run(*args, "--model-dir", tmp_path)
+    assert result.returncode == code
+    last = result.stderr.strip().splitlines()[-1]
+    assert message in last and "Traceback" not in result.stderr
+
+
+def test_corrupt_data_fails_before_training(tiny_data, tmp_path):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for f in tiny_data.iterdir():
+        (broken / f.name).write_bytes(f.read_bytes())
+    labels = next(broken.glob("train-labels*"))
+    labels.write_bytes(labels.read_bytes()[:-40])
+    result = run("train", "--data", broken, "--model-dir", tmp_path / "models", *TINY)
+    assert result.returncode == 3
+    assert len(result.stderr.strip().splitlines()) == 1 and labels.name in result.stderr
+    assert not (tmp_path / "models").exists()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_stops_training_and_publishes_nothing(tiny_data, tmp_path, sig):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MNIST_", "MODEL_"))}
+    proc = subprocess.Popen([sys.executable, "-m", "mnist_trainer.cli", "train", "--data", str(tiny_data),
+                             "--model-dir", str(tmp_path), *TINY, "--epochs", "100000"],
+                            stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+    for line in proc.stderr:  # wait until training is under way
+        if line.startswith("epoch"):
+            break
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 128 + sig
+    assert "nothing was published" in err and out == ""
+    assert artifact.list_versions(tmp_path, "mnist") == []

@@ -1,0 +1,102 @@
+import numpy as np
+import pytest
+
+from mnist_trainer import MLP
+from mnist_trainer.augment import random_affine, random_shift
+from mnist_trainer.train import Interrupted, TrainConfig, fit, to_input
+
+
+def learnable_digits(n, seed=0):
+    """Images whose label is the position of a bright 6x6 square, plus noise: easy to learn."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 10, n).astype(np.uint8)
+    images = rng.integers(0, 40, (n, 28, 28)).astype(np.uint8)
+    for i, k in enumerate(labels):
+        r, c = 3 + (k // 5) * 13, 1 + (k % 5) * 5
+        images[i, r : r + 6, c : c + 5] = 255
+    return images, labels
+
+
+SMALL = TrainConfig(hidden=(32,), epochs=3, batch_size=32, lr=0.05)
+
+
+def test_fit_learns_a_learnable_task():
+    x, y = learnable_digits(600)
+    xv, yv = learnable_digits(200, seed=1)
+    model = MLP(config=SMALL).fit(x, y, validation=(xv, yv))
+    assert model.evaluate(xv, yv)["accuracy"] > 0.95
+    assert model.predict_proba(xv).shape == (200, 10)
+    np.testing.assert_allclose(model.predict_proba(xv).sum(axis=1), 1, rtol=1e-5)
+    assert (model.predict(xv) == model.predict_proba(xv).argmax(axis=1)).all()
+
+
+@pytest.mark.parametrize("config", [SMALL, SMALL.replace(optimizer="adam", lr=1e-3, dropout=0.2,
+                                                         augment="affine", weight_decay=1e-2, l2=1e-4)])
+def test_same_seed_gives_identical_weights(config):
+    x, y = learnable_digits(300)
+    a = MLP(config=config).fit(x, y).arrays()
+    b = MLP(config=config).fit(x, y).arrays()
+    c = MLP(config=config.replace(seed=1)).fit(x, y).arrays()
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert not np.array_equal(a["W1"], c["W1"])
+
+
+def test_best_epoch_is_kept_and_early_stopping_stops():
+    x, y = learnable_digits(300)
+    noise_x, noise_y = learnable_digits(100, seed=2)
+    noise_y = np.random.default_rng(3).integers(0, 10, 100)  # validation labels unrelated to images
+    config = SMALL.replace(epochs=30, patience=2, schedule="constant")
+    result = fit(x, y, config, validation=(noise_x, noise_y))
+    scores = [(r["val_accuracy"], -r["val_loss"]) for r in result.history]
+    assert result.best_epoch == 1 + scores.index(max(scores))
+    assert len(result.history) < 30
+    assert len(result.history) - result.best_epoch == 2  # stopped exactly `patience` epochs later
+    # The returned network is the best epoch's, not the last one's.
+    val_acc = (result.network.logits(to_input(noise_x)).argmax(axis=1) == noise_y).mean()
+    assert val_acc == pytest.approx(result.history[result.best_epoch - 1]["val_accuracy"])
+
+
+def test_should_stop_interrupts_at_a_batch_boundary():
+    x, y = learnable_digits(300)
+    calls = []
+
+    def stop():
+        calls.append(1)
+        return len(calls) > 5
+
+    with pytest.raises(Interrupted, match="epoch 1, batch 5"):
+        fit(x, y, SMALL, should_stop=stop)
+
+
+def test_batch_larger_than_data_is_a_clear_error():
+    x, y = learnable_digits(10)
+    with pytest.raises(ValueError, match="batch size"):
+        fit(x, y, SMALL)
+
+
+def test_to_input_normalises_like_the_manifest_says():
+    pixels = np.array([[0, 255, 128]], np.uint8)
+    np.testing.assert_allclose(to_input(pixels), ((pixels / 255) - 0.1307) / 0.3081, rtol=1e-6)
+    assert to_input(pixels).dtype == np.float32
+
+
+def test_random_shift_moves_ink_without_losing_it():
+    images = np.zeros((50, 28, 28), np.uint8)
+    images[:, 10:18, 10:18] = np.arange(64, dtype=np.uint8).reshape(8, 8) + 1
+    shifted = random_shift(images, np.random.default_rng(0), max_shift=2)
+    assert (shifted.sum(axis=(1, 2)) == images.sum(axis=(1, 2))).all()
+    for img, out in zip(images, shifted):
+        ys, xs = np.nonzero(out)
+        dy, dx = ys.min() - 10, xs.min() - 10
+        assert abs(dy) <= 2 and abs(dx) <= 2
+        np.testing.assert_array_equal(np.roll(img, (dy, dx), axis=(0, 1)), out)
+    assert len({tuple(np.argwhere(s)[0]) for s in shifted}) > 5  # shifts really vary
+
+
+def test_affine_with_no_distortion_is_the_identity_and_keeps_shape():
+    images = learnable_digits(8)[0]
+    same = random_affine(images, np.random.default_rng(0), max_rotation=0, max_scale=0, max_shear=0, max_shift=0)
+    np.testing.assert_array_equal(same, images)
+    warped = random_affine(images, np.random.default_rng(0))
+    assert warped.shape == images.shape and warped.dtype == np.uint8
+    assert not np.array_equal(warped, images)

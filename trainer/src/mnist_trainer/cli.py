@@ -1,0 +1,180 @@
+"""`mnist-train`: train and publish, evaluate a published version, predict labels.
+
+Every flag can also be set by the environment variable shown in `--help` (flags win).
+Exit codes: 0 ok, 1 unexpected error, 2 usage, 3 data error, 4 model/artifact error,
+130 interrupted (SIGINT), 143 terminated (SIGTERM).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from pathlib import Path
+
+from . import __version__
+from .artifact import ArtifactError
+from .data import DataError
+from .logs import EventLog
+from .presets import PRESETS
+from .train import Interrupted, TrainConfig
+
+EXIT_ERROR, EXIT_USAGE, EXIT_DATA, EXIT_MODEL = 1, 2, 3, 4
+
+
+def _env_flag(parser, flag: str, env: str, help: str, **kwargs) -> None:
+    """Add a flag whose default comes from $env (argparse converts it with `type`)."""
+    if env in os.environ and kwargs.get("action") is argparse.BooleanOptionalAction:
+        kwargs["default"] = os.environ[env].lower() in ("1", "true", "yes", "on")
+    elif env in os.environ:
+        kwargs["default"] = os.environ[env]
+    parser.add_argument(flag, help=f"{help} [env {env}]", **kwargs)
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"layer sizes must be positive integers, got {text!r}")
+    return sizes
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _add_model_flags(p) -> None:
+    _env_flag(p, "--model-dir", "MODEL_DIR", "root of published models", default="models", type=Path)
+    _env_flag(p, "--name", "MODEL_NAME", "model name", default="mnist")
+
+
+def _add_data_flags(p) -> None:
+    _env_flag(p, "--data", "MNIST_DIR",
+              "MNIST folder or file (IDX, Kaggle CSV or mnist.npz); unset: download", default=None)
+    _env_flag(p, "--mirror", "MNIST_MIRRORS", "comma-separated download mirrors (base URLs)",
+              default=None)
+    _env_flag(p, "--cache-dir", "MNIST_CACHE_DIR", "where downloads are cached", default=None, type=Path)
+
+
+# Hyperparameter flags: flag -> (TrainConfig field, type, help). Unset flags keep the preset's value.
+HYPERPARAMETER_FLAGS = {
+    "--hidden": ("hidden", _int_list, "hidden layer sizes, e.g. 512,256"),
+    "--epochs": ("epochs", _positive_int, "training epochs"),
+    "--batch-size": ("batch_size", _positive_int, "mini-batch size"),
+    "--optimizer": ("optimizer", str, "sgd or adam"),
+    "--lr": ("lr", float, "peak learning rate"),
+    "--momentum": ("momentum", float, "SGD momentum"),
+    "--weight-decay": ("weight_decay", float, "decoupled weight decay (weights only)"),
+    "--l2": ("l2", float, "L2 penalty added to the loss"),
+    "--dropout": ("dropout", float, "dropout rate of hidden units"),
+    "--schedule": ("schedule", str, "learning-rate schedule: cosine, step or constant"),
+    "--warmup-epochs": ("warmup_epochs", float, "linear warm-up length in epochs"),
+    "--augment": ("augment", str, "none, shift (up to 2 px) or affine"),
+    "--patience": ("patience", int, "early stopping after N epochs without improvement (0: off)"),
+    "--seed": ("seed", int, "random seed (same seed, same machine: identical weights)"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mnist-train", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train a model and publish the next version")
+    _add_data_flags(train)
+    _add_model_flags(train)
+    _env_flag(train, "--preset", "MNIST_PRESET", "hyperparameter preset", default="default",
+              choices=sorted(PRESETS))
+    for flag, (field, type_, help_) in HYPERPARAMETER_FLAGS.items():
+        env = "MNIST_" + field.upper()
+        _env_flag(train, flag, env, help_, default=None, type=type_)
+    _env_flag(train, "--nesterov", "MNIST_NESTEROV", "Nesterov momentum", default=None,
+              action=argparse.BooleanOptionalAction)
+    _env_flag(train, "--val-size", "MNIST_VAL_SIZE", "validation images held out of training",
+              default=5000, type=int)
+    _env_flag(train, "--log-format", "LOG_FORMAT", "text or json (JSON lines)", default="text",
+              choices=["text", "json"])
+
+    evaluate = sub.add_parser("evaluate", help="test accuracy of a published version")
+    _add_data_flags(evaluate)
+    _add_model_flags(evaluate)
+    _env_flag(evaluate, "--model-version", "MODEL_VERSION", "version (default: the highest)",
+              default=None, type=int)
+
+    predict = sub.add_parser("predict", help="labels for a Kaggle test.csv or image files")
+    _add_model_flags(predict)
+    _env_flag(predict, "--model-version", "MODEL_VERSION", "version (default: the highest)",
+              default=None, type=int)
+    predict.add_argument("inputs", nargs="+", type=Path, help="test.csv, or image files")
+    _env_flag(predict, "--output", "MNIST_PREDICT_OUTPUT",
+              "submission file for a CSV input (default: stdout)", default=None, type=Path)
+    return parser
+
+
+def train_config(args) -> TrainConfig:
+    overrides = {field: getattr(args, flag[2:].replace("-", "_"))
+                 for flag, (field, _, _) in HYPERPARAMETER_FLAGS.items()}
+    overrides["nesterov"] = args.nesterov
+    config = PRESETS[args.preset].replace(**{k: v for k, v in overrides.items() if v is not None})
+    try:
+        config.validate()
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    return config
+
+
+class UsageError(Exception):
+    pass
+
+
+class _StopFlag:
+    """Set by SIGINT/SIGTERM; the training loop checks it at every batch boundary."""
+
+    def __init__(self):
+        self.signum = None
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        self.signum = signum
+
+    def __call__(self) -> bool:
+        return self.signum is not None
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from . import commands  # heavy imports only after argument errors had their chance
+
+    log = EventLog(getattr(args, "log_format", "text"))
+    stop = _StopFlag()
+    try:
+        if args.command == "train":
+            return commands.train(args, train_config(args), log, stop)
+        if args.command == "evaluate":
+            return commands.evaluate(args)
+        return commands.predict(args)
+    except UsageError as e:
+        parser.error(str(e))
+    except Interrupted as e:
+        log("interrupted", f"mnist-train: {e} by signal {stop.signum}; nothing was published")
+        return 128 + stop.signum
+    except DataError as e:
+        print(f"mnist-train: {e}", file=sys.stderr)
+        return EXIT_DATA
+    except ArtifactError as e:
+        print(f"mnist-train: {e}", file=sys.stderr)
+        return EXIT_MODEL
+    except KeyboardInterrupt:
+        return 128 + signal.SIGINT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,187 @@
+"""The work behind each `mnist-train` subcommand."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__, artifact, data, metrics, report
+from .images import read_image
+from .logs import EventLog
+from .mlp import MLP
+from .train import MEAN, PIXEL_SCALE, STD, Interrupted, TrainConfig
+
+
+def _load_data(args, *, progress: bool) -> data.MNIST:
+    mirrors = [m.strip() for m in args.mirror.split(",") if m.strip()] if args.mirror else None
+    return data.load(args.data, mirrors=mirrors, cache_dir=args.cache_dir, progress=progress)
+
+
+def train(args, config: TrainConfig, log: EventLog, should_stop) -> int:
+    tty = sys.stderr.isatty()
+    mnist = _load_data(args, progress=tty)
+    train_split, val_split = data.split_validation(mnist.train, args.val_size, config.seed)
+    log("data", f"data {mnist.source}", train=len(train_split.images), validation=len(val_split.images),
+        test=len(mnist.test.images) if mnist.test else 0, sha256=mnist.sha256[:12])
+    log("config", "config", preset=args.preset, **config.as_dict())
+
+    model = MLP(config=config)
+    validation = (val_split.images, val_split.labels) if len(val_split.images) else None
+    with _progress_bar(tty, len(train_split.images) // config.batch_size) as bar:
+        def on_epoch(record):
+            bar.reset()
+            _log_epoch(log, record, config.epochs)
+
+        model.fit(train_split.images, train_split.labels, validation=validation,
+                  on_epoch=on_epoch, on_batch=bar.update_to, should_stop=should_stop)
+
+    metrics_ = _metrics(model, validation, mnist.test)
+    manifest = _manifest(args, config, mnist, train_split, val_split, model, metrics_)
+
+    def write_report(directory: Path) -> None:
+        test = mnist.test or val_split  # without a labelled test set, show validation errors
+        proba = model.predict_proba(test.images)
+        report.write_report(directory / "report", model.history,
+                            metrics.confusion_matrix(test.labels, proba.argmax(axis=1)),
+                            test.images, test.labels, proba.argmax(axis=1), proba)
+
+    if should_stop():  # a signal after the last batch: still publish nothing
+        raise Interrupted("stopped before publishing")
+    version, path = artifact.publish(args.model_dir, args.name, model.arrays(), manifest, write_report)
+    summary = {"name": args.name, "version": version, "path": str(path),
+               "test_accuracy": metrics_["test"]["accuracy"] if metrics_.get("test") else None,
+               "validation_accuracy": metrics_["validation"]["accuracy"] if validation else None,
+               "training_seconds": round(model.training_seconds, 2)}
+    log("published", f"published {args.name} version {version} at {path}", **{
+        k: v for k, v in summary.items() if k not in ("name", "version", "path")})
+    print(json.dumps(summary))
+    return 0
+
+
+def _log_epoch(log: EventLog, r: dict, epochs: int) -> None:
+    if log.fmt == "json":
+        log("epoch", **r, epochs=epochs)
+        return
+    val = (f"val_loss {r['val_loss']:.4f}  val_acc {100 * r['val_accuracy']:.2f}%"
+           if r["val_loss"] is not None else "no validation")
+    log("epoch", f"epoch {r['epoch']:>3}/{epochs}  train_loss {r['train_loss']:.4f}  {val}  "
+        f"lr {r['lr']:.4g}  samples/s {r['samples_per_second']:,.0f}  elapsed {r['elapsed']:.1f}s")
+
+
+class _NoBar:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def update_to(self, n):
+        pass
+
+    def reset(self):
+        pass
+
+
+def _progress_bar(tty: bool, total: int):
+    """A per-epoch batch progress bar on a terminal; nothing in logs and pipes."""
+    if not tty:
+        return _NoBar()
+    from tqdm import tqdm
+
+    class Bar(tqdm):
+        def update_to(self, n):
+            self.update(n - self.n)
+
+    return Bar(total=total, unit="batch", leave=False, file=sys.stderr)
+
+
+def _metrics(model: MLP, validation, test: data.Split | None) -> dict:
+    result = {}
+    if validation is not None:
+        result["validation"] = model.evaluate(*validation)
+    if test is not None:
+        predictions = model.predict(test.images)
+        result["test"] = {**model.evaluate(test.images, test.labels),
+                          **metrics.classification_report(test.labels, predictions)}
+    return result
+
+
+def _code_version() -> str:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=Path(__file__).parent, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return f"{__version__}+g{commit}" if commit else __version__
+
+
+def _manifest(args, config, mnist, train_split, val_split, model: MLP, metrics_: dict) -> dict:
+    import matplotlib
+
+    sizes = model.network.sizes
+    return {
+        "format_version": artifact.FORMAT_VERSION,
+        "name": args.name,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "architecture": {"type": "mlp", "layer_sizes": sizes, "activation": "relu", "output": "softmax"},
+        "input": {"shape": [28, 28], "layout": "row-major", "pixel_range": [0, 255],
+                  "scale": PIXEL_SCALE, "mean": MEAN, "std": STD,
+                  "formula": "x = (pixel * scale - mean) / std"},
+        "labels": [str(d) for d in range(10)],
+        "weights": {"arrays": {k: {"shape": list(a.shape), "dtype": str(a.dtype)}
+                               for k, a in model.arrays().items()}},
+        "training": {"preset": args.preset, "hyperparameters": config.as_dict(), "seed": config.seed,
+                     "epochs_run": len(model.history), "best_epoch": model.best_epoch,
+                     "training_seconds": round(model.training_seconds, 3), "history": model.history},
+        "dataset": {"source": mnist.source, "sha256": mnist.sha256, "files": mnist.files,
+                    "train_size": len(train_split.images), "validation_size": len(val_split.images),
+                    "test_size": len(mnist.test.images) if mnist.test else 0},
+        "metrics": metrics_,
+        "code_version": _code_version(),
+        "library_versions": {"python": platform.python_version(), "numpy": np.__version__,
+                             "matplotlib": matplotlib.__version__},
+    }
+
+
+def evaluate(args) -> int:
+    path = artifact.resolve_version(args.model_dir, args.name, args.model_version)
+    model = MLP.from_artifact(path)
+    mnist = _load_data(args, progress=sys.stderr.isatty())
+    if mnist.test is None:
+        raise data.DataError(f"data: {mnist.source}: has no labelled test set to evaluate on")
+    result = model.evaluate(mnist.test.images, mnist.test.labels)
+    recorded = model.manifest["metrics"].get("test", {}).get("accuracy")
+    print(json.dumps({"name": args.name, "version": model.manifest["version"],
+                      "test_accuracy": result["accuracy"], "test_loss": result["loss"],
+                      "manifest_test_accuracy": recorded,
+                      "matches_manifest": recorded == result["accuracy"],
+                      "dataset_sha256": mnist.sha256,
+                      "same_dataset": mnist.sha256 == model.manifest["dataset"]["sha256"]}))
+    return 0
+
+
+def predict(args) -> int:
+    model = MLP.from_artifact(artifact.resolve_version(args.model_dir, args.name, args.model_version))
+    if len(args.inputs) == 1 and args.inputs[0].suffix.lower() == ".csv":
+        split = data.read_kaggle_csv(args.inputs[0])
+        labels = model.predict(split.images)
+        target = open(args.output, "w", newline="") if args.output else contextlib.nullcontext(sys.stdout)
+        with target as out:
+            writer = csv.writer(out)
+            writer.writerow(["ImageId", "Label"])
+            writer.writerows((i, int(label)) for i, label in enumerate(labels, start=1))
+        return 0
+    images = np.stack([read_image(p) for p in args.inputs])
+    proba = model.predict_proba(images)
+    for path, p in zip(args.inputs, proba):
+        print(json.dumps({"file": str(path), "label": int(p.argmax()), "confidence": float(p.max())}))
+    return 0
+
