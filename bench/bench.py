@@ -1,0 +1,342 @@
+"""Benchmarks of the mnist-mlp trainer: speed against PyTorch and scikit-learn, memory, accuracy.
+
+Run through bench/run, which sets up .bench-venv/ (see bench/README.md):
+
+    bench/run speed [--repeats 3]        same network, same data, three frameworks, samples/s
+    bench/run memory                     peak RSS of the `default` preset, 1 epoch
+    bench/run accuracy [--presets fast,default] [--seeds N]
+
+Every subcommand prints a Markdown table and, with --json PATH, writes the results as JSON.
+The machine may be shared and noisy: compare the ratios measured within one run, not absolute
+numbers across runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from mnist_trainer import MLP, data
+from mnist_trainer.presets import PRESETS
+from mnist_trainer.train import TrainConfig, fit, to_input
+
+REPO = Path(__file__).resolve().parent.parent
+THREADS = 2  # the reference machine has 2 cores; every framework gets both (--threads)
+BUSY = 0.25  # CPU cores used by other processes during a run above which its timing is suspect
+MEMORY_TARGET_MIB = 1024
+# The targets stated in mnist_trainer/presets.py: (test accuracy, training seconds).
+ACCURACY_TARGETS = {"default": (0.982, 60), "best": (0.988, 20 * 60)}
+
+# The speed benchmark's network and optimiser, identical in all three frameworks.
+SPEED = TrainConfig(hidden=(256,), epochs=5, batch_size=128, optimizer="sgd", lr=0.05, momentum=0.9,
+                    nesterov=False, schedule="constant")
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def load_mnist(path: str | None) -> data.MNIST:
+    """--data, else $MNIST_DIR, else the shared copy beside the checkout (never a download)."""
+    path = path or os.environ.get("MNIST_DIR")
+    if not path and (REPO.parent / "shared/data/mnist").is_dir():
+        path = REPO.parent / "shared/data/mnist"
+    if not path:
+        sys.exit("bench: no MNIST data: pass --data DIR or set MNIST_DIR")
+    try:
+        return data.load(path)
+    except data.DataError as e:
+        sys.exit(f"bench: {e}")
+
+
+def markdown_table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def environment() -> dict:
+    import mnist_trainer
+
+    return {"date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d"),
+            "python": platform.python_version(), "machine": platform.machine(),
+            "cpus": os.cpu_count(), "numpy": np.__version__, "mnist_trainer": mnist_trainer.__version__}
+
+
+def write_json(path: str | None, results: dict) -> None:
+    if path:
+        Path(path).write_text(json.dumps(results, indent=2) + "\n")
+        log(f"wrote {path}")
+
+
+# --- speed -------------------------------------------------------------------------------------
+
+def limit_threads(threads: int) -> dict:
+    """Both NumPy's BLAS and torch's intra-op pool to `threads`; returns a description of the pools."""
+    import torch
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    torch.set_num_threads(threads)
+    threadpool_limits(limits=threads)  # in force for the rest of the process
+    pools = [f"{p['internal_api']} ({p['prefix']}) {p['num_threads']}" for p in threadpool_info()]
+    return {"torch.get_num_threads": torch.get_num_threads(), "threadpools": pools}
+
+
+def other_cpu_seconds() -> float | None:
+    """CPU seconds used so far by everything on the machine except this process (Linux /proc/stat)."""
+    try:
+        fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    busy = sum(fields) - fields[3] - fields[4]  # all but idle and iowait
+    own = os.times()
+    return busy / os.sysconf("SC_CLK_TCK") - own.user - own.system
+
+
+def speed_numpy(x_train, y_train, x_test, y_test, epochs: int, seed: int) -> dict:
+    """This trainer. It takes uint8 images and normalises each batch inside its loop."""
+    started = time.perf_counter()
+    result = fit(x_train, y_train, SPEED.replace(epochs=epochs, seed=seed))
+    seconds = time.perf_counter() - started
+    logits = result.network.logits(to_input(x_test))
+    return {"seconds": seconds, "accuracy": float((logits.argmax(axis=1) == y_test).mean())}
+
+
+def speed_torch(x_train, y_train, x_test, y_test, epochs: int, seed: int) -> dict:
+    """An idiomatic PyTorch CPU loop over a shuffled index tensor; data converted to tensors first."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(seed)
+    x = torch.from_numpy(to_input(x_train))
+    y = torch.from_numpy(y_train.astype(np.int64))
+    model = nn.Sequential(nn.Linear(784, SPEED.hidden[0]), nn.ReLU(), nn.Linear(SPEED.hidden[0], 10))
+    loss_fn = nn.CrossEntropyLoss()
+    optimizer = torch.optim.SGD(model.parameters(), lr=SPEED.lr, momentum=SPEED.momentum, nesterov=False)
+    batch = SPEED.batch_size
+
+    started = time.perf_counter()
+    model.train()
+    for _ in range(epochs):
+        order = torch.randperm(len(x))
+        for i in range(0, len(x), batch):
+            idx = order[i : i + batch]
+            optimizer.zero_grad()
+            loss = loss_fn(model(x[idx]), y[idx])
+            loss.backward()
+            optimizer.step()
+    seconds = time.perf_counter() - started
+
+    model.eval()
+    with torch.no_grad():
+        predictions = model(torch.from_numpy(to_input(x_test))).argmax(dim=1).numpy()
+    return {"seconds": seconds, "accuracy": float((predictions == y_test).mean())}
+
+
+def speed_sklearn(x_train, y_train, x_test, y_test, epochs: int, seed: int) -> dict:
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.neural_network import MLPClassifier
+
+    x, xt = to_input(x_train), to_input(x_test)
+    clf = MLPClassifier(hidden_layer_sizes=SPEED.hidden, solver="sgd", momentum=SPEED.momentum,
+                        nesterovs_momentum=False, batch_size=SPEED.batch_size,
+                        learning_rate_init=SPEED.lr, alpha=0.0, max_iter=epochs, shuffle=True,
+                        tol=0.0, n_iter_no_change=1000, random_state=seed)
+    started = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        clf.fit(x, y_train)
+    seconds = time.perf_counter() - started
+    return {"seconds": seconds, "accuracy": float(clf.score(xt, y_test))}
+
+
+FRAMEWORKS = {"numpy (mnist_trainer)": speed_numpy, "pytorch": speed_torch, "scikit-learn": speed_sklearn}
+
+
+def cmd_speed(args) -> dict:
+    mnist = load_mnist(args.data)
+    threads = limit_threads(args.threads)
+    train, test = mnist.train, mnist.test
+    samples = args.epochs * len(train.images)
+    runs = {name: [] for name in FRAMEWORKS}
+    # numpy, torch, numpy, torch, ... so that load changes on a shared machine hit both alike.
+    plan = [name for _ in range(args.repeats) for name in list(FRAMEWORKS)[:2]] + ["scikit-learn"]
+    for n, name in enumerate(plan, 1):
+        other, started = other_cpu_seconds(), time.perf_counter()
+        run = FRAMEWORKS[name](train.images, train.labels, test.images, test.labels, args.epochs,
+                               seed=len(runs[name]))
+        run["samples_per_second"] = samples / run["seconds"]
+        if other is not None:  # how busy the rest of the machine was, in cores
+            run["other_cores"] = max(0.0, (other_cpu_seconds() - other) / (time.perf_counter() - started))
+        runs[name].append(run)
+        log(f"[{n}/{len(plan)}] {name}: {run['seconds']:.1f} s, {run['samples_per_second']:,.0f} samples/s, "
+            f"test accuracy {100 * run['accuracy']:.2f}%, other processes {run.get('other_cores', 0):.2f} cores")
+
+    summary = {name: {"samples_per_second": statistics.median(r["samples_per_second"] for r in rs),
+                      "best_samples_per_second": max(r["samples_per_second"] for r in rs),
+                      "seconds": statistics.median(r["seconds"] for r in rs),
+                      "accuracy": statistics.median(r["accuracy"] for r in rs), "runs": rs}
+               for name, rs in runs.items()}
+    ours = summary["numpy (mnist_trainer)"]["samples_per_second"]
+    ratios = {"numpy/torch": ours / summary["pytorch"]["samples_per_second"],
+              "numpy/sklearn": ours / summary["scikit-learn"]["samples_per_second"],
+              "numpy/torch (best runs)": summary["numpy (mnist_trainer)"]["best_samples_per_second"]
+              / summary["pytorch"]["best_samples_per_second"]}
+
+    print(f"784-{SPEED.hidden[0]}-10 ReLU, batch {SPEED.batch_size}, SGD momentum {SPEED.momentum} "
+          f"lr {SPEED.lr}, {args.epochs} epochs x {len(train.images):,} images, {args.threads} threads; "
+          f"median and best of {args.repeats} runs (scikit-learn: 1 run)\n")
+    print(markdown_table(
+        ["framework", "samples/s (median)", "samples/s (best)", "training s (median)", "test accuracy",
+         "vs mnist_trainer"],
+        [[name, f"{s['samples_per_second']:,.0f}", f"{s['best_samples_per_second']:,.0f}", f"{s['seconds']:.1f}",
+          f"{100 * s['accuracy']:.2f}%", f"{s['samples_per_second'] / ours:.2f}x"] for name, s in summary.items()]))
+    print(f"\nnumpy/torch {ratios['numpy/torch']:.2f}x (best runs: {ratios['numpy/torch (best runs)']:.2f}x; "
+          f"target >= 1.0), numpy/sklearn {ratios['numpy/sklearn']:.2f}x")
+    print(f"threads: torch.get_num_threads() = {threads['torch.get_num_threads']}; "
+          + "; ".join(threads["threadpools"]))
+    busy = max(r.get("other_cores", 0.0) for rs in runs.values() for r in rs)
+    if busy > BUSY:
+        print(f"warning: other processes used up to {busy:.2f} cores during a run; {args.threads}-thread "
+              f"BLAS/OpenMP loops slow down many times when a core is taken: re-run on an idle machine")
+    return {"benchmark": "speed", "epochs": args.epochs, "repeats": args.repeats, "threads": threads,
+            "max_other_cores": busy, "results": summary, "ratios": ratios}
+
+
+# --- memory ------------------------------------------------------------------------------------
+
+def peak_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def memory_child(args) -> None:
+    """In a fresh process: what `mnist-train train --preset default --epochs N` does, minus publishing."""
+    stages = {"imports": peak_mib()}
+    mnist = load_mnist(args.data)
+    config = PRESETS["default"].replace(epochs=args.epochs)
+    train, val = data.split_validation(mnist.train, 5000, config.seed)
+    stages["data loaded"] = peak_mib()
+    model = MLP(config=config).fit(train.images, train.labels, validation=(val.images, val.labels))
+    stages["trained"] = peak_mib()
+    accuracy = model.evaluate(mnist.test.images, mnist.test.labels)["accuracy"]
+    stages["evaluated"] = peak_mib()
+    print(json.dumps({"peak_mib_after": stages, "test_accuracy": accuracy,
+                      "training_seconds": model.training_seconds}))
+
+
+def cmd_memory(args) -> dict:
+    command = [sys.executable, str(Path(__file__).resolve()), "memory", "--child", "--epochs", str(args.epochs)]
+    if args.data:
+        command += ["--data", args.data]
+    child = subprocess.run(command, stdout=subprocess.PIPE, text=True)  # stderr passes through
+    if child.returncode:
+        sys.exit(f"bench: the memory measurement failed (exit status {child.returncode})")
+    child = json.loads(child.stdout)
+    stages = child["peak_mib_after"]
+    peak = max(stages.values())
+    print(f"`default` preset ({'-'.join(map(str, (784, *PRESETS['default'].hidden, 10)))}), "
+          f"{args.epochs} epoch(s) on 55,000 images, peak RSS (ru_maxrss) of a fresh process\n")
+    print(markdown_table(["peak RSS after", "MiB"], [[stage, f"{mib:.0f}"] for stage, mib in stages.items()]))
+    verdict = "OK" if peak <= MEMORY_TARGET_MIB else "OVER TARGET"
+    print(f"\npeak {peak:.0f} MiB (target <= {MEMORY_TARGET_MIB} MiB: {verdict}); "
+          f"test accuracy {100 * child['test_accuracy']:.2f}% after {child['training_seconds']:.1f} s")
+    return {"benchmark": "memory", "preset": "default", "epochs": args.epochs, "peak_mib": peak,
+            "target_mib": MEMORY_TARGET_MIB, **child}
+
+
+# --- accuracy ----------------------------------------------------------------------------------
+
+def cmd_accuracy(args) -> dict:
+    presets = [p.strip() for p in args.presets.split(",") if p.strip()]
+    for preset in presets:
+        if preset not in PRESETS:
+            sys.exit(f"bench: unknown preset {preset!r} (expected one of {', '.join(PRESETS)})")
+    mnist = load_mnist(args.data)
+    results, rows = {}, []
+    for preset in presets:
+        seeds = args.seeds or (3 if preset == "default" else 1)
+        runs = []
+        for seed in range(seeds):
+            config = PRESETS[preset].replace(seed=seed)
+            train, val = data.split_validation(mnist.train, 5000, seed)  # as `mnist-train train` does
+            model = MLP(config=config).fit(train.images, train.labels, validation=(val.images, val.labels))
+            test = model.evaluate(mnist.test.images, mnist.test.labels)
+            runs.append({"seed": seed, "test_accuracy": test["accuracy"],
+                         "training_seconds": model.training_seconds, "best_epoch": model.best_epoch})
+            log(f"{preset} seed {seed}: test accuracy {100 * runs[-1]['test_accuracy']:.2f}%, "
+                f"{runs[-1]['training_seconds']:.1f} s")
+        acc = [r["test_accuracy"] for r in runs]
+        sec = [r["training_seconds"] for r in runs]
+        results[preset] = {"config": PRESETS[preset].as_dict(), "runs": runs,
+                           "accuracy_mean": statistics.mean(acc), "accuracy_std": std(acc),
+                           "seconds_mean": statistics.mean(sec), "seconds_std": std(sec)}
+        r = results[preset]
+        target = ACCURACY_TARGETS.get(preset)
+        spread = seeds > 1
+        rows.append([f"`{preset}`", seeds,
+                     f"{100 * r['accuracy_mean']:.2f}%" + (f" ± {100 * r['accuracy_std']:.2f}" if spread else ""),
+                     f"{r['seconds_mean']:.1f}" + (f" ± {r['seconds_std']:.1f}" if spread else ""),
+                     f">= {100 * target[0]:.1f}% in <= {target[1]} s" if target else "-"])
+    print("Train on 55,000 images (5,000 held out for validation / best epoch), test on 10,000\n")
+    print(markdown_table(["preset", "seeds", "test accuracy (mean ± std)", "training s (mean ± std)", "target"], rows))
+    return {"benchmark": "accuracy", "results": results}
+
+
+def std(values: list[float]) -> float:
+    return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+# --- command line ------------------------------------------------------------------------------
+
+def positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command")
+
+    def command(name, help_):
+        p = sub.add_parser(name, help=help_)
+        p.add_argument("--data", help="MNIST directory or file (default: $MNIST_DIR, else ../shared/data/mnist)")
+        p.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
+        return p
+
+    speed = command("speed", "samples/s of the same MLP in this trainer, PyTorch and scikit-learn")
+    speed.add_argument("--repeats", type=positive, default=3, help="interleaved runs of numpy and torch (median)")
+    speed.add_argument("--threads", type=positive, default=THREADS, help="BLAS / torch threads (default: 2)")
+    speed.add_argument("--epochs", type=positive, default=SPEED.epochs, help=argparse.SUPPRESS)  # quick checks
+    memory = command("memory", "peak RSS of training the default preset")
+    memory.add_argument("--epochs", type=positive, default=1)
+    memory.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    accuracy = command("accuracy", "test accuracy and training time of presets")
+    accuracy.add_argument("--presets", default="fast,default", help="comma-separated (`best` takes up to 20 min)")
+    accuracy.add_argument("--seeds", type=positive, default=None,
+                          help="seeds per preset (default: 3 for default, else 1)")
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in (*sub.choices, "-h", "--help"):
+        argv.insert(0, "speed")  # the default subcommand, also for `bench/run --repeats 5`
+    args = parser.parse_args(argv)
+    if args.command == "memory" and args.child:
+        return memory_child(args)
+    results = {"speed": cmd_speed, "memory": cmd_memory, "accuracy": cmd_accuracy}[args.command](args)
+    write_json(args.json, {**results, "environment": environment()})
+
+
+if __name__ == "__main__":
+    main()
