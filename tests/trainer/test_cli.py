@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import write_idx_dataset
+from idx_files import write_idx_dataset
 from mnist_trainer import artifact
 
 TINY = ["--preset", "fast", "--hidden", "16", "--epochs", "2", "--batch-size", "16", "--val-size", "20"]

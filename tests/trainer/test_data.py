@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import IDX_NAMES, idx_bytes, random_mnist, write_file, write_idx_dataset
+from idx_files import IDX_NAMES, idx_bytes, random_mnist, write_file, write_idx_dataset
 from mnist_trainer import data, download
 from mnist_trainer.data import DataError, Split
 

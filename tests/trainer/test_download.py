@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import IDX_NAMES, idx_bytes, write_idx_dataset
+from idx_files import IDX_NAMES, idx_bytes, write_idx_dataset
 from mnist_trainer import data, download
 from mnist_trainer.data import DataError
 from mnist_trainer.download import DownloadError

@@ -1,0 +1,63 @@
+"""The Flask application factory (gunicorn: `mnist_service.app:create_app()`)."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from importlib import resources
+
+from flask import Flask, g, request
+
+from . import errors, logs, metrics
+from .api import bp
+from .settings import Settings
+from .store import ModelStore
+
+access_log = logging.getLogger("mnist_service.access")
+REQUEST_ID = re.compile(r"[\w.:@/+=-]{1,128}")  # a caller's id is echoed only if it is this tame
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    settings = settings or Settings.from_env()
+    logs.configure(settings.log_level)
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    store = ModelStore(settings.model_dir, settings.model_name, settings.model_version)
+    store.refresh()
+    if settings.model_poll_seconds > 0:
+        store.start_polling(settings.model_poll_seconds)
+    app.extensions.update(settings=settings, model_store=store,
+                          openapi=resources.files(__package__).joinpath("openapi.json").read_bytes())
+    app.register_blueprint(bp)
+    errors.register(app)
+    _observe_requests(app)
+    return app
+
+
+def _observe_requests(app: Flask) -> None:
+    """Request id, metrics and one JSON log line for every request (never the payload)."""
+
+    @app.before_request
+    def start():
+        g.started = time.perf_counter()
+        given = request.headers.get("X-Request-ID", "")
+        g.request_id = given if REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+        metrics.IN_FLIGHT.inc()
+
+    @app.after_request
+    def finish(response):
+        if "started" not in g:  # failed before `start` ran
+            return response
+        latency = time.perf_counter() - g.started
+        metrics.IN_FLIGHT.dec()
+        route = request.url_rule.rule if request.url_rule else "unmatched"
+        metrics.REQUESTS.labels(route, request.method, str(response.status_code)).inc()
+        metrics.REQUEST_LATENCY.labels(route).observe(latency)
+        response.headers["X-Request-ID"] = g.request_id
+        access_log.info("request", extra={
+            "request_id": g.request_id, "method": request.method, "route": route, "status": response.status_code,
+            "latency_ms": round(latency * 1000, 3), "batch_size": g.get("batch_size"),
+            "model_version": g.get("model_version")})
+        return response

@@ -1,0 +1,34 @@
+"""`mnist-serve`: run the service under gunicorn with the repository's configuration.
+
+Extra arguments go to gunicorn (e.g. `mnist-serve --workers 4`). Settings: environment variables
+(README.md). Exits 2 with a one-line message when a setting is invalid.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+
+from .settings import Settings
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        Settings.from_env()  # fail here, in one line, rather than in every worker
+    except ValueError as e:
+        print(f"mnist-serve: {e}", file=sys.stderr)
+        return 2
+    # prometheus_client picks multiprocess mode at import, from the environment of the process
+    # that imports it: so the variable is set here, before gunicorn (and its workers) start.
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="mnist-serve-metrics-")
+    command = [sys.executable, "-m", "gunicorn", "-c", "python:mnist_service.gunicorn_config", *argv,
+               "mnist_service.app:create_app()"]
+    os.execv(sys.executable, command)
+    return 1  # not reached
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,188 @@
+"""Uploaded pictures to MNIST-style 28x28 digits.
+
+`decode` turns untrusted bytes into a loaded Pillow image (or an ImageError); `to_mnist` prepares
+any picture of one digit the way MNIST was made (20x20 box, centre of mass at the centre, white ink
+on black); `as_is` takes an image that is already 28x28 without changing it.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image, ImageOps
+
+ALLOWED_FORMATS = frozenset({"PNG", "JPEG", "GIF", "BMP", "WEBP"})
+# Pillow names phone-camera JPEGs carrying multi-picture data "MPO"; they are JPEG files.
+FORMAT_ALIASES = {"MPO": "JPEG"}
+
+SIDE = 28
+BOX = 20  # MNIST fits each digit into a 20x20 box...
+CENTRE = 14.0  # ...and puts its centre of mass here (row and col, pixel indices; measured 13.99, 14.00)
+MIN_CONTRAST = 40.0  # ink must differ from the background by this many levels (of 255), else no_ink
+INK_FRACTION = 0.15  # pixels under this fraction of the peak are noise when finding the ink's bounding box
+WIDE_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I", "F"})
+
+
+class ImageError(Exception):
+    """An image the service cannot use. .status is the HTTP status (415 or 422), .code a stable
+    machine code, str(e) a one-line message for users."""
+
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
+# -- decoding -----------------------------------------------------------------------------------
+
+def decode(data: bytes, max_pixels: int) -> Image.Image:
+    """Decode an uploaded image: its first frame, upright, fully loaded; at most max_pixels pixels."""
+    img = _open(data, max_pixels)
+    fmt = FORMAT_ALIASES.get(img.format, img.format)
+    if fmt not in ALLOWED_FORMATS:
+        raise ImageError(415, "unsupported_image_format",
+                         f"{img.format} images are not supported; send one of {', '.join(sorted(ALLOWED_FORMATS))}")
+    # The size comes from the header: checking it here, before load(), is what stops decompression bombs.
+    if img.width * img.height > max_pixels:
+        raise _too_large(max_pixels, f" ({img.width}x{img.height})")
+    return _load(img, max_pixels)
+
+
+def _open(data: bytes, max_pixels: int) -> Image.Image:
+    try:
+        return Image.open(io.BytesIO(data))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        # Pillow's own limit fired (its warning is an exception when warnings are errors).
+        raise _too_large(max_pixels) from None
+    except Exception:  # hostile bytes make Pillow's plugins raise many exception types
+        raise ImageError(422, "undecodable_image", "the data is not an image that can be read") from None
+
+
+def _load(img: Image.Image, max_pixels: int) -> Image.Image:
+    """Frame 0 (Image.open's current frame), decoded now so a truncated file fails here."""
+    try:
+        img.load()
+        # Phones store photos sideways and record the rotation in EXIF; browsers apply it, so do we.
+        ImageOps.exif_transpose(img, in_place=True)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise _too_large(max_pixels) from None
+    except Exception:  # truncated or corrupt pixel data, whatever the plugin raises
+        raise ImageError(422, "undecodable_image", "the image data is truncated or corrupt") from None
+    return img
+
+
+def _too_large(max_pixels: int, size: str = "") -> ImageError:
+    return ImageError(422, "image_too_large", f"the image is too large{size}: at most {max_pixels} pixels")
+
+
+# -- pixels -------------------------------------------------------------------------------------
+
+def _wide_gray(img: Image.Image) -> np.ndarray:
+    """16-bit, 32-bit and float pixels on the 0..255 scale; Pillow's convert("L") clips them instead.
+
+    I;16 modes span 0..65535. I and F have no fixed range: values within 0..255 are taken as they
+    are (Pillow's convention), within 0..65535 as 16-bit (older Pillow opens 16-bit PNGs as I),
+    anything larger is scaled by the image's own maximum.
+    """
+    a = np.asarray(img, dtype=np.float64)
+    peak = float(a.max(initial=0.0))
+    if img.mode.startswith("I;16"):
+        full = 65535.0
+    else:
+        full = 255.0 if peak <= 255 else 65535.0 if peak <= 65535 else peak
+    return np.clip(a * (255.0 / full), 0.0, 255.0)
+
+
+def _has_alpha(img: Image.Image) -> bool:
+    return img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info
+
+
+def _gray_alpha(img: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
+    """Luminance as float 0..255 and opacity as float 0..1 (None when the image is opaque)."""
+    if img.mode in WIDE_MODES:
+        return _wide_gray(img), None
+    if _has_alpha(img):
+        # Via RGBA so palette and tRNS transparency become a real alpha channel.
+        la = np.asarray(img.convert("RGBA").convert("LA"), dtype=np.float64)
+        return la[..., 0], la[..., 1] / 255.0
+    # convert("L") also handles CMYK (via RGB, including Adobe's inverted CMYK JPEGs) and YCbCr.
+    return np.asarray(img.convert("L"), dtype=np.float64), None
+
+
+def _flatten(gray: np.ndarray, alpha: np.ndarray | None) -> np.ndarray:
+    """Composite transparent images onto a background that contrasts with their ink.
+
+    Rule: the ink's colour is the opacity-weighted mean luminance. Dark ink goes onto white, light
+    ink onto black, so a transparent canvas with black or with white strokes looks like the same
+    strokes on opaque paper. Transparent pixels are therefore always background.
+    """
+    if alpha is None:
+        return gray
+    weight = alpha.sum()
+    ink = (alpha * gray).sum() / weight if weight else 0.0
+    paper = 255.0 if ink < 127.5 else 0.0
+    return alpha * gray + (1.0 - alpha) * paper
+
+
+def _ink(gray: np.ndarray) -> np.ndarray:
+    """Ink strength 0..255 with 0 = paper: bright ink on dark, whatever the picture's polarity."""
+    border = np.concatenate([gray[0], gray[-1], gray[1:-1, 0], gray[1:-1, -1]])
+    background = float(np.median(border))
+    # The border is mostly paper; bright paper means dark ink, which MNIST stores inverted.
+    ink = gray - background if background < 127.5 else background - gray
+    peak = float(ink.max())
+    if peak < MIN_CONTRAST:
+        raise ImageError(422, "no_ink", "no digit found: the image is blank or almost uniform")
+    return np.clip(ink, 0.0, None) * (255.0 / peak)
+
+
+def _crop(ink: np.ndarray) -> np.ndarray:
+    """The bounding box of the ink, ignoring faint noise around it."""
+    strong = ink > INK_FRACTION * 255.0
+    rows, cols = np.flatnonzero(strong.any(axis=1)), np.flatnonzero(strong.any(axis=0))
+    return ink[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+
+
+def _fit_box(ink: np.ndarray) -> np.ndarray:
+    """Resize so the longer side is BOX pixels, keeping the aspect ratio and the grey edges."""
+    h, w = ink.shape
+    scale = BOX / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    # Area averaging when shrinking keeps MNIST's anti-aliased grey edges; bilinear when enlarging.
+    resample = Image.Resampling.BOX if scale < 1 else Image.Resampling.BILINEAR
+    small = np.asarray(Image.fromarray(ink.astype(np.float32)).resize(size, resample), dtype=np.float64)
+    # Thin strokes lose their peak when averaged; MNIST digits all peak at 254-255.
+    return small * (255.0 / small.max())
+
+
+def _centre(digit: np.ndarray) -> np.ndarray:
+    """Paste into a 28x28 canvas with the centre of mass at (CENTRE, CENTRE), box kept inside."""
+    h, w = digit.shape
+    mass = digit.sum()
+    row = (digit.sum(axis=1) @ np.arange(h)) / mass
+    col = (digit.sum(axis=0) @ np.arange(w)) / mass
+    top = min(max(round(CENTRE - row), 0), SIDE - h)
+    left = min(max(round(CENTRE - col), 0), SIDE - w)
+    canvas = np.zeros((SIDE, SIDE))
+    canvas[top:top + h, left:left + w] = digit
+    return canvas
+
+
+def _to_uint8(a: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(a), 0, 255).astype(np.uint8)
+
+
+def to_mnist(img: Image.Image) -> np.ndarray:
+    """A picture of one digit as MNIST has it: uint8 (28, 28), 0 = background, 255 = ink."""
+    ink = _ink(_flatten(*_gray_alpha(img)))
+    return _to_uint8(_centre(_fit_box(_crop(ink))))
+
+
+def as_is(img: Image.Image) -> np.ndarray:
+    """A 28x28 image's grey levels unchanged (alpha composited on black): uint8 (28, 28)."""
+    if img.size != (SIDE, SIDE):
+        raise ImageError(422, "wrong_image_size",
+                         f"without preprocessing the image must be {SIDE}x{SIDE}, got {img.width}x{img.height}")
+    gray, alpha = _gray_alpha(img)
+    return _to_uint8(gray if alpha is None else gray * alpha)

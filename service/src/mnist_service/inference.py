@@ -1,0 +1,34 @@
+"""The forward pass, re-implemented from docs/artifact.md: the service never imports the trainer."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class Model:
+    """One loaded version: normalise pixels, ReLU hidden layers, softmax output (float32)."""
+
+    def __init__(self, manifest: dict, arrays: dict[str, np.ndarray], sha256: str):
+        self.manifest = manifest
+        self.name, self.version, self.sha256 = manifest["name"], manifest["version"], sha256
+        n_layers = len(manifest["architecture"]["layer_sizes"]) - 1
+        self.weights = [arrays[f"W{l}"] for l in range(1, n_layers + 1)]
+        self.biases = [arrays[f"b{l}"] for l in range(1, n_layers + 1)]
+        spec = manifest["input"]
+        self.scale, self.mean, self.std = (np.float32(spec[k]) for k in ("scale", "mean", "std"))
+        self.labels = manifest["labels"]
+
+    def predict_proba(self, pixels: np.ndarray) -> np.ndarray:
+        """Class probabilities (N, 10) for pixels (N, 784) on the 0..255 scale, MNIST polarity."""
+        x = np.multiply(pixels, self.scale, dtype=np.float32)
+        x -= self.mean
+        x /= self.std
+        last = len(self.weights) - 1
+        for l, (w, b) in enumerate(zip(self.weights, self.biases)):
+            x = x @ w
+            x += b
+            if l < last:
+                np.maximum(x, 0, out=x)
+        x -= x.max(axis=1, keepdims=True)  # softmax = exp(z - logsumexp(z)), stable for any z
+        x -= np.log(np.exp(x).sum(axis=1, keepdims=True))
+        return np.exp(x, out=x)

@@ -1,0 +1,130 @@
+"""Service test helpers: artifacts written as docs/artifact.md says, test images, a real gunicorn."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import requests
+from PIL import Image
+
+from mnist_service.app import create_app
+from mnist_service.settings import Settings
+from mnist_service.store import load_version
+
+
+def write_version(model_dir: Path, version: int, *, name: str = "mnist", sizes=(784, 16, 10), seed: int = 0,
+                  arrays: dict | None = None) -> Path:
+    """Publish a version exactly as docs/artifact.md specifies (random weights unless given)."""
+    rng = np.random.default_rng(seed)
+    if arrays is None:
+        arrays = {}
+        for l, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:]), start=1):
+            arrays[f"W{l}"] = (rng.standard_normal((n_in, n_out)) * np.sqrt(2 / n_in)).astype(np.float32)
+            arrays[f"b{l}"] = (rng.standard_normal(n_out) * 0.1).astype(np.float32)
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    staging = model_dir / name / f".publishing-{version}"
+    staging.mkdir(parents=True)
+    (staging / "weights.npz").write_bytes(buffer.getvalue())
+    manifest = {
+        "format_version": 1, "name": name, "version": version, "created": "2026-11-23T00:00:00Z",
+        "architecture": {"type": "mlp", "layer_sizes": list(sizes), "activation": "relu", "output": "softmax"},
+        "input": {"shape": [28, 28], "layout": "row-major", "pixel_range": [0, 255],
+                  "scale": 1 / 255, "mean": 0.1307, "std": 0.3081, "formula": "x = (pixel * scale - mean) / std"},
+        "labels": [str(d) for d in range(10)],
+        "weights": {"file": "weights.npz", "sha256": hashlib.sha256(buffer.getvalue()).hexdigest()},
+        "metrics": {"validation": {"accuracy": 0.5, "loss": 1.0}, "test": {"accuracy": 0.5, "loss": 1.0}},
+    }
+    (staging / "manifest.json").write_text(json.dumps(manifest))
+    final = model_dir / name / str(version)
+    staging.rename(final)
+    return final
+
+
+def make_app(model_dir: Path, **settings):
+    return create_app(Settings(model_dir=model_dir, model_poll_seconds=0, **settings))
+
+
+def digit(seed: int = 0) -> np.ndarray:
+    """A digit-like 28x28 uint8 image in MNIST form: a thick ring ("0"), jittered."""
+    yy, xx = np.mgrid[:28, :28]
+    r = np.hypot(yy - 14 + seed % 3, (xx - 14) * 1.4)
+    return np.clip((1 - np.abs(r - 7) / 2.5) * 255, 0, 255).astype(np.uint8)
+
+
+def png(array: np.ndarray, mode: str = "L") -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).convert(mode).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def expected(model_dir, pixels, version=1):
+    model = load_version(model_dir / "mnist" / str(version))
+    return model.predict_proba(np.asarray(pixels, np.float32).reshape(-1, 784))
+
+
+def bomb_png(side: int = 20000) -> bytes:
+    """A valid 1-bit PNG of side x side pixels: a few KB on the wire, 400 M pixels decoded."""
+    def chunk(kind, data):
+        return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
+    row = b"\0" + b"\0" * (side // 8)
+    compressor = zlib.compressobj(9)
+    idat = b"".join(compressor.compress(row) for _ in range(side)) + compressor.flush()
+    ihdr = side.to_bytes(4, "big") * 2 + bytes([1, 0, 0, 0, 0])
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """`mnist-serve` (gunicorn, real workers) on a loopback port."""
+
+    def __init__(self, model_dir: Path, metrics_dir: Path, workers: int = 2, **env):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = metrics_dir.parent / f"server-{self.port}.log"
+        environment = {**os.environ, "MODEL_DIR": str(model_dir), "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+                       "HOST": "127.0.0.1", "PORT": str(self.port), "WORKERS": str(workers),
+                       "MODEL_POLL_SECONDS": "0.2", **{k: str(v) for k, v in env.items()}}
+        self.log = open(self.log_path, "w")
+        self.process = subprocess.Popen([sys.executable, "-m", "mnist_service.cli"], env=environment,
+                                        stdout=self.log, stderr=subprocess.STDOUT)
+        self._wait_until_up()
+
+    def _wait_until_up(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"mnist-serve exited {self.process.returncode}: {self.log_path.read_text()}")
+            try:
+                if requests.get(self.url + "/healthz", timeout=1).status_code == 200:
+                    return
+            except requests.ConnectionError:
+                time.sleep(0.1)
+        raise RuntimeError(f"mnist-serve did not start: {self.log_path.read_text()}")
+
+    def logs(self) -> list[dict]:
+        self.log.flush()
+        return [json.loads(line) for line in self.log_path.read_text().splitlines() if line.startswith("{")]
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            self.process.wait(30)
+        self.log.close()
+        return self.process.returncode

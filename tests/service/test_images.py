@@ -1,0 +1,410 @@
+"""mnist_service.images: decoding untrusted uploads and preparing digits the way MNIST was made.
+
+Every image is generated in memory with Pillow; the real-MNIST tests use the `mnist_dir` fixture.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import random
+import struct
+import time
+import warnings
+import zlib
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image, ImageDraw
+
+from mnist_service import images
+from mnist_service.images import ImageError, as_is, decode, to_mnist
+from mnist_trainer import data
+
+LIMIT = 4096 * 4096
+CODES = {415: {"unsupported_image_format"},
+         422: {"undecodable_image", "image_too_large", "no_ink", "wrong_image_size"}}
+
+
+# -- helpers -----------------------------------------------------------------------------------
+
+def encode(img: Image.Image, fmt: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    img.save(buffer, fmt, **options)
+    return buffer.getvalue()
+
+
+def corr(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson correlation of two images."""
+    return float(np.corrcoef(np.ravel(a).astype(float), np.ravel(b).astype(float))[0, 1])
+
+
+def centre_of_mass(a: np.ndarray) -> tuple[float, float]:
+    """(row, col) in pixel indices, intensity-weighted."""
+    a = np.asarray(a, float)
+    return (a.sum(axis=1) @ np.arange(a.shape[0]) / a.sum(), a.sum(axis=0) @ np.arange(a.shape[1]) / a.sum())
+
+
+def ink_box(a: np.ndarray) -> tuple[int, int]:
+    """(height, width) of the non-zero pixels."""
+    rows, cols = np.flatnonzero(a.any(axis=1)), np.flatnonzero(a.any(axis=0))
+    return rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1
+
+
+def draw_seven(draw: ImageDraw.ImageDraw, fill, scale: float = 1.0, width: int | None = None) -> None:
+    """An asymmetric glyph (a "7") on a 280x280 canvas times scale: a flip, transpose or rotation changes it."""
+    width = width or round(24 * scale)
+    draw.line([round(v * scale) for v in (60, 50, 220, 50)], fill=fill, width=width)
+    draw.line([round(v * scale) for v in (220, 50, 110, 240)], fill=fill, width=width)
+
+
+def seven(ink: int = 0, paper: int = 255, mode: str = "L", size: int = 280) -> Image.Image:
+    img = Image.new("L", (size, size), paper)
+    draw_seven(ImageDraw.Draw(img), ink, size / 280)
+    return img.convert(mode)
+
+
+def bar(size: int = 280) -> Image.Image:
+    """A different glyph: a thick horizontal bar, black on white."""
+    img = Image.new("L", (size, size), 255)
+    ImageDraw.Draw(img).rectangle((40, 120, 240, 160), fill=0)
+    return img
+
+
+def grey_digit() -> np.ndarray:
+    """A 28x28 uint8 "7" with anti-aliased grey edges, white on black."""
+    return np.asarray(seven(ink=255, paper=0, size=1120).resize((28, 28), Image.Resampling.BOX))
+
+
+@functools.cache
+def _real_digits(directory) -> tuple[np.ndarray, ...]:
+    return tuple(data.load(directory).test.images[:200])
+
+
+def raises_image_error(call) -> ImageError:
+    with pytest.raises(ImageError) as info:
+        call()
+    return info.value
+
+
+def png_chunk(kind: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+
+def blank_png(width: int, height: int, with_pixels: bool = True) -> bytes:
+    """A valid 1-bit grayscale PNG of zeros, streamed so its pixels are never held in memory.
+
+    Without pixels it is a header-only file: decoding it fails, so only a header check can answer.
+    """
+    header = png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0))
+    body = b""
+    if with_pixels:
+        row = 1 + (width + 7) // 8  # filter byte + packed bits
+        rows_per_block = max(1, 4_000_000 // row)
+        compressor = zlib.compressobj(9)
+        parts = [compressor.compress(b"\0" * row * min(rows_per_block, height - done))
+                 for done in range(0, height, rows_per_block)]
+        body = png_chunk(b"IDAT", b"".join(parts) + compressor.flush())
+    return b"\x89PNG\r\n\x1a\n" + header + body + png_chunk(b"IEND", b"")
+
+
+@pytest.fixture(scope="module")
+def bomb() -> bytes:
+    return blank_png(20000, 20000)
+
+
+# -- real MNIST ---------------------------------------------------------------------------------
+
+def test_real_digits_are_reproduced(mnist_dir):
+    digits = _real_digits(mnist_dir)
+    outputs = [to_mnist(Image.fromarray(d)) for d in digits]
+    assert np.mean([corr(o, d) for o, d in zip(outputs, digits)]) > 0.95
+    for o in outputs:
+        assert o.dtype == np.uint8 and o.shape == (28, 28)
+        assert np.abs(np.subtract(centre_of_mass(o), 14.0)).max() <= 1.0
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+def test_real_digits_dark_on_white_upscaled(mnist_dir, fmt):
+    digits = _real_digits(mnist_dir)
+    scores = []
+    for d in digits:
+        photo = Image.fromarray(255 - d).resize((280, 280), Image.Resampling.BILINEAR)
+        scores.append(corr(to_mnist(decode(encode(photo, fmt), LIMIT)), d))
+    assert np.mean(scores) > 0.9
+
+
+def test_small_digit_in_a_corner_is_centred(mnist_dir):
+    digits = _real_digits(mnist_dir)
+    scores = []
+    for d in digits:
+        canvas = Image.new("L", (300, 300), 255)
+        canvas.paste(Image.fromarray(255 - d).resize((40, 40), Image.Resampling.BILINEAR), (255, 5))
+        out = to_mnist(decode(encode(canvas, "PNG"), LIMIT))
+        assert np.abs(np.subtract(centre_of_mass(out), 14.0)).max() <= 1.0
+        scores.append(corr(out, d))
+    assert np.mean(scores) > 0.85
+
+
+# -- geometry -----------------------------------------------------------------------------------
+
+def test_thin_vertical_bar_becomes_a_centred_one():
+    img = Image.new("L", (280, 280), 255)
+    ImageDraw.Draw(img).rectangle((50, 30, 57, 229), fill=0)  # 8 x 200, far left
+    out = to_mnist(img)
+    height, width = ink_box(out)
+    assert height == 20 and width <= 2
+    assert np.abs(np.subtract(centre_of_mass(out), 14.0)).max() <= 0.5
+
+
+def test_aspect_ratio_is_kept():
+    img = Image.new("L", (280, 280), 0)
+    ImageDraw.Draw(img).rectangle((20, 150, 219, 249), fill=255)  # 200 wide, 100 tall
+    out = to_mnist(img)
+    assert ink_box(out) == (10, 20)
+    assert out.max() == 255
+
+
+def test_thin_strokes_keep_a_full_intensity_core():
+    img = Image.new("L", (560, 560), 255)
+    draw_seven(ImageDraw.Draw(img), 0, scale=2, width=2)  # 380 px tall: strokes shrink to 0.1 px
+    out = to_mnist(img)
+    assert out.max() == 255  # like every MNIST digit (their peaks are 254-255)
+
+
+def test_glyph_is_not_flipped_or_transposed():
+    out = to_mnist(seven())  # a "7": bar along the top, stem down to the bottom left
+    rows = np.flatnonzero(out.any(axis=1))
+    top, bottom = out[rows[0]:rows[0] + 3], out[rows[-1] - 2:rows[-1] + 1]
+    assert np.count_nonzero(top.any(axis=0)) >= 15
+    assert centre_of_mass(bottom)[1] < 11 < centre_of_mass(top)[1]
+
+
+@settings(max_examples=25, deadline=None)
+@given(x=st.integers(0, 200), y=st.integers(0, 200), size=st.integers(30, 120), dark_on_light=st.booleans())
+def test_any_placement_is_normalised(x, y, size, dark_on_light):
+    ink, paper = (0, 255) if dark_on_light else (255, 0)
+    canvas = Image.new("L", (320, 320), paper)
+    canvas.paste(seven(ink, paper, size=size), (x, y))
+    out = to_mnist(canvas)
+    assert max(ink_box(out)) in (19, 20)
+    assert np.abs(np.subtract(centre_of_mass(out), 14.0)).max() <= 1.0
+
+
+# -- transparency, bit depth, colour ------------------------------------------------------------
+
+def canvas_rgba(stroke: tuple[int, int, int], hidden: tuple[int, int, int]) -> Image.Image:
+    """A browser-canvas-like drawing: transparent (colour `hidden`) background, anti-aliased strokes."""
+    big = Image.new("RGBA", (1120, 1120), (*hidden, 0))
+    draw_seven(ImageDraw.Draw(big), (*stroke, 255), scale=4)
+    return big.resize((280, 280), Image.Resampling.LANCZOS)
+
+
+@pytest.mark.parametrize("stroke", [(0, 0, 0), (255, 255, 255)], ids=["black-strokes", "white-strokes"])
+@pytest.mark.parametrize("hidden", [(0, 0, 0), (255, 255, 255)], ids=["transparent-black", "transparent-white"])
+def test_transparent_canvas_reads_like_opaque_paper(stroke, hidden):
+    canvas = canvas_rgba(stroke, hidden)
+    paper = (255, 255, 255, 255) if stroke == (0, 0, 0) else (0, 0, 0, 255)
+    opaque = Image.alpha_composite(Image.new("RGBA", canvas.size, paper), canvas).convert("L")
+    out = to_mnist(decode(encode(canvas, "PNG"), LIMIT))
+    assert np.abs(out.astype(int) - to_mnist(opaque)).max() <= 2
+    assert corr(out, to_mnist(seven())) > 0.98
+
+
+def test_palette_png_with_transparent_index():
+    img = Image.new("P", (280, 280), 0)
+    img.putpalette([0, 0, 0] * 2)  # both entries black: only the transparency tells strokes from paper
+    draw_seven(ImageDraw.Draw(img), 1)
+    decoded = decode(encode(img, "PNG", transparency=0), LIMIT)
+    assert decoded.mode == "P" and decoded.info.get("transparency") == 0
+    assert corr(to_mnist(decoded), to_mnist(seven())) > 0.98
+
+
+def test_la_png():
+    img = Image.new("LA", (280, 280), (0, 0))
+    draw_seven(ImageDraw.Draw(img), (0, 255))
+    decoded = decode(encode(img, "PNG"), LIMIT)
+    assert decoded.mode == "LA"
+    assert corr(to_mnist(decoded), to_mnist(seven())) > 0.98
+
+
+def test_rgb_png_with_transparent_colour():
+    img = Image.new("RGB", (280, 280), (255, 255, 255))
+    draw_seven(ImageDraw.Draw(img), (250, 250, 250))  # near-white strokes: the transparent paper gives the contrast
+    decoded = decode(encode(img, "PNG", transparency=(255, 255, 255)), LIMIT)
+    assert decoded.mode == "RGB" and "transparency" in decoded.info
+    assert corr(to_mnist(decoded), to_mnist(seven())) > 0.98
+
+
+@pytest.mark.parametrize("make", [
+    lambda a: Image.open(io.BytesIO(encode(Image.fromarray(a.astype(np.uint16) * 257), "PNG"))),
+    lambda a: Image.fromarray((a.astype(np.uint16) * 257).astype(">u2")),
+    lambda a: Image.fromarray(a.astype(np.int32) * 257),
+], ids=["I;16-png", "I;16B", "I"])
+def test_16_bit_images_are_scaled_not_clipped(make):
+    small = grey_digit()
+    wide = make(small)
+    assert wide.mode in ("I;16", "I;16B", "I")
+    assert np.abs(as_is(wide).astype(int) - small).max() <= 1
+    assert np.abs(to_mnist(wide).astype(int) - to_mnist(Image.fromarray(small))).max() <= 2
+
+
+def test_cmyk_jpeg():
+    decoded = decode(encode(seven(mode="RGB").convert("CMYK"), "JPEG", quality=95), LIMIT)
+    assert decoded.mode == "CMYK"
+    assert corr(to_mnist(decoded), to_mnist(seven())) > 0.95
+
+
+@pytest.mark.parametrize("fmt, options", [("GIF", {}), ("WEBP", {"lossless": True}), ("PNG", {})],
+                         ids=["gif", "webp", "apng"])
+@pytest.mark.parametrize("second", [lambda: Image.new("L", (280, 280), 255), bar], ids=["blank", "other-glyph"])
+def test_animation_uses_the_first_frame(fmt, options, second):
+    frames = [seven(mode="RGB"), second().convert("RGB")]
+    raw = encode(frames[0], fmt, save_all=True, append_images=frames[1:], duration=100, loop=0, **options)
+    decoded = decode(raw, LIMIT)
+    assert decoded.n_frames == 2  # really animated
+    assert corr(to_mnist(decoded), to_mnist(seven())) > 0.95
+
+
+@pytest.mark.parametrize("fmt, options", [("BMP", {}), ("WEBP", {}), ("WEBP", {"lossless": True}), ("GIF", {}),
+                                          ("PNG", {}), ("JPEG", {})])
+def test_allowed_formats_decode(fmt, options):
+    decoded = decode(encode(seven(mode="RGB"), fmt, **options), LIMIT)
+    assert decoded.format == fmt
+    assert corr(to_mnist(decoded), to_mnist(seven())) > 0.95
+
+
+def test_exif_orientation_is_applied():
+    upright = seven(mode="RGB")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: stored 90 degrees counter-clockwise; viewers rotate it clockwise
+    stored = upright.transpose(Image.Transpose.ROTATE_90)
+    decoded = decode(encode(stored, "JPEG", exif=exif.tobytes()), LIMIT)
+    assert corr(to_mnist(decoded), to_mnist(upright)) > 0.9
+    assert corr(to_mnist(stored), to_mnist(upright)) < 0.5  # the test glyph really depends on orientation
+
+
+def test_canvas_png_is_fast():
+    raw = encode(canvas_rgba((0, 0, 0), (0, 0, 0)), "PNG")
+    timings = []
+    for _ in range(20):
+        started = time.perf_counter()
+        to_mnist(decode(raw, LIMIT))
+        timings.append(time.perf_counter() - started)
+    assert min(timings) < 0.005
+
+
+# -- hostile and unusable input -----------------------------------------------------------------
+
+@pytest.mark.parametrize("max_pixels", [LIMIT, 10**10], ids=["service-limit", "pillow-limit"])
+def test_decompression_bomb_is_rejected_from_the_header(bomb, max_pixels):
+    started = time.perf_counter()
+    error = raises_image_error(lambda: decode(bomb, max_pixels))
+    assert time.perf_counter() - started < 1.0
+    assert (error.status, error.code) == (422, "image_too_large")
+
+
+def test_size_is_checked_before_pixels_are_decoded():
+    header_only = blank_png(6000, 6000, with_pixels=False)  # under Pillow's own limit
+    assert raises_image_error(lambda: decode(header_only, LIMIT)).code == "image_too_large"
+    assert raises_image_error(lambda: decode(header_only, 6000 * 6000)).code == "undecodable_image"
+
+
+def test_pillow_bomb_warning_as_error_is_image_too_large():
+    header_only = blank_png(10000, 10000, with_pixels=False)  # between Pillow's warning and error limits
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        assert raises_image_error(lambda: decode(header_only, 10**10)).code == "image_too_large"
+
+
+def test_max_pixels_boundary():
+    assert decode(blank_png(10, 10), 100).size == (10, 10)
+    assert raises_image_error(lambda: decode(blank_png(101, 1), 100)).code == "image_too_large"
+    assert raises_image_error(lambda: decode(blank_png(10, 10), 99)).code == "image_too_large"
+
+
+def truncated(fmt: str) -> bytes:
+    noise = Image.fromarray(np.random.default_rng(0).integers(0, 256, (200, 200), np.uint8))
+    raw = encode(noise, fmt)
+    if fmt == "PNG":
+        start = raw.index(b"IDAT")
+        (length,) = struct.unpack(">I", raw[start - 4:start])
+        return raw[:start + 4 + length // 2]  # cut in the middle of the pixel data
+    return raw[:len(raw) // 2]
+
+
+@pytest.mark.parametrize("raw", [
+    truncated("PNG"), truncated("JPEG"), b"", random.Random(0).randbytes(5000), b"\x89PNG\r\n\x1a\n garbage",
+], ids=["truncated-png", "truncated-jpeg", "empty", "random", "png-signature-only"])
+def test_undecodable(raw):
+    error = raises_image_error(lambda: decode(raw, LIMIT))
+    assert (error.status, error.code) == (422, "undecodable_image")
+
+
+@pytest.mark.parametrize("fmt", ["TIFF", "ICO", "PPM"])
+def test_unsupported_format(fmt):
+    error = raises_image_error(lambda: decode(encode(seven(mode="RGB", size=64), fmt), LIMIT))
+    assert (error.status, error.code) == (415, "unsupported_image_format")
+
+
+def faint_noise() -> Image.Image:
+    noise = np.random.default_rng(1).integers(-6, 7, (280, 280))
+    return Image.fromarray((245 + noise).astype(np.uint8))
+
+
+@pytest.mark.parametrize("make", [
+    lambda: Image.new("L", (280, 280), 255),
+    lambda: Image.new("L", (280, 280), 0),
+    lambda: Image.new("RGB", (280, 280), (128, 90, 200)),
+    faint_noise,
+    lambda: Image.new("RGBA", (280, 280), (0, 0, 0, 0)),
+], ids=["white", "black", "uniform-colour", "faint-noise", "transparent"])
+def test_no_ink(make):
+    error = raises_image_error(lambda: to_mnist(decode(encode(make(), "PNG"), LIMIT)))
+    assert (error.status, error.code) == (422, "no_ink")
+
+
+# -- preprocess "none" --------------------------------------------------------------------------
+
+def test_as_is_keeps_pixels():
+    pixels = np.random.default_rng(2).integers(0, 256, (28, 28), np.uint8)
+    pixels[:, :3] = 255  # a bright border must not trigger inversion here
+    out = as_is(decode(encode(Image.fromarray(pixels), "PNG"), LIMIT))
+    assert out.dtype == np.uint8 and np.array_equal(out, pixels)
+
+
+def test_as_is_composites_alpha_on_black():
+    img = Image.new("LA", (28, 28), (200, 0))
+    img.putpixel((3, 4), (200, 128))
+    img.putpixel((5, 6), (200, 255))
+    out = as_is(img)
+    assert out[4, 3] == round(200 * 128 / 255) and out[6, 5] == 200
+    assert int(out.sum()) == 100 + 200  # fully transparent pixels are black
+
+
+@pytest.mark.parametrize("size", [(27, 28), (28, 27), (280, 280)])
+def test_as_is_wrong_size(size):
+    error = raises_image_error(lambda: as_is(Image.new("L", size)))
+    assert (error.status, error.code) == (422, "wrong_image_size")
+
+
+# -- every error --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("call", [
+    lambda: decode(b"", LIMIT),
+    lambda: decode(blank_png(101, 1), 100),
+    lambda: decode(encode(Image.new("L", (8, 8)), "TIFF"), LIMIT),
+    lambda: to_mnist(Image.new("L", (28, 28))),
+    lambda: as_is(Image.new("L", (27, 28))),
+], ids=["undecodable", "too-large", "unsupported", "no-ink", "wrong-size"])
+def test_errors_are_well_formed(call):
+    error = raises_image_error(call)
+    assert error.code in CODES[error.status]
+    message = str(error)
+    assert message and "\n" not in message and message == message.strip()
+
+
+def test_allowed_formats_constant():
+    assert images.ALLOWED_FORMATS == {"PNG", "JPEG", "GIF", "BMP", "WEBP"}
