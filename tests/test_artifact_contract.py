@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from idx_files import write_idx_dataset
 
+from idx_files import write_idx_dataset
 from mnist_service import store
 from mnist_trainer import MLP, artifact
 

@@ -20,6 +20,9 @@ keepalive = 5
 # RAM and also works with a read-only root filesystem.
 worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
 accesslog = None  # the app logs one JSON line per request itself
+# gunicorn's control socket (gunicornc) would write under $HOME: not wanted on a read-only root
+# filesystem, and nothing here uses it.
+control_socket_disable = True
 logconfig_dict = GUNICORN_LOGCONFIG
 
 
