@@ -15,7 +15,6 @@ import zlib
 from pathlib import Path
 
 import numpy as np
-import requests
 from PIL import Image
 
 from mnist_service.app import create_app
@@ -95,6 +94,7 @@ class Server:
     """`mnist-serve` (gunicorn, real workers) on a loopback port."""
 
     def __init__(self, model_dir: Path, metrics_dir: Path, workers: int = 2, **env):
+        self.workers = workers
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = metrics_dir.parent / f"server-{self.port}.log"
@@ -111,16 +111,21 @@ class Server:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"mnist-serve exited {self.process.returncode}: {self.log_path.read_text()}")
-            try:
-                if requests.get(self.url + "/healthz", timeout=1).status_code == 200:
-                    return
-            except requests.ConnectionError:
-                time.sleep(0.1)
+            ready = [e for e in self.logs() if e.get("message") == "app ready"]
+            if len({e["pid"] for e in ready}) >= self.workers:  # every worker has loaded its model
+                return
+            time.sleep(0.1)
         raise RuntimeError(f"mnist-serve did not start: {self.log_path.read_text()}")
 
     def logs(self) -> list[dict]:
-        self.log.flush()
-        return [json.loads(line) for line in self.log_path.read_text().splitlines() if line.startswith("{")]
+        """The server's JSON log lines so far (a line still being written is left for next time)."""
+        entries = []
+        for line in self.log_path.read_text().splitlines():
+            try:
+                entries.append(json.loads(line))
+            except ValueError:
+                continue
+        return entries
 
     def stop(self) -> int:
         if self.process.poll() is None:

@@ -53,7 +53,10 @@ def test_base64_images_in_every_spelling(client):
     wrapped = base64.encodebytes(data).decode()  # what `base64` prints: line breaks
     url = "data:image/png;base64," + plain  # what a browser canvas gives
     bodies = [predict(client, {"instances": [{"b64": b}]}).get_json() for b in (plain, wrapped, url)]
-    assert bodies[0] == bodies[1] == bodies[2]
+    # `curl -d "{\"instances\": [{\"b64\": \"$(base64 digit.png)\"}]}"` puts raw line breaks in the string.
+    pasted = ('{"instances": [{"b64": "' + wrapped + '"}]}').encode()
+    bodies.append(predict(client, data=pasted, content_type="application/json").get_json())
+    assert bodies[0] == bodies[1] == bodies[2] == bodies[3]
     reference = predict(client, {"instances": [digit().tolist()]}).get_json()
     assert bodies[0]["predictions"][0]["label"] == reference["predictions"][0]["label"]
 

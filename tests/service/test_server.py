@@ -219,3 +219,18 @@ def test_sigterm_stops_the_server_cleanly(model_dir, serve):
     server = serve(model_dir)
     assert server.stop() == 0
     assert load_version(model_dir / "mnist" / "1")  # the service only reads MODEL_DIR
+
+
+def test_container_healthcheck_follows_readiness(tmp_path, serve):
+    models = tmp_path / "models"
+    models.mkdir()
+    server = serve(models)
+
+    def healthcheck():
+        return subprocess.run([sys.executable, "-m", "mnist_service.healthcheck"], capture_output=True,
+                              env={**os.environ, "PORT": str(server.port)}, timeout=10).returncode
+
+    assert healthcheck() == 1
+    write_version(models, 1)
+    assert wait_for(lambda: all(serving_version(server.url) == 1 for _ in range(6)))
+    assert healthcheck() == 0

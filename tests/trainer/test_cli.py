@@ -146,3 +146,17 @@ def test_a_signal_stops_training_and_publishes_nothing(tiny_data, tmp_path, sig)
     assert proc.returncode == 128 + sig
     assert "nothing was published" in err and out == ""
     assert artifact.list_versions(tmp_path, "mnist") == []
+
+
+def test_skip_if_published_trains_only_when_no_valid_version_exists(tiny_data, tmp_path):
+    args = ["train", "--data", tiny_data, "--model-dir", tmp_path, *TINY, "--skip-if-published"]
+    first = run(*args)
+    assert first.returncode == 0 and json.loads(first.stdout)["version"] == 1
+    second = run(*args)
+    assert second.returncode == 0 and second.stdout == "" and "already published" in second.stderr
+    assert artifact.list_versions(tmp_path, "mnist") == [1]
+    (tmp_path / "mnist" / "1" / "manifest.json").write_text("{}")  # no valid version any more
+    assert run(*args).returncode == 0
+    assert artifact.list_versions(tmp_path, "mnist") == [1, 2]
+    assert run("train", "--data", tiny_data, "--model-dir", tmp_path, *TINY).returncode == 0  # retrain on request
+    assert artifact.list_versions(tmp_path, "mnist") == [1, 2, 3]

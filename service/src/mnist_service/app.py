@@ -33,6 +33,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(bp)
     errors.register(app)
     _observe_requests(app)
+    logging.getLogger(__name__).info("app ready", extra={
+        "model": settings.model_name, "version": store.current.version if store.current else None})
     return app
 
 

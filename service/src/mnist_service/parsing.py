@@ -53,9 +53,10 @@ def load_json(body: bytes):
     except orjson.JSONDecodeError as e:
         error = e
     # Slow path, errors only. The standard parser tells NaN/Infinity (which some encoders emit)
-    # from broken JSON, and reads numbers too large for a double, which orjson refuses.
+    # from broken JSON, reads numbers too large for a double, which orjson refuses, and (strict=False)
+    # takes raw line breaks inside strings: what `"$(base64 digit.png)"` pastes into a curl body.
     try:
-        return json.loads(body, parse_constant=_reject_constant)
+        return json.loads(body, parse_constant=_reject_constant, strict=False)
     except ValueError as e:
         if str(e) in ("NaN", "Infinity", "-Infinity"):
             raise ApiError(422, "non_finite", f"{e} is not a valid pixel value") from None

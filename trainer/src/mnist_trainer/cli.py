@@ -98,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
               action=argparse.BooleanOptionalAction)
     _env_flag(train, "--val-size", "MNIST_VAL_SIZE", "validation images held out of training",
               default=5000, type=int)
+    _env_flag(train, "--skip-if-published", "MNIST_SKIP_IF_PUBLISHED",
+              "do nothing when a valid version of --name already exists (for `docker compose up`)",
+              default=False, action=argparse.BooleanOptionalAction)
     _env_flag(train, "--log-format", "LOG_FORMAT", "text or json (JSON lines)", default="text",
               choices=["text", "json"])
 

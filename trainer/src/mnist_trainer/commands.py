@@ -25,7 +25,21 @@ def _load_data(args, *, progress: bool) -> data.MNIST:
     return data.load(args.data, mirrors=mirrors, cache_dir=args.cache_dir, progress=progress)
 
 
+def _published(model_dir: Path, name: str) -> dict | None:
+    """The manifest of the highest version that loads and verifies, if any."""
+    for version in reversed(artifact.list_versions(model_dir, name)):
+        try:
+            return artifact.load(Path(model_dir) / name / str(version))[0]
+        except artifact.ArtifactError:
+            continue
+    return None
+
+
 def train(args, config: TrainConfig, log: EventLog, should_stop) -> int:
+    if args.skip_if_published and (manifest := _published(args.model_dir, args.name)):
+        log("skipped", f"{args.name} version {manifest['version']} is already published in {args.model_dir}; "
+            "not training (run without --skip-if-published to retrain)", version=manifest["version"])
+        return 0
     tty = sys.stderr.isatty()
     mnist = _load_data(args, progress=tty)
     train_split, val_split = data.split_validation(mnist.train, args.val_size, config.seed)

@@ -1,0 +1,31 @@
+"""The ceiling for bench/service/run: the least a Flask app under gunicorn can do for /v1/predict.
+
+Same JSON library (orjson), same forward pass (mlp_artifact.py, identical to the service's), same
+response shape as mnist-serve; no validation, metrics, logging or request ids. Only
+{"instances": [[784 numbers], ...]} bodies. The model version directory comes from BARE_MODEL_PATH.
+
+    BARE_MODEL_PATH=... gunicorn --chdir bench/service -w 2 -b 127.0.0.1:8000 bare_app:app
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import orjson
+from flask import Flask, Response, request
+from mlp_artifact import MLP
+
+model = MLP(os.environ["BARE_MODEL_PATH"])
+app = Flask(__name__)
+
+
+@app.post("/v1/predict")
+def predict():
+    pixels = np.asarray(orjson.loads(request.get_data(cache=False))["instances"], dtype=np.float32)
+    probabilities = model.predict_proba(pixels)
+    labels, confidences = probabilities.argmax(axis=1), probabilities.max(axis=1)
+    predictions = [{"label": int(label), "confidence": float(conf), "probabilities": p}
+                   for label, conf, p in zip(labels, confidences, probabilities)]
+    body = {"model": {"name": model.name, "version": model.version}, "predictions": predictions}
+    return Response(orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), mimetype="application/json")

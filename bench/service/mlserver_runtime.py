@@ -1,0 +1,30 @@
+"""An MLServer custom runtime serving the mnist-mlp artifact (bench/service/run's MLServer case).
+
+`load()` reads the version directory named by the model's `parameters.uri` with NumPy
+(allow_pickle=False, via mlp_artifact.py); `predict()` runs the same forward pass as mnist-serve on
+the V2 input "images" (FP32, [N, 784], 0..255) and returns "label", "confidence" and
+"probabilities", the same three things mnist-serve answers. Runs in .bench-mlserver-venv/.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from mlp_artifact import MLP
+from mlserver import MLModel
+from mlserver.codecs import NumpyCodec
+from mlserver.types import InferenceRequest, InferenceResponse
+from mlserver.utils import get_model_uri
+
+
+class MnistRuntime(MLModel):
+    async def load(self) -> bool:
+        self._model = MLP(await get_model_uri(self.settings))
+        return True
+
+    async def predict(self, payload: InferenceRequest) -> InferenceResponse:
+        pixels = NumpyCodec.decode_input(payload.inputs[0]).reshape(-1, 784).astype(np.float32, copy=False)
+        probabilities = self._model.predict_proba(pixels)
+        outputs = [NumpyCodec.encode_output("label", probabilities.argmax(axis=1)),
+                   NumpyCodec.encode_output("confidence", probabilities.max(axis=1)),
+                   NumpyCodec.encode_output("probabilities", probabilities)]
+        return InferenceResponse(model_name=self.name, model_version=self.version, outputs=outputs)
