@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
 from service_helpers import digit, make_app, write_version
 
 REPO = Path(__file__).resolve().parents[2]

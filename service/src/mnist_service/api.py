@@ -23,10 +23,8 @@ def _store() -> ModelStore:
     return current_app.extensions["model_store"]
 
 
-def _model_for_request():
+def _model_for_request(store: ModelStore, asked: str | None):
     """The model this request is answered by: ?version=N, else the one serving now."""
-    store = _store()
-    asked = request.args.get("version")
     if asked is None:
         model = store.current
         if model is None:
@@ -41,14 +39,14 @@ def _model_for_request():
     return model
 
 
-def _pixels(options: parsing.Options):
-    content_type = request.mimetype
+def _pixels(req, options: parsing.Options):
+    content_type = req.mimetype
     if content_type == "application/json" or content_type.endswith("+json"):
-        return parsing.parse_json(request.get_data(cache=False), options)
+        return parsing.parse_json(req.get_data(cache=False), options)
     if content_type.startswith("image/"):
-        return parsing.parse_image_body(request.get_data(cache=False), content_type, options)
+        return parsing.parse_image_body(req.get_data(cache=False), content_type, options)
     if content_type == "multipart/form-data":
-        return parsing.parse_uploads([f.read() for f in request.files.getlist("file")], options)
+        return parsing.parse_uploads([f.read() for f in req.files.getlist("file")], options)
     raise ApiError(415, "unsupported_media_type",
                    f"unsupported Content-Type {content_type or '(none)'!r}; send application/json, "
                    "an image (image/png, image/jpeg, ...) or multipart/form-data")
@@ -56,27 +54,29 @@ def _pixels(options: parsing.Options):
 
 @bp.post("/v1/predict")
 def predict():
-    model = _model_for_request()
-    settings = current_app.extensions["settings"]
+    # The hot path: each context-local proxy (request, g, current_app) is resolved once.
+    req, app, state = request._get_current_object(), current_app._get_current_object(), g._get_current_object()
+    args = req.args
+    model = _model_for_request(app.extensions["model_store"], args.get("version"))
+    settings = app.extensions["settings"]
     # JSON bodies carry "preprocess" themselves; image and multipart bodies take it here.
-    form = request.form if request.mimetype == "multipart/form-data" else {}
-    preprocess = request.args.get("preprocess") or form.get("preprocess") or "mnist"
+    form = req.form if req.mimetype == "multipart/form-data" else {}
+    preprocess = args.get("preprocess") or form.get("preprocess") or "mnist"
     if preprocess not in parsing.PREPROCESS:
         raise ApiError(422, "invalid_request", f"preprocess must be one of {list(parsing.PREPROCESS)}")
     options = parsing.Options(preprocess=preprocess, max_batch=settings.max_batch,
                               max_image_pixels=settings.max_image_pixels)
-    pixels = _pixels(options)
+    pixels = _pixels(req, options)
 
     started = time.perf_counter()
     probabilities = model.predict_proba(pixels)
     metrics.INFERENCE_LATENCY.observe(time.perf_counter() - started)
     labels, confidences = probabilities.argmax(axis=1), probabilities.max(axis=1)
-    metrics.BATCH_SIZE.observe(len(pixels))
     metrics.observe_predictions(labels, confidences)
-    g.batch_size, g.model_version = len(pixels), model.version
+    state.batch_size, state.model_version = len(pixels), model.version
 
-    predictions = [{"label": int(label), "confidence": float(conf), "probabilities": p}
-                   for label, conf, p in zip(labels, confidences, probabilities)]
+    predictions = [{"label": label, "confidence": conf, "probabilities": p}
+                   for label, conf, p in zip(labels.tolist(), confidences.tolist(), probabilities)]
     return json_response({"model": {"name": model.name, "version": model.version}, "predictions": predictions})
 
 

@@ -15,7 +15,6 @@ from .api import bp
 from .settings import Settings
 from .store import ModelStore
 
-access_log = logging.getLogger("mnist_service.access")
 REQUEST_ID = re.compile(r"[\w.:@/+=-]{1,128}")  # a caller's id is echoed only if it is this tame
 
 
@@ -43,23 +42,24 @@ def _observe_requests(app: Flask) -> None:
 
     @app.before_request
     def start():
-        g.started = time.perf_counter()
+        state = g._get_current_object()
+        state.started = time.perf_counter()
         given = request.headers.get("X-Request-ID", "")
-        g.request_id = given if REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+        state.request_id = given if given and REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
         metrics.IN_FLIGHT.inc()
 
     @app.after_request
     def finish(response):
-        if "started" not in g:  # failed before `start` ran
+        state, req = g._get_current_object(), request._get_current_object()
+        started = state.get("started")
+        if started is None:  # failed before `start` ran
             return response
-        latency = time.perf_counter() - g.started
+        latency = time.perf_counter() - started
         metrics.IN_FLIGHT.dec()
-        route = request.url_rule.rule if request.url_rule else "unmatched"
-        metrics.REQUESTS.labels(route, request.method, str(response.status_code)).inc()
-        metrics.REQUEST_LATENCY.labels(route).observe(latency)
-        response.headers["X-Request-ID"] = g.request_id
-        access_log.info("request", extra={
-            "request_id": g.request_id, "method": request.method, "route": route, "status": response.status_code,
-            "latency_ms": round(latency * 1000, 3), "batch_size": g.get("batch_size"),
-            "model_version": g.get("model_version")})
+        route = req.url_rule.rule if req.url_rule else "unmatched"
+        metrics.observe_request(route, req.method, response.status_code, latency)
+        response.headers["X-Request-ID"] = state.request_id
+        logs.access(request_id=state.request_id, method=req.method, route=route, status=response.status_code,
+                    latency_ms=round(latency * 1000, 3), batch_size=state.get("batch_size"),
+                    model_version=state.get("model_version"))
         return response

@@ -50,9 +50,31 @@ def exposition() -> tuple[bytes, str]:
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
 
 
+# Children of labelled metrics, looked up once instead of on every request.
+_PREDICTED = [PREDICTIONS.labels(str(label)) for label in range(10)]
+_REQUESTS: dict[tuple[str, str, int], Counter] = {}
+_LATENCY: dict[str, Histogram] = {}
+
+
+def observe_request(route: str, method: str, status: int, seconds: float) -> None:
+    key = (route, method, status)
+    counter = _REQUESTS.get(key)
+    if counter is None:
+        counter = _REQUESTS[key] = REQUESTS.labels(route, method, str(status))
+    counter.inc()
+    histogram = _LATENCY.get(route)
+    if histogram is None:
+        histogram = _LATENCY[route] = REQUEST_LATENCY.labels(route)
+    histogram.observe(seconds)
+
+
 def observe_predictions(labels: np.ndarray, confidences: np.ndarray) -> None:
-    for label, count in enumerate(np.bincount(labels, minlength=10)):
-        if count:
-            PREDICTIONS.labels(str(label)).inc(int(count))
+    BATCH_SIZE.observe(len(labels))
+    if len(labels) == 1:  # the common case, without numpy's fixed costs
+        _PREDICTED[int(labels[0])].inc()
+    else:
+        for label, count in enumerate(np.bincount(labels, minlength=10).tolist()):
+            if count:
+                _PREDICTED[label].inc(count)
     for c in confidences.tolist():
         CONFIDENCE.observe(c)

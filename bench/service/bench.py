@@ -1,0 +1,632 @@
+"""HTTP benchmark of mnist-serve against a bare Flask ceiling and MLServer, with wrk (bench/README.md).
+
+Run through bench/service/run, which sets up .venv and .bench-mlserver-venv/ and cleans up after:
+
+    bench/service/run [--duration 20] [--connections 16] [--model-dir DIR] [--json PATH]
+
+One run, on 127.0.0.1 only, loading one server at a time, each with 2 worker processes:
+
+  service-sync     mnist-serve, WORKERS=2 WORKER_CLASS=sync        (single-instance JSON)
+  service-gthread  mnist-serve, WORKERS=2 WORKER_CLASS=gthread THREADS=4
+  bare             bench/service/bare_app.py under gunicorn, 2 sync workers
+  mlserver         MLServer with bench/service/mlserver_runtime.py, parallel_workers 2 (V2 JSON)
+  service-batch    mnist-serve sync, 256 instances per request
+  service-png      mnist-serve sync, one 280x280 PNG (dark ink on white) as base64 in JSON
+
+All servers are started at once and each is checked (HTTP 200, the right digit, the same
+probabilities as the artifact's forward pass), warmed up, then loaded by wrk with --connections
+connections for --duration seconds in total, split into --rounds slices interleaved with the other
+cases (so that a noisy moment on the shared machine hits all cases, not one). Prints a Markdown
+table and the verdict against the targets; --json PATH writes everything, per round too. Compare
+the ratios of one run, not absolute numbers across runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import datetime
+import io
+import json
+import os
+import platform
+import re
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+SERVICE_VENV = REPO / ".venv"
+MLSERVER_VENV = REPO / ".bench-mlserver-venv"
+WORKERS = 2
+GTHREAD_THREADS = 4
+BATCH = 256
+BUSY = 0.25  # cores used by other processes during a measurement above which it is suspect
+
+TARGET_VS_BARE = 0.85  # service req/s >= 0.85 x the bare ceiling
+TARGET_VS_MLSERVER = 2.0  # service req/s >= 2 x MLServer
+TARGET_P99_MS = 10.0  # service p99 latency
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# --- processes ---------------------------------------------------------------------------------
+
+class Servers:
+    """Every server started here: each in its own process group (session), stopped by group id.
+
+    The group ids are also written to $SERVICE_BENCH_PGIDS, so that bench/service/run's trap can stop
+    whatever is left if this process dies without running its own cleanup.
+    """
+
+    def __init__(self, workdir: Path):
+        self.workdir = workdir
+        self.running: dict[str, subprocess.Popen] = {}
+        self.pgid_file = os.environ.get("SERVICE_BENCH_PGIDS")
+
+    def start(self, name: str, argv: list[str], env: dict, cwd: Path | None = None,
+              capture: bool = False) -> subprocess.Popen:
+        """A process in a new session; its output goes to <name>.log, or to pipes with capture=True."""
+        log_path = self.workdir / f"{name}.log"
+        if capture:
+            proc = subprocess.Popen(argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True, start_new_session=True)
+        else:
+            with open(log_path, "wb") as out:
+                proc = subprocess.Popen(argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                        start_new_session=True)
+        proc.log_path = log_path
+        self.running[name] = proc
+        self._write_pgids()
+        return proc
+
+    def _write_pgids(self) -> None:
+        if self.pgid_file:
+            Path(self.pgid_file).write_text("".join(f"{p.pid}\n" for p in self.running.values()))
+
+    def stop(self, name: str) -> None:
+        proc = self.running.pop(name, None)
+        if proc is None:
+            return
+        for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                break
+            if _group_gone(proc, wait):
+                break
+        proc.wait(timeout=5)
+        self._write_pgids()
+
+    def stop_all(self) -> None:
+        for name in list(self.running):
+            self.stop(name)
+
+
+def _group_gone(proc: subprocess.Popen, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        proc.poll()
+        if not _group_pids(proc.pid):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def _group_pids(pgid: int) -> list[int]:
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            pids.append(int(stat.parent.name))
+    return pids
+
+
+def group_cpu_seconds(pgid: int) -> float:
+    """CPU seconds (user + system) used so far by the live processes of a process group."""
+    total = 0
+    for pid in _group_pids(pgid):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def wait_idle(pgid: int, seconds: float = 15) -> None:
+    """Until the server group uses < 5 % of a core: wrk stops with requests still queued at the server,
+    which must not spill into the next measurement."""
+    deadline = time.monotonic() + seconds
+    before = group_cpu_seconds(pgid)
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        now = group_cpu_seconds(pgid)
+        if now - before < 0.01:
+            return
+        before = now
+
+
+def machine_busy_seconds() -> float:
+    fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http(method: str, url: str, body: bytes | None = None, content_type: str = "application/json",
+         timeout: float = 10) -> tuple[int, bytes]:
+    request = urllib.request.Request(url, data=body, method=method, headers={"Content-Type": content_type})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def wait_ready(proc: subprocess.Popen, url: str, seconds: float = 90) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}; log:\n{tail(proc.log_path)}")
+        try:
+            if http("GET", url, timeout=2)[0] == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"not ready after {seconds:.0f} s: {url}; log:\n{tail(proc.log_path)}")
+
+
+def tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+# --- inputs ------------------------------------------------------------------------------------
+
+def load_test_digits(path: str | None):
+    """--data, else $MNIST_DIR, else ../shared/data/mnist beside the checkout (never a download)."""
+    from mnist_trainer import data
+
+    path = path or os.environ.get("MNIST_DIR")
+    if not path and (REPO.parent / "shared/data/mnist").is_dir():
+        path = str(REPO.parent / "shared/data/mnist")
+    if not path:
+        sys.exit("bench: no MNIST data: pass --data DIR or set MNIST_DIR")
+    return path, data.load(path).test
+
+
+def ensure_model(args, workdir: Path, data_path: str) -> Path:
+    """The model directory: --model-dir, else a `fast` model trained now into the work directory."""
+    if args.model_dir:
+        return Path(args.model_dir).resolve()
+    model_dir = workdir / "models"
+    log("bench: training a `fast` model into a temporary MODEL_DIR (--model-dir to use yours) ...")
+    subprocess.run([str(SERVICE_VENV / "bin/mnist-train"), "train", "--data", data_path, "--model-dir",
+                    str(model_dir), "--name", args.model_name, "--preset", "fast"],
+                   check=True, stdout=subprocess.DEVNULL)
+    return model_dir
+
+
+def canvas_png(digit: np.ndarray) -> bytes:
+    """A digit as a phone or browser canvas sends it: dark ink on white, 280x280, RGBA PNG."""
+    from PIL import Image
+
+    ink_on_white = Image.fromarray(255 - digit).resize((280, 280), Image.Resampling.BILINEAR)
+    buffer = io.BytesIO()
+    ink_on_white.convert("RGBA").save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def write_bodies(test, workdir: Path) -> dict[str, Path]:
+    """The request bodies, compact JSON as a client library would send it."""
+    digit, batch = test.images[0], test.images[:BATCH]
+    png = canvas_png(digit)
+    bodies = {
+        "single": {"instances": [digit.reshape(784).tolist()]},
+        "batch": {"instances": batch.reshape(BATCH, 784).tolist()},
+        "png": {"instances": [{"b64": "data:image/png;base64," + base64.b64encode(png).decode()}]},
+        "v2": {"inputs": [{"name": "images", "shape": [1, 784], "datatype": "FP32",
+                           "data": digit.reshape(784).tolist()}]},
+    }
+    paths = {}
+    for name, body in bodies.items():
+        paths[name] = workdir / f"body-{name}.json"
+        paths[name].write_text(json.dumps(body, separators=(",", ":")))
+    (workdir / "digit.png").write_bytes(png)
+    return paths
+
+
+# --- servers -----------------------------------------------------------------------------------
+
+def start_service(servers: Servers, name: str, model_dir: Path, model_name: str, worker_class: str,
+                  threads: int, workdir: Path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    env = os.environ | {"MODEL_DIR": str(model_dir), "MODEL_NAME": model_name, "HOST": "127.0.0.1",
+                        "PORT": str(port), "WORKERS": str(WORKERS), "WORKER_CLASS": worker_class,
+                        "THREADS": str(threads), "PROMETHEUS_MULTIPROC_DIR": str(workdir / f"metrics-{name}")}
+    proc = servers.start(name, [str(SERVICE_VENV / "bin/mnist-serve")], env)
+    base = f"http://127.0.0.1:{port}"
+    wait_ready(proc, base + "/readyz")
+    return proc, base + "/v1/predict"
+
+
+def start_bare(servers: Servers, version_dir: Path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    env = os.environ | {"BARE_MODEL_PATH": str(version_dir)}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    argv = [str(SERVICE_VENV / "bin/python"), "-m", "gunicorn", "--chdir", str(HERE), "--workers", str(WORKERS),
+            "--worker-class", "sync", "--bind", f"127.0.0.1:{port}", "--worker-tmp-dir", "/dev/shm",
+            "--no-control-socket", "bare_app:app"]
+    proc = servers.start("bare", argv, env)
+    url = f"http://127.0.0.1:{port}/v1/predict"
+    deadline = time.monotonic() + 60
+    while True:  # no health route: ready when it answers a prediction
+        if proc.poll() is not None:
+            raise RuntimeError(f"bare app exited with {proc.returncode}; log:\n{tail(proc.log_path)}")
+        try:
+            if http("POST", url, b'{"instances": [[' + b",".join([b"0"] * 784) + b"]]}", timeout=2)[0] == 200:
+                return proc, url
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"bare app not ready; log:\n{tail(proc.log_path)}")
+        time.sleep(0.2)
+
+
+def start_mlserver(servers: Servers, version_dir: Path, model_name: str, workdir: Path) -> tuple[subprocess.Popen, str]:
+    root = workdir / "mlserver"
+    (root / model_name).mkdir(parents=True)
+    http_port, grpc_port, metrics_port = free_port(), free_port(), free_port()
+    # Production-like: no access log (debug false), its default metrics on, 2 inference processes.
+    settings = {"host": "127.0.0.1", "http_port": http_port, "grpc_port": grpc_port, "metrics_port": metrics_port,
+                "parallel_workers": WORKERS, "debug": False, "metrics_dir": str(root / ".metrics"),
+                "environments_dir": str(root / ".envs")}
+    (root / "settings.json").write_text(json.dumps(settings, indent=2))
+    model_settings = {"name": model_name, "implementation": "mlserver_runtime.MnistRuntime",
+                      "parameters": {"uri": str(version_dir), "version": version_dir.name}}
+    (root / model_name / "model-settings.json").write_text(json.dumps(model_settings, indent=2))
+    env = os.environ | {"PYTHONPATH": str(HERE)}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    proc = servers.start("mlserver", [str(MLSERVER_VENV / "bin/mlserver"), "start", str(root)], env, cwd=root)
+    base = f"http://127.0.0.1:{http_port}/v2/models/{model_name}"
+    wait_ready(proc, base + "/ready")
+    return proc, base + "/infer"
+
+
+def check_answer(name: str, url: str, body_path: Path, label: int, v2: bool = False) -> np.ndarray:
+    """One request before the load: 200, the right digit; returns the probabilities of instance 0."""
+    status, raw = http("POST", url, body_path.read_bytes(), timeout=30)
+    if status != 200:
+        raise RuntimeError(f"{name}: HTTP {status}: {raw[:300]!r}")
+    answer = json.loads(raw)
+    if v2:
+        outputs = {o["name"]: o for o in answer["outputs"]}
+        got, probabilities = outputs["label"]["data"][0], outputs["probabilities"]["data"][:10]
+    else:
+        got, probabilities = answer["predictions"][0]["label"], answer["predictions"][0]["probabilities"]
+    if got != label:
+        raise RuntimeError(f"{name}: predicted {got}, the digit is {label}")
+    return np.asarray(probabilities, dtype=np.float64)
+
+
+# --- wrk ---------------------------------------------------------------------------------------
+
+def run_wrk(servers: Servers, url: str, body_path: Path, seconds: float, args, timeout: float = 10) -> dict:
+    env = os.environ | {"BODY_FILE": str(body_path), "CONTENT_TYPE": "application/json"}
+    argv = ["wrk", "--threads", str(args.threads), "--connections", str(args.connections),
+            "--duration", f"{seconds:g}s", "--timeout", f"{timeout:g}s", "--latency",
+            "--script", str(HERE / "post.lua"), url]
+    # Registered like a server, so that it is stopped too if this process is interrupted.
+    proc = servers.start("wrk", argv, env, capture=True)
+    stdout, stderr = proc.communicate()
+    servers.running.pop("wrk", None)
+    match = re.search(r"^WRK_JSON (.*)$", stdout, re.MULTILINE)
+    if proc.returncode != 0 or not match:
+        raise RuntimeError(f"wrk failed ({proc.returncode}):\n{stdout}\n{stderr}")
+    result = json.loads(match.group(1))
+    result["rps"] = result["requests"] / result["duration_s"]
+    return result
+
+
+def measure_slice(servers: Servers, proc: subprocess.Popen, url: str, body_path: Path, seconds: float, args) -> dict:
+    """One wrk run against one server, with the CPU the server, wrk and everything else used meanwhile."""
+    wait_idle(proc.pid)
+    children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    server_before, busy_before, own_before = group_cpu_seconds(proc.pid), machine_busy_seconds(), os.times()
+    result = run_wrk(servers, url, body_path, seconds, args)
+    server_after, busy_after, own_after = group_cpu_seconds(proc.pid), machine_busy_seconds(), os.times()
+    children_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    wrk_cpu = sum(getattr(children_after, f) - getattr(children_before, f) for f in ("ru_utime", "ru_stime"))
+    own_cpu = (own_after.user + own_after.system) - (own_before.user + own_before.system)
+    result["server_cpu_s"] = server_after - server_before
+    result["wrk_cpu_s"] = wrk_cpu
+    # Includes the kernel's softirq time for loopback traffic, which no process is charged with.
+    result["other_cpu_s"] = max(0.0, (busy_after - busy_before) - result["server_cpu_s"] - wrk_cpu - own_cpu)
+    return result
+
+
+def median(values: list[float]) -> float:
+    values = sorted(values)
+    mid = len(values) // 2
+    return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+
+
+def aggregate(name: str, slices: list[dict], instances: int) -> dict:
+    """A case's rounds as one result: medians of the rounds (robust to one slow moment), plus totals."""
+    requests = sum(s["requests"] for s in slices)
+    seconds = sum(s["duration_s"] for s in slices)
+    errors = {k: sum(s["errors"][k] for s in slices) for k in slices[0]["errors"]}
+    rounds = [{"rps": s["rps"], "p50_ms": s["latency_ms"]["p50"], "p99_ms": s["latency_ms"]["p99"],
+               "server_cpu_cores": s["server_cpu_s"] / s["duration_s"],
+               "server_cpu_ms_per_request": s["server_cpu_s"] * 1000 / max(1, s["requests"]),
+               "other_cpu_cores": s["other_cpu_s"] / s["duration_s"]} for s in slices]
+    rps = median([r["rps"] for r in rounds])
+    return {
+        "name": name, "requests": requests, "duration_s": seconds, "rps": rps, "rps_mean": requests / seconds,
+        "rps_min": min(r["rps"] for r in rounds), "rps_max": max(r["rps"] for r in rounds),
+        "instances_per_request": instances, "instances_per_s": rps * instances,
+        "latency_ms": {k: median([s["latency_ms"][k] for s in slices]) for k in slices[0]["latency_ms"]},
+        "p99_ms_worst_round": max(r["p99_ms"] for r in rounds),
+        "server_cpu_ms_per_request": sum(s["server_cpu_s"] for s in slices) * 1000 / max(1, requests),
+        "server_cpu_cores": sum(s["server_cpu_s"] for s in slices) / seconds,
+        "wrk_cpu_cores": sum(s["wrk_cpu_s"] for s in slices) / seconds,
+        "other_cpu_cores": sum(s["other_cpu_s"] for s in slices) / seconds,
+        "errors": errors, "error_count": sum(errors.values()), "rounds": rounds,
+    }
+
+
+def profile(model_dir: Path, model_name: str, body: Path) -> dict:
+    log("bench: profiling one single-instance request in-process (profile_request.py) ...")
+    done = subprocess.run([str(SERVICE_VENV / "bin/python"), str(HERE / "profile_request.py"), str(model_dir),
+                           str(body), "--name", model_name], capture_output=True, text=True, check=True)
+    return json.loads(done.stdout)
+
+
+# --- report ------------------------------------------------------------------------------------
+
+def markdown_table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+DESCRIPTIONS = {
+    "service-sync": ("mnist-serve, sync", "1 instance, JSON"),
+    "service-gthread": (f"mnist-serve, gthread x{GTHREAD_THREADS}", "1 instance, JSON"),
+    "bare": ("bare Flask + gunicorn, sync", "1 instance, JSON"),
+    "mlserver": ("MLServer, parallel_workers 2", "1 instance, V2 JSON"),
+    "service-batch": ("mnist-serve, sync", f"{BATCH} instances, JSON"),
+    "service-png": ("mnist-serve, sync", "1 PNG 280x280, base64"),
+}
+
+
+def report(results: dict[str, dict], prof: dict | None) -> tuple[str, dict]:
+    rows = []
+    for name, r in results.items():
+        server, body = DESCRIPTIONS[name]
+        rows.append([server, body, f"{r['rps']:,.0f} ({r['rps_min']:,.0f}-{r['rps_max']:,.0f})",
+                     f"{r['instances_per_s']:,.0f}",
+                     f"{r['latency_ms']['p50']:.2f}", f"{r['latency_ms']['p99']:.2f}", f"{r['p99_ms_worst_round']:.2f}",
+                     f"{r['server_cpu_ms_per_request']:.2f}", f"{r['other_cpu_cores']:.2f}", r["error_count"]])
+    header = ["server", "request", "req/s (range of rounds)", "instances/s", "p50 ms", "p99 ms", "worst p99 ms",
+              "server CPU ms/req", "others' cores", "errors"]
+    text = [markdown_table(header, rows)]
+
+    verdict: dict = {}
+    sync, gthread = results.get("service-sync"), results.get("service-gthread")
+    if sync and gthread:
+        ratio = gthread["rps"] / sync["rps"]
+        if abs(ratio - 1) > 0.05:
+            best, why = ("gthread" if ratio > 1 else "sync"), "more req/s"
+        else:
+            lower = gthread["latency_ms"]["p99"] < sync["latency_ms"]["p99"]
+            best, why = ("gthread" if lower else "sync"), "req/s within 5 %, lower p99"
+        verdict |= {"gthread_vs_sync": ratio, "worker_class": best}
+        text.append(f"\nWorker class: gthread/sync = **{ratio:.2f}x** req/s, p99 {gthread['latency_ms']['p99']:.2f} "
+                    f"vs {sync['latency_ms']['p99']:.2f} ms: use **{best}** ({why}).")
+    lines = []
+    for label, service in (("sync", sync), ("gthread", gthread)):
+        if not service:
+            continue
+        entry = {"p99_ms": service["latency_ms"]["p99"], "p99_met": service["latency_ms"]["p99"] <= TARGET_P99_MS}
+        parts = []
+        if "bare" in results:
+            entry["vs_bare"] = service["rps"] / results["bare"]["rps"]
+            entry["vs_bare_met"] = entry["vs_bare"] >= TARGET_VS_BARE
+            parts.append(f"{entry['vs_bare']:.2f}x bare (target >= {TARGET_VS_BARE}: "
+                         f"{'met' if entry['vs_bare_met'] else 'MISSED'})")
+        if "mlserver" in results:
+            entry["vs_mlserver"] = service["rps"] / results["mlserver"]["rps"]
+            entry["vs_mlserver_met"] = entry["vs_mlserver"] >= TARGET_VS_MLSERVER
+            parts.append(f"{entry['vs_mlserver']:.2f}x MLServer (target >= {TARGET_VS_MLSERVER:g}: "
+                         f"{'met' if entry['vs_mlserver_met'] else 'MISSED'})")
+        parts.append(f"p99 {entry['p99_ms']:.2f} ms (target <= {TARGET_P99_MS:g}: "
+                     f"{'met' if entry['p99_met'] else 'MISSED'})")
+        verdict[f"service_{label}"] = entry
+        lines.append(f"- mnist-serve {label}: " + ", ".join(parts))
+    if lines:
+        text.append("\nTargets (single-instance JSON; medians of the rounds of this run):\n" + "\n".join(lines))
+    if prof:
+        whole = prof["whole_request_us"]
+        rows = [[k, f"{v:.0f}", f"{v / whole['full']:.0%}"] for k, v in prof["costs_us"].items()]
+        rows.append(["total (one request, in-process)", f"{whole['full']:.0f}", "100%"])
+        text.append("\nWhere one single-instance request's time goes inside mnist-serve (in-process, WSGI call, "
+                    "no HTTP server; medians of interleaved rounds):\n\n"
+                    + markdown_table(["part", "µs", "share"], rows)
+                    + "\n\nShared by every server: " + ", ".join(f"{k} {v:.0f} µs"
+                                                                  for k, v in prof["shared_steps_us"].items()) + ".")
+    return "\n".join(text), verdict
+
+
+def versions() -> dict:
+    from importlib.metadata import version
+
+    def out(argv):
+        try:
+            return subprocess.run(argv, capture_output=True, text=True, check=False).stdout.strip()
+        except OSError:
+            return None
+
+    wrk = (out(["wrk", "--version"]) or "").splitlines()
+    return {"date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d"), "python": platform.python_version(),
+            "cpus": os.cpu_count(), "numpy": np.__version__, "flask": version("flask"),
+            "gunicorn": version("gunicorn"), "orjson": version("orjson"),
+            "prometheus_client": version("prometheus-client"),
+            "mlserver": out([str(MLSERVER_VENV / "bin/python"), "-c", "import mlserver; print(mlserver.__version__)"]),
+            "wrk": wrk[0].split(" [")[0] if wrk else None}
+
+
+# --- main --------------------------------------------------------------------------------------
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=float, default=20, help="seconds of load per case [20]")
+    parser.add_argument("--connections", type=int, default=16, help="concurrent connections [16]")
+    parser.add_argument("--rounds", type=int, default=4,
+                        help="split each case's --duration into this many slices, interleaved with the other "
+                             "cases [4]")
+    parser.add_argument("--warmup", type=float, default=3, help="seconds of unrecorded load per case first [3]")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="wrk threads [1: the client takes as little as possible of the 2 cores]")
+    parser.add_argument("--model-dir", help="serve this MODEL_DIR (default: train a `fast` model into a temp dir)")
+    parser.add_argument("--model-name", default=os.environ.get("MODEL_NAME", "mnist"))
+    parser.add_argument("--data", help="MNIST folder (default: $MNIST_DIR, else ../shared/data/mnist)")
+    parser.add_argument("--cases", default=",".join(DESCRIPTIONS),
+                        help=f"comma-separated subset of {','.join(DESCRIPTIONS)}")
+    parser.add_argument("--no-profile", action="store_true", help="skip the in-process profile of one request")
+    parser.add_argument("--json", help="also write the results to this file")
+    args = parser.parse_args()
+    cases = [c for c in args.cases.split(",") if c]
+    unknown = set(cases) - set(DESCRIPTIONS)
+    if unknown:
+        parser.error(f"unknown case(s) {sorted(unknown)}")
+    if args.rounds < 1 or args.duration / args.rounds < 1:
+        parser.error("--rounds must be >= 1 and leave >= 1 s per slice")
+    if args.threads > args.connections:
+        parser.error("--threads must not exceed --connections")
+
+    def terminate(signum, frame):
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, terminate)
+    signal.signal(signal.SIGHUP, terminate)
+
+    workdir = Path(os.environ.get("SERVICE_BENCH_WORKDIR") or tempfile.mkdtemp(prefix="service-bench-"))
+    own_workdir = "SERVICE_BENCH_WORKDIR" not in os.environ
+    servers = Servers(workdir)
+    results: dict[str, dict] = {}
+    try:
+        data_path, test = load_test_digits(args.data)
+        model_dir = ensure_model(args, workdir, data_path)
+        sys.path.insert(0, str(HERE))
+        from mlp_artifact import MLP, latest_version
+
+        version_dir = latest_version(model_dir, args.model_name)
+        reference = MLP(version_dir)
+        label = int(test.labels[0])
+        bodies = write_bodies(test, workdir)
+        expected = reference.predict_proba(test.images[:1].reshape(1, 784).astype(np.float32))[0]
+        log(f"bench: model {version_dir.name} of {args.model_name!r}, layers "
+            f"{reference.manifest['architecture']['layer_sizes']}; the digit is a {label}")
+
+        def checked(name, url, body, v2=False, compare=True):
+            probabilities = check_answer(name, url, body, label, v2)
+            if compare and np.abs(probabilities - expected).max() > 1e-5:
+                raise RuntimeError(f"{name}: probabilities differ from the artifact's forward pass")
+
+        # Every server up at once (idle ones cost next to nothing), checked, then loaded in turn.
+        targets = {}  # case -> (server process, url, body, instances per request)
+        if {"service-sync", "service-batch", "service-png"} & set(cases):
+            proc, url = start_service(servers, "service-sync", model_dir, args.model_name, "sync", 1, workdir)
+            checked("service-sync", url, bodies["single"])
+            checked("service-png", url, bodies["png"], compare=False)  # resampled: a close, not equal, image
+            targets |= {"service-sync": (proc, url, bodies["single"], 1),
+                        "service-batch": (proc, url, bodies["batch"], BATCH),
+                        "service-png": (proc, url, bodies["png"], 1)}
+        if "service-gthread" in cases:
+            proc, url = start_service(servers, "service-gthread", model_dir, args.model_name, "gthread",
+                                      GTHREAD_THREADS, workdir)
+            checked("service-gthread", url, bodies["single"])
+            targets["service-gthread"] = (proc, url, bodies["single"], 1)
+        if "bare" in cases:
+            proc, url = start_bare(servers, version_dir)
+            checked("bare", url, bodies["single"])
+            targets["bare"] = (proc, url, bodies["single"], 1)
+        if "mlserver" in cases:
+            proc, url = start_mlserver(servers, version_dir, args.model_name, workdir)
+            checked("mlserver", url, bodies["v2"], v2=True)
+            targets["mlserver"] = (proc, url, bodies["v2"], 1)
+        order = [c for c in DESCRIPTIONS if c in cases]
+
+        if args.warmup > 0:
+            log(f"bench: warm-up, {args.warmup:g} s per case")
+            for case in order:
+                proc, url, body, _ = targets[case]
+                run_wrk(servers, url, body, args.warmup, args)
+                wait_idle(proc.pid)
+        # Interleaved rounds: a noisy minute on the shared machine then hits every case, not one.
+        slices: dict[str, list[dict]] = {case: [] for case in order}
+        seconds = args.duration / args.rounds
+        for round_ in range(1, args.rounds + 1):
+            for case in order:
+                proc, url, body, _ = targets[case]
+                s = measure_slice(servers, proc, url, body, seconds, args)
+                slices[case].append(s)
+                other = s["other_cpu_s"] / s["duration_s"]
+                log(f"bench: round {round_}/{args.rounds} {case}: {s['requests'] / s['duration_s']:,.0f} req/s, "
+                    f"p99 {s['latency_ms']['p99']:.2f} ms, other processes {other:.2f} cores"
+                    + (" (busy machine: suspect)" if other > BUSY else ""))
+        results = {case: aggregate(case, slices[case], targets[case][3]) for case in order}
+        servers.stop_all()
+        prof = None if args.no_profile else profile(model_dir, args.model_name, bodies["single"])
+    except (RuntimeError, OSError, subprocess.CalledProcessError) as e:
+        log(f"bench: failed: {e}")
+        return 1
+    finally:
+        servers.stop_all()
+        if own_workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    ordered = {name: results[name] for name in DESCRIPTIONS if name in results}
+    table, verdict = report(ordered, prof)
+    env = versions()
+    print(f"\nbench/service/run: {args.duration:g} s per case in {args.rounds} interleaved rounds, "
+          f"{args.connections} connections, "
+          f"wrk {args.threads} thread(s), {WORKERS} server workers each; {env['date']}, Python {env['python']}, "
+          f"{env['cpus']} CPUs\n")
+    print(table)
+    if args.json:
+        Path(args.json).write_text(json.dumps({
+            "environment": env, "settings": {k: v for k, v in vars(args).items() if k != "json"},
+            "model": {"layer_sizes": reference.manifest["architecture"]["layer_sizes"], "version": version_dir.name},
+            "results": ordered, "verdict": verdict, "profile": prof}, indent=2) + "\n")
+        log(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,192 @@
+"""Where one single-instance /v1/predict request spends its time inside mnist-serve, in-process.
+
+Run by bench/service/bench.py in .venv (it can also be run alone):
+
+    python bench/service/profile_request.py MODEL_DIR BODY_JSON [--name mnist] [--iterations 3000]
+
+It calls the Flask application the way a gunicorn worker does (WSGI environ in, body out), with
+PROMETHEUS_MULTIPROC_DIR set (multiprocess metrics, as under mnist-serve) and the JSON access log
+written to a file. It times
+  - the steps every server shares (orjson.loads, the forward pass, the response), each alone;
+  - the whole request as it is, then with the access log, the metrics or the validation switched
+    off (monkeypatched: metrics become no-ops, parse_json becomes orjson.loads + np.asarray), and
+    the bare app (bare_app.py), interleaved in rounds so that machine noise hits all alike: the
+    differences are what each feature costs in place;
+  - a cProfile run of the whole request: the functions with the most own time.
+Prints one JSON object on stdout. Wall times of one process on one core: the HTTP server
+(gunicorn: accept, parse, write) is not included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import json
+import os
+import pstats
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def per_call_us(fn, iterations: int) -> float:
+    """Median over 5 rounds of the mean time of fn() in microseconds."""
+    rounds = []
+    for _ in range(5):
+        k = max(1, iterations // 5)
+        started = time.perf_counter()
+        for _ in range(k):
+            fn()
+        rounds.append((time.perf_counter() - started) / k * 1e6)
+    return sorted(rounds)[len(rounds) // 2]
+
+
+class _NoMetric:
+    """Stands in for a prometheus_client metric: every update does nothing."""
+
+    def labels(self, *args, **kwargs):
+        return self
+
+    def inc(self, *args, **kwargs):
+        pass
+
+    dec = observe = set = inc
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model_dir")
+    parser.add_argument("body", help="a JSON request body file ({\"instances\": [[784 numbers]]})")
+    parser.add_argument("--name", default="mnist")
+    parser.add_argument("--iterations", type=int, default=3000)
+    args = parser.parse_args()
+
+    workdir = Path(tempfile.mkdtemp(prefix="profile-request-"))
+    # As under mnist-serve: multiprocess metrics (chosen at prometheus_client's import) and the log to a file.
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(workdir / "metrics")
+    (workdir / "metrics").mkdir()
+    log_file = open(workdir / "access.log", "w")  # noqa: SIM115 - open for the whole run
+    real_stderr = os.fdopen(os.dup(2), "w")  # the access log writes to file descriptor 2 itself
+    os.dup2(log_file.fileno(), 2)
+    sys.stderr = log_file
+
+    import numpy as np
+    import orjson
+    from werkzeug.test import EnvironBuilder
+
+    from mnist_service import api, metrics, parsing
+    from mnist_service.app import create_app
+    from mnist_service.logs import ACCESS as access_log
+    from mnist_service.settings import Settings
+
+    body = Path(args.body).read_bytes()
+    app = create_app(Settings(model_dir=Path(args.model_dir), model_name=args.name, model_poll_seconds=0))
+    model = app.extensions["model_store"].current
+    sys.path.insert(0, str(HERE))
+    os.environ["BARE_MODEL_PATH"] = str(Path(args.model_dir, args.name, str(model.version)))
+    import bare_app
+
+    def environ():
+        return EnvironBuilder(method="POST", path="/v1/predict", data=body,
+                              content_type="application/json").get_environ()
+
+    def call(wsgi_app):
+        def run(env):
+            status = []
+            out = b"".join(wsgi_app(env, lambda s, h, exc_info=None: status.append(s)))
+            assert status[0].startswith("200"), (status, out[:200])
+        return run
+
+    n = args.iterations
+    for _ in range(200):  # warm up both apps
+        call(app)(environ())
+        call(bare_app.app)(environ())
+
+    # (1) The steps every server does, timed alone on the same input.
+    pixels = parsing.parse_json(body, parsing.Options())
+    probabilities = model.predict_proba(pixels)
+    labels, confidences = probabilities.argmax(axis=1), probabilities.max(axis=1)
+
+    def respond():
+        predictions = [{"label": int(label), "confidence": float(conf), "probabilities": p}
+                       for label, conf, p in zip(labels, confidences, probabilities)]
+        api.json_response({"model": {"name": model.name, "version": model.version}, "predictions": predictions})
+
+    shared = {"JSON parse (orjson.loads)": per_call_us(lambda: orjson.loads(body), n),
+              "forward pass (predict_proba)": per_call_us(lambda: model.predict_proba(pixels), n),
+              "response (predictions + orjson.dumps + Response)": per_call_us(respond, n)}
+
+    # (2) The whole request with one feature switched off at a time: what each costs in place.
+    def bare_parse(data, options):
+        return np.asarray(orjson.loads(data)["instances"], dtype=np.float32)
+
+    metric_names = ["REQUESTS", "REQUEST_LATENCY", "IN_FLIGHT", "INFERENCE_LATENCY", "BATCH_SIZE",
+                    "observe_predictions"]
+    real = {name: getattr(metrics, name) for name in metric_names} | {"parse_json": parsing.parse_json}
+
+    def configure(off: set[str]):
+        for name in metric_names:
+            stand_in = (lambda *a: None) if name == "observe_predictions" else _NoMetric()
+            setattr(metrics, name, stand_in if "metrics" in off else real[name])
+        parsing.parse_json = bare_parse if "validation" in off else real["parse_json"]
+        access_log.disabled = "log" in off
+
+    variants = {"full": set(), "no access log": {"log"}, "no metrics": {"metrics"},
+                "no validation (bare parse)": {"validation"}, "none of the three": {"log", "metrics", "validation"},
+                "bare app": None}
+    samples: dict[str, list[float]] = {name: [] for name in variants}
+    chunk = 250
+    for _ in range(max(3, n // chunk)):  # interleaved, so a noisy moment hits every variant alike
+        for name, off in variants.items():
+            target = bare_app.app if off is None else app
+            configure(off or set())
+            envs = [environ() for _ in range(chunk)]
+            run = call(target)
+            started = time.perf_counter()
+            for env in envs:
+                run(env)
+            samples[name].append((time.perf_counter() - started) / chunk * 1e6)
+    configure(set())
+    median = {name: sorted(v)[len(v) // 2] for name, v in samples.items()}
+    full = median["full"]
+    costs = {"access log (one JSON line per request)": full - median["no access log"],
+             "metrics (12 multiprocess-mode updates)": full - median["no metrics"],
+             "validation (parse_json beyond orjson.loads + np.asarray)": full - median["no validation (bare parse)"],
+             "other service code (request id, hooks, model lookup, options)":
+                 median["none of the three"] - median["bare app"],
+             "Flask + Werkzeug + the shared steps (= the bare app)": median["bare app"]}
+
+    profiler = cProfile.Profile()
+    envs = [environ() for _ in range(n)]
+    run = call(app)
+    profiler.enable()
+    for env in envs:
+        run(env)
+    profiler.disable()
+    stream = io.StringIO()
+    stats = pstats.Stats(profiler, stream=stream)
+    top = sorted(stats.stats.items(), key=lambda kv: kv[1][2], reverse=True)[:15]  # by own time
+    top_functions = [{"function": f"{Path(file).name}:{line}({func})", "calls_per_request": round(nc / n, 2),
+                      "own_us_per_request": round(tt / n * 1e6, 1), "cumulative_us_per_request": round(ct / n * 1e6, 1)}
+                     for (file, line, func), (_, nc, tt, ct, _) in top]
+
+    sys.stderr = real_stderr
+    log_file.close()
+    shutil.rmtree(workdir, ignore_errors=True)
+    print(json.dumps({
+        "iterations": n, "instances": int(pixels.shape[0]),
+        "whole_request_us": {k: round(v, 1) for k, v in median.items()},
+        "costs_us": {k: round(v, 1) for k, v in costs.items()},
+        "shared_steps_us": {k: round(v, 1) for k, v in shared.items()},
+        "cprofile_top_own_time": top_functions,
+    }, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
