@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -16,7 +17,7 @@ import pytest
 import requests
 
 from mnist_service.store import load_version
-from service_helpers import bomb_png, digit, expected, write_version
+from service_helpers import bomb_png, digit, expected, png, write_version
 
 
 def wait_for(condition, timeout=15.0, interval=0.1):
@@ -215,9 +216,19 @@ def test_bad_input_never_kills_a_worker(model_dir, serve):
     assert "Worker exiting" not in text and "exited with code" not in text and "Traceback" not in text
 
 
-def test_sigterm_stops_the_server_cleanly(model_dir, serve):
+def test_sigterm_drains_in_flight_requests(model_dir, serve):
     server = serve(model_dir)
-    assert server.stop() == 0
+    dark_on_white = base64.b64encode(png(255 - np.kron(digit(), np.ones((10, 10), np.uint8)))).decode()
+    body = {"instances": [{"b64": dark_on_white}] * 1000}  # a second or more of image preprocessing
+    answers = []
+    request = threading.Thread(target=lambda: answers.append(
+        requests.post(server.url + "/v1/predict", json=body, timeout=60)))
+    request.start()
+    in_flight = lambda: metric_total(server.url, "mnist_http_requests_in_flight")  # noqa: E731
+    assert wait_for(lambda: in_flight() >= 2, interval=0.02)  # the big request and this scrape
+    assert server.stop() == 0  # SIGTERM while the request is being answered
+    request.join()
+    assert answers[0].status_code == 200 and len(answers[0].json()["predictions"]) == 1000
     assert load_version(model_dir / "mnist" / "1")  # the service only reads MODEL_DIR
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import orjson
 from flask import Blueprint, Response, current_app, g, request
@@ -58,14 +59,14 @@ def predict():
     req, app, state = request._get_current_object(), current_app._get_current_object(), g._get_current_object()
     args = req.args
     model = _model_for_request(app.extensions["model_store"], args.get("version"))
-    settings = app.extensions["settings"]
+    options = app.extensions["parse_options"]
     # JSON bodies carry "preprocess" themselves; image and multipart bodies take it here.
     form = req.form if req.mimetype == "multipart/form-data" else {}
-    preprocess = args.get("preprocess") or form.get("preprocess") or "mnist"
-    if preprocess not in parsing.PREPROCESS:
-        raise ApiError(422, "invalid_request", f"preprocess must be one of {list(parsing.PREPROCESS)}")
-    options = parsing.Options(preprocess=preprocess, max_batch=settings.max_batch,
-                              max_image_pixels=settings.max_image_pixels)
+    preprocess = args.get("preprocess") or form.get("preprocess")
+    if preprocess is not None:
+        if preprocess not in parsing.PREPROCESS:
+            raise ApiError(422, "invalid_request", f"preprocess must be one of {list(parsing.PREPROCESS)}")
+        options = replace(options, preprocess=preprocess)
     pixels = _pixels(req, options)
 
     started = time.perf_counter()

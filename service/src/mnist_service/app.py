@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
-import uuid
 from importlib import resources
 
 from flask import Flask, g, request
 
 from . import errors, logs, metrics
 from .api import bp
+from .parsing import Options
 from .settings import Settings
 from .store import ModelStore
 
@@ -28,6 +29,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     if settings.model_poll_seconds > 0:
         store.start_polling(settings.model_poll_seconds)
     app.extensions.update(settings=settings, model_store=store,
+                          parse_options=Options(max_batch=settings.max_batch,
+                                                max_image_pixels=settings.max_image_pixels),
                           openapi=resources.files(__package__).joinpath("openapi.json").read_bytes())
     app.register_blueprint(bp)
     errors.register(app)
@@ -45,7 +48,7 @@ def _observe_requests(app: Flask) -> None:
         state = g._get_current_object()
         state.started = time.perf_counter()
         given = request.headers.get("X-Request-ID", "")
-        state.request_id = given if given and REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+        state.request_id = given if given and REQUEST_ID.fullmatch(given) else os.urandom(16).hex()
         metrics.IN_FLIGHT.inc()
 
     @app.after_request

@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import orjson
@@ -69,16 +69,18 @@ def parse_json(body: bytes, options: Options) -> np.ndarray:
     doc = load_json(body)
     if not isinstance(doc, dict) or "instances" not in doc:
         raise ApiError(422, "invalid_request", 'expected a JSON object like {"instances": [...]}')
-    unknown = sorted(set(doc) - JSON_FIELDS)
-    if unknown:
-        raise ApiError(422, "invalid_request", f"unknown field(s) {unknown}; known: {sorted(JSON_FIELDS)}")
-    options = Options(_choice(doc, "pixel_scale", PIXEL_SCALES, options.pixel_scale),
-                      _choice(doc, "preprocess", PREPROCESS, options.preprocess),
-                      options.max_batch, options.max_image_pixels)
+    if len(doc) > 1:  # options given: check them (the common body is {"instances": [...]} alone)
+        unknown = sorted(set(doc) - JSON_FIELDS)
+        if unknown:
+            raise ApiError(422, "invalid_request", f"unknown field(s) {unknown}; known: {sorted(JSON_FIELDS)}")
+        options = replace(options, pixel_scale=_choice(doc, "pixel_scale", PIXEL_SCALES, options.pixel_scale),
+                          preprocess=_choice(doc, "preprocess", PREPROCESS, options.preprocess))
     instances = doc["instances"]
     if not isinstance(instances, list) or not instances:
         raise ApiError(422, "invalid_request", '"instances" must be a non-empty list')
     check_batch(len(instances), options)
+    if len(instances) == 1:
+        return _instance(instances[0], 0, options)[None]
     return np.stack([_instance(item, i, options) for i, item in enumerate(instances)])
 
 
