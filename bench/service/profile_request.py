@@ -108,7 +108,7 @@ def main() -> int:
         call(bare_app.app)(environ())
 
     # (1) The steps every server does, timed alone on the same input.
-    pixels = parsing.parse_json(body, parsing.Options())
+    pixels, _ = parsing.parse_json_request(body, parsing.Options())
     probabilities = model.predict_proba(pixels)
     labels, confidences = probabilities.argmax(axis=1), probabilities.max(axis=1)
 
@@ -123,17 +123,16 @@ def main() -> int:
 
     # (2) The whole request with one feature switched off at a time: what each costs in place.
     def bare_parse(data, options):
-        return np.asarray(orjson.loads(data)["instances"], dtype=np.float32)
+        return np.asarray(orjson.loads(data)["instances"], dtype=np.float32), options
 
-    metric_names = ["REQUESTS", "REQUEST_LATENCY", "IN_FLIGHT", "INFERENCE_LATENCY", "BATCH_SIZE",
-                    "observe_predictions"]
-    real = {name: getattr(metrics, name) for name in metric_names} | {"parse_json": parsing.parse_json}
+    metric_names = ["IN_FLIGHT", "INFERENCE_LATENCY", "observe_request", "observe_predictions"]
+    real = {name: getattr(metrics, name) for name in metric_names} | {"parse_json_request": parsing.parse_json_request}
 
     def configure(off: set[str]):
         for name in metric_names:
-            stand_in = (lambda *a: None) if name == "observe_predictions" else _NoMetric()
+            stand_in = (lambda *a: None) if name.startswith("observe_") else _NoMetric()
             setattr(metrics, name, stand_in if "metrics" in off else real[name])
-        parsing.parse_json = bare_parse if "validation" in off else real["parse_json"]
+        parsing.parse_json_request = bare_parse if "validation" in off else real["parse_json_request"]
         access_log.disabled = "log" in off
 
     variants = {"full": set(), "no access log": {"log"}, "no metrics": {"metrics"},

@@ -240,7 +240,7 @@ def test_size_limits(model_dir):
 
 
 def test_unknown_routes_and_methods(client):
-    missing = client.get("/v2/nothing")
+    missing = client.get("/v1/nothing")
     assert missing.status_code == 404 and missing.get_json()["error"]["code"] == "not_found"
     wrong = client.get("/v1/predict")
     assert wrong.status_code == 405 and wrong.get_json()["error"]["code"] == "method_not_allowed"

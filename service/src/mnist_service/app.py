@@ -10,7 +10,7 @@ from importlib import resources
 
 from flask import Flask, g, request
 
-from . import errors, logs, metrics
+from . import errors, logs, metrics, v2, web
 from .api import bp
 from .parsing import Options
 from .settings import Settings
@@ -33,6 +33,8 @@ def create_app(settings: Settings | None = None) -> Flask:
                                                 max_image_pixels=settings.max_image_pixels),
                           openapi=resources.files(__package__).joinpath("openapi.json").read_bytes())
     app.register_blueprint(bp)
+    app.register_blueprint(v2.bp)
+    app.register_blueprint(web.bp)
     errors.register(app)
     _observe_requests(app)
     logging.getLogger(__name__).info("app ready", extra={

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 import orjson
-from flask import Flask, Response
+from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,10 @@ def register(app: Flask) -> None:
     def http_error(e: HTTPException):
         code = HTTP_CODES.get(e.code, "http_error")
         message = {413: "request body is larger than MAX_BODY_BYTES"}.get(e.code, e.description)
-        response = error_response(e.code, code, message)
+        if request.path == "/v2" or request.path.startswith("/v2/"):  # the Open Inference Protocol's form
+            response = Response(orjson.dumps({"error": message}), status=e.code, mimetype="application/json")
+        else:
+            response = error_response(e.code, code, message)
         if e.code == 405 and e.valid_methods:
             response.headers["Allow"] = ", ".join(e.valid_methods)
         return response

@@ -2,11 +2,12 @@
 
 `decode` turns untrusted bytes into a loaded Pillow image (or an ImageError); `to_mnist` prepares
 any picture of one digit the way MNIST was made (20x20 box, centre of mass at the centre, white ink
-on black); `as_is` takes an image that is already 28x28 without changing it.
+on black); `as_is` takes an image that is already 28x28 without changing it; `png_data_url` shows a digit back.
 """
 
 from __future__ import annotations
 
+import base64
 import io
 
 import numpy as np
@@ -186,3 +187,10 @@ def as_is(img: Image.Image) -> np.ndarray:
                          f"without preprocessing the image must be {SIDE}x{SIDE}, got {img.width}x{img.height}")
     gray, alpha = _gray_alpha(img)
     return _to_uint8(gray if alpha is None else gray * alpha)
+
+
+def png_data_url(digit: np.ndarray) -> str:
+    """A uint8 (28, 28) digit as a data:image/png;base64 URL: what a browser's <img src> takes."""
+    buffer = io.BytesIO()
+    Image.fromarray(digit).save(buffer, "PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")

@@ -19,7 +19,7 @@ from .errors import ApiError
 
 PIXELS, SIDE = 784, 28
 IMAGE_TYPES = {"image/png", "image/jpeg", "image/gif", "image/bmp", "image/x-ms-bmp", "image/webp"}
-JSON_FIELDS = {"instances", "pixel_scale", "preprocess"}
+JSON_FIELDS = {"instances", "pixel_scale", "preprocess", "include_input"}
 PIXEL_SCALES = ("auto", "unit", "byte")
 PREPROCESS = ("mnist", "none")
 
@@ -30,6 +30,7 @@ class Options:
     preprocess: str = "mnist"
     max_batch: int = 1024
     max_image_pixels: int = 4096 * 4096
+    include_input: bool = False  # answer with the 28x28 image each instance became
 
 
 def _invalid(message: str, index: int | None = None, code: str = "invalid_instance") -> ApiError:
@@ -66,6 +67,11 @@ def load_json(body: bytes):
 
 
 def parse_json(body: bytes, options: Options) -> np.ndarray:
+    return parse_json_request(body, options)[0]
+
+
+def parse_json_request(body: bytes, options: Options) -> tuple[np.ndarray, Options]:
+    """The pixels of a JSON body and the options it sets (pixel_scale, preprocess, include_input)."""
     doc = load_json(body)
     if not isinstance(doc, dict) or "instances" not in doc:
         raise ApiError(422, "invalid_request", 'expected a JSON object like {"instances": [...]}')
@@ -74,20 +80,28 @@ def parse_json(body: bytes, options: Options) -> np.ndarray:
         if unknown:
             raise ApiError(422, "invalid_request", f"unknown field(s) {unknown}; known: {sorted(JSON_FIELDS)}")
         options = replace(options, pixel_scale=_choice(doc, "pixel_scale", PIXEL_SCALES, options.pixel_scale),
-                          preprocess=_choice(doc, "preprocess", PREPROCESS, options.preprocess))
+                          preprocess=_choice(doc, "preprocess", PREPROCESS, options.preprocess),
+                          include_input=_boolean(doc, "include_input", options.include_input))
     instances = doc["instances"]
     if not isinstance(instances, list) or not instances:
         raise ApiError(422, "invalid_request", '"instances" must be a non-empty list')
     check_batch(len(instances), options)
     if len(instances) == 1:
-        return _instance(instances[0], 0, options)[None]
-    return np.stack([_instance(item, i, options) for i, item in enumerate(instances)])
+        return _instance(instances[0], 0, options)[None], options
+    return np.stack([_instance(item, i, options) for i, item in enumerate(instances)]), options
 
 
 def _choice(doc: dict, field: str, allowed: tuple[str, ...], default: str) -> str:
     value = doc.get(field, default)
     if value not in allowed:
         raise ApiError(422, "invalid_request", f'"{field}" must be one of {list(allowed)}, got {value!r}')
+    return value
+
+
+def _boolean(doc: dict, field: str, default: bool) -> bool:
+    value = doc.get(field, default)
+    if not isinstance(value, bool):
+        raise ApiError(422, "invalid_request", f'"{field}" must be true or false, got {value!r}')
     return value
 
 
