@@ -14,7 +14,7 @@ from . import images, metrics, parsing
 from .errors import ApiError
 from .store import ModelStore
 
-VERSION = re.compile(r"[0-9]{1,9}")
+VERSION = re.compile(r"[0-9]{1,9}")  # ASCII digits: str.isdigit() passes "²", which int() refuses
 
 bp = Blueprint("api", __name__)
 

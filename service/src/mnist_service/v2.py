@@ -8,7 +8,6 @@ TF Serving route is a v1 route and keeps the v1 error form.
 from __future__ import annotations
 
 import math
-import re
 import reprlib
 from importlib import metadata
 
@@ -18,7 +17,7 @@ from flask import Blueprint, Response, current_app, request
 from werkzeug.exceptions import HTTPException
 
 from . import parsing
-from .api import json_response, model_for_request, prediction_objects, run_model
+from .api import VERSION, json_response, model_for_request, prediction_objects, run_model
 from .errors import ApiError
 from .store import ModelStore
 
@@ -42,7 +41,6 @@ MODEL_METADATA = {
     "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, CLASSES]},
                 {"name": "labels", "datatype": "INT64", "shape": [-1]}],
 }
-VERSION = re.compile(r"[0-9]{1,18}")  # str.isdigit() passes "²", which int() refuses
 
 
 def _bad(message: str) -> ApiError:
