@@ -9,7 +9,7 @@ PROMETHEUS_MULTIPROC_DIR set (multiprocess metrics, as under mnist-serve) and th
 written to a file. It times
   - the steps every server shares (orjson.loads, the forward pass, the response), each alone;
   - the whole request as it is, then with the access log, the metrics or the validation switched
-    off (monkeypatched: metrics become no-ops, parse_json becomes orjson.loads + np.asarray), and
+    off (monkeypatched: metrics become no-ops, parse_json_request becomes orjson.loads + np.asarray), and
     the bare app (bare_app.py), interleaved in rounds so that machine noise hits all alike: the
     differences are what each feature costs in place;
   - a cProfile run of the whole request: the functions with the most own time.
@@ -155,7 +155,8 @@ def main() -> int:
     full = median["full"]
     costs = {"access log (one JSON line per request)": full - median["no access log"],
              "metrics (12 multiprocess-mode updates)": full - median["no metrics"],
-             "validation (parse_json beyond orjson.loads + np.asarray)": full - median["no validation (bare parse)"],
+             "validation (parse_json_request beyond orjson.loads + np.asarray)":
+                 full - median["no validation (bare parse)"],
              "other service code (request id, hooks, model lookup, options)":
                  median["none of the three"] - median["bare app"],
              "Flask + Werkzeug + the shared steps (= the bare app)": median["bare app"]}

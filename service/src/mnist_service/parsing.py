@@ -66,10 +66,6 @@ def load_json(body: bytes):
     raise ApiError(400, "malformed_json", f"malformed JSON: {error}") from None
 
 
-def parse_json(body: bytes, options: Options) -> np.ndarray:
-    return parse_json_request(body, options)[0]
-
-
 def parse_json_request(body: bytes, options: Options) -> tuple[np.ndarray, Options]:
     """The pixels of a JSON body and the options it sets (pixel_scale, preprocess, include_input)."""
     doc = load_json(body)
