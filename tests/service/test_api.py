@@ -127,6 +127,45 @@ def test_request_id_is_echoed_or_generated(client):
     assert client.get("/healthz", headers={"X-Request-ID": "bad id\x7f"}).headers["X-Request-ID"] != "bad id\x7f"
 
 
+def _access_lines(captured: str) -> dict[str, dict]:
+    entries = [json.loads(line) for line in captured.splitlines() if '"mnist_service.access"' in line]
+    return {e["request_id"]: e for e in entries}
+
+
+def test_every_request_gets_one_access_line_and_its_id_back(client, capfd):
+    """/v1/predict is answered in front of Flask; it must be observed exactly like Flask's routes."""
+    calls = {"ok": lambda h: predict(client, {"instances": [digit().tolist()] * 3}, headers=h),
+             "bad": lambda h: predict(client, {"instances": "x"}, headers=h),
+             "no-route": lambda h: client.get("/v1/nothing", headers=h),
+             "models": lambda h: client.get("/v1/models", headers=h)}
+    for request_id, call in calls.items():
+        assert call({"X-Request-ID": request_id}).headers["X-Request-ID"] == request_id
+    lines = _access_lines(capfd.readouterr().err)
+    assert len(lines) == len(calls)
+    assert lines["ok"] | {"latency_ms": 0} == lines["ok"] | {
+        "method": "POST", "route": "/v1/predict", "status": 200, "batch_size": 3, "model_version": 1, "latency_ms": 0}
+    assert (lines["bad"]["route"], lines["bad"]["status"], lines["bad"]["batch_size"]) == ("/v1/predict", 422, None)
+    assert (lines["no-route"]["route"], lines["no-route"]["status"]) == ("unmatched", 404)
+    assert (lines["models"]["route"], lines["models"]["status"]) == ("/v1/models", 200)
+
+
+def test_an_unexpected_failure_is_a_json_500_and_the_next_request_works(client, monkeypatch, capfd, caplog):
+    model = client.application.extensions["model_store"].current
+
+    def broken(pixels):
+        raise RuntimeError("weights went missing")
+
+    monkeypatch.setattr(model, "predict_proba", broken)
+    failed = predict(client, {"instances": [digit().tolist()]}, headers={"X-Request-ID": "boom"})
+    assert failed.status_code == 500 and failed.get_json()["error"]["code"] == "internal_error"
+    assert "weights went missing" not in failed.get_data(as_text=True)  # logged, not told to the client
+    assert _access_lines(capfd.readouterr().err)["boom"]["status"] == 500
+    logged = [r for r in caplog.records if r.getMessage() == "unhandled error"]
+    assert len(logged) == 1 and "weights went missing" in str(logged[0].exc_info[1])
+    monkeypatch.undo()
+    assert predict(client, {"instances": [digit().tolist()]}).status_code == 200
+
+
 # -- bad input: a clear 4xx with a JSON body, never a 500 ----------------------------------------
 
 def _gif_animated() -> bytes:

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -79,16 +80,29 @@ def test_parity_with_the_trainer_and_accuracy_over_http(trained, mnist_dir, serv
 
 def test_metric_totals_are_summed_over_workers(model_dir, serve):
     server = serve(model_dir, workers=2)
-    n = 60
-    for i in range(n):  # a new connection per request: the kernel spreads them over both workers
-        assert requests.post(server.url + "/v1/predict", json={"instances": [digit(i).tolist()]},
-                             timeout=10).status_code == 200
-    pids = {e["pid"] for e in server.logs() if e.get("route") == "/v1/predict"}
-    assert len(pids) == 2, "both workers should have answered"
+
+    def post(i: int) -> int:
+        return requests.post(server.url + "/v1/predict", json={"instances": [digit(i).tolist()]},
+                             timeout=10).status_code
+
+    # Rounds of 8 concurrent requests until both workers have answered some: sequential requests
+    # on an idle machine can all be accepted by the same worker.
+    n = 0
+    with ThreadPoolExecutor(8) as pool:
+        for _ in range(50):
+            assert list(pool.map(post, range(n, n + 8))) == [200] * 8
+            n += 8
+            if wait_for(lambda: len(_answering_pids(server)) == 2, timeout=0.5):
+                break
+    assert len(_answering_pids(server)) == 2, "both workers should have answered"
     assert metric_total(server.url, "mnist_http_requests_total", route="/v1/predict", status="200") == n
     assert metric_total(server.url, "mnist_predictions_total") == n
     assert metric_total(server.url, "mnist_batch_size_count") == n
     assert metric_total(server.url, "mnist_model_info", version="1") == 1
+
+
+def _answering_pids(server) -> set[int]:
+    return {e["pid"] for e in server.logs() if e.get("route") == "/v1/predict"}
 
 
 def test_promtool_accepts_the_metrics(model_dir, serve):

@@ -3,20 +3,16 @@
 from __future__ import annotations
 
 import logging
-import os
-import re
-import time
 from importlib import resources
 
-from flask import Flask, g, request
+from flask import Flask, request
 
-from . import errors, logs, metrics, v2, web
+from . import errors, logs, observe, v2, web
 from .api import bp
 from .parsing import Options
+from .predict import PredictRoute
 from .settings import Settings
 from .store import ModelStore
-
-REQUEST_ID = re.compile(r"[\w.:@/+=-]{1,128}")  # a caller's id is echoed only if it is this tame
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -28,43 +24,20 @@ def create_app(settings: Settings | None = None) -> Flask:
     store.refresh()
     if settings.model_poll_seconds > 0:
         store.start_polling(settings.model_poll_seconds)
-    app.extensions.update(settings=settings, model_store=store,
-                          parse_options=Options(max_batch=settings.max_batch,
-                                                max_image_pixels=settings.max_image_pixels),
+    options = Options(max_batch=settings.max_batch, max_image_pixels=settings.max_image_pixels)
+    app.extensions.update(settings=settings, model_store=store, parse_options=options,
                           openapi=resources.files(__package__).joinpath("openapi.json").read_bytes())
     app.register_blueprint(bp)
     app.register_blueprint(v2.bp)
     app.register_blueprint(web.bp)
     errors.register(app)
-    _observe_requests(app)
+
+    @app.before_request
+    def note_route():
+        observe.note(request.environ, route=request.url_rule.rule if request.url_rule else "unmatched")
+
+    # POST /v1/predict is answered before Flask's request cycle; every request is observed.
+    app.wsgi_app = observe.ObservedRequests(PredictRoute(app.wsgi_app, store, options, settings.max_body_bytes))
     logging.getLogger(__name__).info("app ready", extra={
         "model": settings.model_name, "version": store.current.version if store.current else None})
     return app
-
-
-def _observe_requests(app: Flask) -> None:
-    """Request id, metrics and one JSON log line for every request (never the payload)."""
-
-    @app.before_request
-    def start():
-        state = g._get_current_object()
-        state.started = time.perf_counter()
-        given = request.headers.get("X-Request-ID", "")
-        state.request_id = given if given and REQUEST_ID.fullmatch(given) else os.urandom(16).hex()
-        metrics.IN_FLIGHT.inc()
-
-    @app.after_request
-    def finish(response):
-        state, req = g._get_current_object(), request._get_current_object()
-        started = state.get("started")
-        if started is None:  # failed before `start` ran
-            return response
-        latency = time.perf_counter() - started
-        metrics.IN_FLIGHT.dec()
-        route = req.url_rule.rule if req.url_rule else "unmatched"
-        metrics.observe_request(route, req.method, response.status_code, latency)
-        response.headers["X-Request-ID"] = state.request_id
-        logs.access(request_id=state.request_id, method=req.method, route=route, status=response.status_code,
-                    latency_ms=round(latency * 1000, 3), batch_size=state.get("batch_size"),
-                    model_version=state.get("model_version"))
-        return response

@@ -17,14 +17,34 @@ class ApiError(Exception):
         self.status, self.code, self.message, self.details = status, code, message, details
 
 
+def error_body(code: str, message: str, details=None) -> bytes:
+    return orjson.dumps({"error": {"code": code, "message": message, "details": details}})
+
+
 def error_response(status: int, code: str, message: str, details=None) -> Response:
-    body = {"error": {"code": code, "message": message, "details": details}}
-    return Response(orjson.dumps(body), status=status, mimetype="application/json")
+    return Response(error_body(code, message, details), status=status, mimetype="application/json")
 
 
 # werkzeug's exceptions, under the codes clients see.
 HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large",
               415: "unsupported_media_type"}
+
+
+def http_error(e: HTTPException, path: str) -> tuple[bytes, list[tuple[str, str]]]:
+    """The JSON body and extra headers for one of werkzeug's exceptions (404, 405, 413, ...)."""
+    message = {413: "request body is larger than MAX_BODY_BYTES"}.get(e.code, e.description)
+    if path == "/v2" or path.startswith("/v2/"):  # the Open Inference Protocol's form
+        body = orjson.dumps({"error": message})
+    else:
+        body = error_body(HTTP_CODES.get(e.code, "http_error"), message)
+    allow = [("Allow", ", ".join(e.valid_methods))] if e.code == 405 and getattr(e, "valid_methods", None) else []
+    return body, allow
+
+
+def internal_error() -> bytes:
+    """Logs the exception being handled; the body tells the client nothing about it."""
+    log.exception("unhandled error")
+    return error_body("internal_error", "internal server error")
 
 
 def register(app: Flask) -> None:
@@ -33,18 +53,10 @@ def register(app: Flask) -> None:
         return error_response(e.status, e.code, e.message, e.details)
 
     @app.errorhandler(HTTPException)
-    def http_error(e: HTTPException):
-        code = HTTP_CODES.get(e.code, "http_error")
-        message = {413: "request body is larger than MAX_BODY_BYTES"}.get(e.code, e.description)
-        if request.path == "/v2" or request.path.startswith("/v2/"):  # the Open Inference Protocol's form
-            response = Response(orjson.dumps({"error": message}), status=e.code, mimetype="application/json")
-        else:
-            response = error_response(e.code, code, message)
-        if e.code == 405 and e.valid_methods:
-            response.headers["Allow"] = ", ".join(e.valid_methods)
-        return response
+    def werkzeug_error(e: HTTPException):
+        body, headers = http_error(e, request.path)
+        return Response(body, status=e.code, headers=headers, mimetype="application/json")
 
     @app.errorhandler(Exception)
     def unexpected(e: Exception):
-        log.exception("unhandled error")
-        return error_response(500, "internal_error", "internal server error")
+        return Response(internal_error(), status=500, mimetype="application/json")

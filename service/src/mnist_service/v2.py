@@ -17,8 +17,9 @@ from flask import Blueprint, Response, current_app, request
 from werkzeug.exceptions import HTTPException
 
 from . import parsing
-from .api import VERSION, json_response, model_for_request, prediction_objects, run_model
+from .api import json_response
 from .errors import ApiError
+from .predict import VERSION, model_for_request, prediction_objects, run_model
 from .store import ModelStore
 
 bp = Blueprint("v2", __name__)
@@ -135,7 +136,7 @@ def infer(name: str, version: str | None = None):
         raise _bad(f'"id" must be a string, got {_brief(request_id)}')
     requested = _requested_outputs(doc)
     pixels = _input_pixels(doc, binary, current_app.extensions["parse_options"])
-    probabilities = run_model(model, pixels)
+    probabilities = run_model(model, pixels, request.environ)
     return _infer_response(model, request_id, requested, probabilities)
 
 
@@ -341,7 +342,7 @@ def tf_serving_predict(name: str, version: int | None = None):
     model = _model(name, None if version is None else str(version))
     pixels, options = parsing.parse_json_request(request.get_data(cache=False),
                                                  current_app.extensions["parse_options"])
-    probabilities = run_model(model, pixels)
+    probabilities = run_model(model, pixels, request.environ)
     return json_response({"predictions": prediction_objects(probabilities, pixels if options.include_input else None)})
 
 

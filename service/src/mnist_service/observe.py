@@ -1,0 +1,52 @@
+"""Request id, metrics and one JSON access line for every request (never the payload).
+
+A WSGI middleware around the whole app rather than Flask hooks: POST /v1/predict is answered
+before Flask's request cycle (predict.py) and must be observed exactly like every other route.
+Handlers tell it what they know through the WSGI environ: `note(environ, route=..., ...)`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+
+from . import logs, metrics
+
+REQUEST_ID = re.compile(r"[\w.:@/+=-]{1,128}")  # a caller's id is echoed only if it is this tame
+NOTES = "mnist.access"  # environ key: the access line's fields a handler adds
+
+
+def note(environ: dict, **fields) -> None:
+    """Add fields (route, batch_size, model_version) to this request's access line and metrics."""
+    environ.setdefault(NOTES, {}).update(fields)
+
+
+class ObservedRequests:
+    def __init__(self, app):
+        self.app = app
+
+    def __call__(self, environ, start_response):
+        started = time.perf_counter()
+        given = environ.get("HTTP_X_REQUEST_ID", "")
+        request_id = given if given and REQUEST_ID.fullmatch(given) else os.urandom(16).hex()
+        statuses = []
+
+        def start(status: str, headers: list, exc_info=None):
+            statuses.append(status)
+            headers.append(("X-Request-ID", request_id))
+            return start_response(status, headers, exc_info)
+
+        metrics.IN_FLIGHT.inc()
+        try:
+            return self.app(environ, start)
+        finally:  # WSGI apps call start_response before they return: the status is known here
+            latency = time.perf_counter() - started
+            metrics.IN_FLIGHT.dec()
+            status = int(statuses[-1][:3]) if statuses else 500
+            fields = environ.get(NOTES, {})
+            route = fields.get("route", "unmatched")
+            metrics.observe_request(route, environ["REQUEST_METHOD"], status, latency)
+            logs.access(request_id=request_id, method=environ["REQUEST_METHOD"], route=route, status=status,
+                        latency_ms=round(latency * 1000, 3), batch_size=fields.get("batch_size"),
+                        model_version=fields.get("model_version"))
