@@ -478,7 +478,9 @@ def report(results: dict[str, dict], prof: dict | None) -> tuple[str, dict]:
                     "no HTTP server; medians of interleaved rounds):\n\n"
                     + markdown_table(["part", "µs", "share"], rows)
                     + "\n\nShared by every server: " + ", ".join(f"{k} {v:.0f} µs"
-                                                                  for k, v in prof["shared_steps_us"].items()) + ".")
+                                                                  for k, v in prof["shared_steps_us"].items())
+                    + ". The bare app in the same rounds: " + ", ".join(f"{k} {v:.0f} µs"
+                                                                        for k, v in prof["bare_app_us"].items()) + ".")
     return "\n".join(text), verdict
 
 

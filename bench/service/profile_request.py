@@ -11,7 +11,9 @@ written to a file. It times
   - the whole request as it is, then with the access log, the metrics or the validation switched
     off (monkeypatched: metrics become no-ops, parse_json_request becomes orjson.loads + np.asarray), and
     the bare app (bare_app.py), interleaved in rounds so that machine noise hits all alike: the
-    differences are what each feature costs in place;
+    differences are what each feature costs in place; what is left once the shared steps are taken
+    away is the service's plumbing (middleware, werkzeug Request, request id, model lookup) and, for
+    the bare app, Flask's request cycle (which mnist-serve's /v1/predict does without);
   - a cProfile run of the whole request: the functions with the most own time.
 Prints one JSON object on stdout. Wall times of one process on one core: the HTTP server
 (gunicorn: accept, parse, write) is not included.
@@ -79,7 +81,7 @@ def main() -> int:
     import orjson
     from werkzeug.test import EnvironBuilder
 
-    from mnist_service import api, metrics, parsing
+    from mnist_service import metrics, parsing
     from mnist_service.app import create_app
     from mnist_service.logs import ACCESS as access_log
     from mnist_service.settings import Settings
@@ -115,11 +117,13 @@ def main() -> int:
     def respond():
         predictions = [{"label": int(label), "confidence": float(conf), "probabilities": p}
                        for label, conf, p in zip(labels, confidences, probabilities)]
-        api.json_response({"model": {"name": model.name, "version": model.version}, "predictions": predictions})
+        orjson.dumps({"model": {"name": model.name, "version": model.version}, "predictions": predictions},
+                     option=orjson.OPT_SERIALIZE_NUMPY)
 
     shared = {"JSON parse (orjson.loads)": per_call_us(lambda: orjson.loads(body), n),
               "forward pass (predict_proba)": per_call_us(lambda: model.predict_proba(pixels), n),
-              "response (predictions + orjson.dumps + Response)": per_call_us(respond, n)}
+              "response body (predictions + orjson.dumps)": per_call_us(respond, n)}
+    shared_total = sum(shared.values())
 
     # (2) The whole request with one feature switched off at a time: what each costs in place.
     def bare_parse(data, options):
@@ -157,9 +161,9 @@ def main() -> int:
              "metrics (12 multiprocess-mode updates)": full - median["no metrics"],
              "validation (parse_json_request beyond orjson.loads + np.asarray)":
                  full - median["no validation (bare parse)"],
-             "other service code (request id, hooks, model lookup, options)":
-                 median["none of the three"] - median["bare app"],
-             "Flask + Werkzeug + the shared steps (= the bare app)": median["bare app"]}
+             "plumbing (middleware, werkzeug Request, request id, model lookup, options)":
+                 median["none of the three"] - shared_total,
+             "the shared steps (JSON parse, forward pass, response body)": shared_total}
 
     profiler = cProfile.Profile()
     envs = [environ() for _ in range(n)]
@@ -182,6 +186,8 @@ def main() -> int:
         "iterations": n, "instances": int(pixels.shape[0]),
         "whole_request_us": {k: round(v, 1) for k, v in median.items()},
         "costs_us": {k: round(v, 1) for k, v in costs.items()},
+        "bare_app_us": {"Flask's request cycle": round(median["bare app"] - shared_total, 1),
+                        "the shared steps": round(shared_total, 1), "total": round(median["bare app"], 1)},
         "shared_steps_us": {k: round(v, 1) for k, v in shared.items()},
         "cprofile_top_own_time": top_functions,
     }, indent=2))
