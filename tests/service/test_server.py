@@ -230,6 +230,35 @@ def test_bad_input_never_kills_a_worker(model_dir, serve):
     assert "Worker exiting" not in text and "exited with code" not in text and "Traceback" not in text
 
 
+def _chunked(data: bytes, size: int = 4096):
+    """A generator body: requests sends it with Transfer-Encoding: chunked and no Content-Length."""
+    return (data[i : i + size] for i in range(0, len(data), size))
+
+
+def test_chunked_bodies_have_the_same_size_limit(model_dir, serve):
+    limit = 20_000
+    server = serve(model_dir, MAX_BODY_BYTES=str(limit))
+    instance = json.dumps({"instances": [digit(3).reshape(-1).tolist()]}).encode()
+    exactly = instance + b" " * (limit - len(instance))  # JSON allows trailing whitespace
+    json_type = {"Content-Type": "application/json"}
+
+    at_limit = requests.post(server.url + "/v1/predict", data=_chunked(exactly), headers=json_type, timeout=10)
+    assert at_limit.status_code == 200
+    served = np.array(at_limit.json()["predictions"][0]["probabilities"])
+    assert np.abs(served - expected(model_dir, digit(3))[0]).max() <= 1e-6
+
+    image = png(digit(3)) + b"\0" * limit  # bytes after a PNG's end are ignored by decoders
+    over = {"/v1/predict": (exactly + b" ", json_type),
+            "/v1/models/mnist:predict": (exactly + b" ", json_type),
+            "/v2/models/mnist/infer": (exactly + b" ", json_type),
+            "/v1/predict?preprocess=none": (image, {"Content-Type": "image/png"})}
+    for path, (body, headers) in over.items():
+        response = requests.post(server.url + path, data=_chunked(body), headers=headers, timeout=10)
+        assert response.status_code == 413, (path, response.text)
+        error = response.json()["error"]
+        assert (error if path.startswith("/v2") else error["message"]) == "request body is larger than MAX_BODY_BYTES"
+
+
 def test_sigterm_drains_in_flight_requests(model_dir, serve):
     server = serve(model_dir)
     dark_on_white = base64.b64encode(png(255 - np.kron(digit(), np.ones((10, 10), np.uint8)))).decode()

@@ -9,6 +9,7 @@ from flask import Flask, request
 
 from . import errors, logs, observe, v2, web
 from .api import bp
+from .body_limit import ChunkedBodyLimit
 from .parsing import Options
 from .predict import PredictRoute
 from .settings import Settings
@@ -37,7 +38,8 @@ def create_app(settings: Settings | None = None) -> Flask:
         observe.note(request.environ, route=request.url_rule.rule if request.url_rule else "unmatched")
 
     # POST /v1/predict is answered before Flask's request cycle; every request is observed.
-    app.wsgi_app = observe.ObservedRequests(PredictRoute(app.wsgi_app, store, options, settings.max_body_bytes))
+    routes = PredictRoute(app.wsgi_app, store, options, settings.max_body_bytes)
+    app.wsgi_app = observe.ObservedRequests(ChunkedBodyLimit(routes, settings.max_body_bytes))
     logging.getLogger(__name__).info("app ready", extra={
         "model": settings.model_name, "version": store.current.version if store.current else None})
     return app
