@@ -21,8 +21,12 @@ def error_body(code: str, message: str, details=None) -> bytes:
     return orjson.dumps({"error": {"code": code, "message": message, "details": details}})
 
 
-def error_response(status: int, code: str, message: str, details=None) -> Response:
-    return Response(error_body(code, message, details), status=status, mimetype="application/json")
+def error_body_for(path: str, code: str, message: str, details=None) -> bytes:
+    """The error body in the form of the protocol `path` belongs to: the Open Inference Protocol's
+    routes (/v2...) answer {"error": "<message>"}, every other route error_body's form."""
+    if path == "/v2" or path.startswith("/v2/"):
+        return orjson.dumps({"error": message})
+    return error_body(code, message, details)
 
 
 # werkzeug's exceptions, under the codes clients see.
@@ -33,10 +37,7 @@ HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 4
 def http_error(e: HTTPException, path: str) -> tuple[bytes, list[tuple[str, str]]]:
     """The JSON body and extra headers for one of werkzeug's exceptions (404, 405, 413, ...)."""
     message = {413: "request body is larger than MAX_BODY_BYTES"}.get(e.code, e.description)
-    if path == "/v2" or path.startswith("/v2/"):  # the Open Inference Protocol's form
-        body = orjson.dumps({"error": message})
-    else:
-        body = error_body(HTTP_CODES.get(e.code, "http_error"), message)
+    body = error_body_for(path, HTTP_CODES.get(e.code, "http_error"), message)
     allow = [("Allow", ", ".join(e.valid_methods))] if e.code == 405 and getattr(e, "valid_methods", None) else []
     return body, allow
 
@@ -50,7 +51,8 @@ def internal_error() -> bytes:
 def register(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def api_error(e: ApiError):
-        return error_response(e.status, e.code, e.message, e.details)
+        body = error_body_for(request.path, e.code, e.message, e.details)
+        return Response(body, status=e.status, mimetype="application/json")
 
     @app.errorhandler(HTTPException)
     def werkzeug_error(e: HTTPException):

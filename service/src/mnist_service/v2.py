@@ -2,7 +2,7 @@
 
 Clients written for those servers (tritonclient, KServe's REST client, TF Serving examples) work
 here unchanged. The v2 routes answer errors in the protocol's form {"error": "<message>"}; the
-TF Serving route is a v1 route and keeps the v1 error form.
+TF Serving route is a v1 route and keeps the v1 error form (errors.error_body_for, by path).
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from importlib import metadata
 import numpy as np
 import orjson
 from flask import Blueprint, Response, current_app, request
-from werkzeug.exceptions import HTTPException
 
 from . import parsing
 from .api import json_response
@@ -23,9 +22,6 @@ from .predict import VERSION, model_for_request, prediction_objects, run_model
 from .store import ModelStore
 
 bp = Blueprint("v2", __name__)
-# The v2 routes sit in a nested blueprint so that its error handlers cover them and not the
-# TF Serving route on `bp`, which answers in the v1 form through the app's handlers.
-protocol = Blueprint("protocol", __name__)
 
 SERVER = {"name": "mnist-mlp", "version": metadata.version("mnist-mlp-service"),
           "extensions": ["binary_tensor_data", "classification"]}
@@ -53,17 +49,6 @@ def _brief(value) -> str:
     return reprlib.repr(value)
 
 
-@protocol.errorhandler(ApiError)
-def _api_error(e: ApiError):
-    return json_response({"error": e.message}, e.status)
-
-
-@protocol.errorhandler(HTTPException)
-def _http_error(e: HTTPException):  # above all 413 from MAX_CONTENT_LENGTH, raised when the body is read
-    message = "request body is larger than MAX_BODY_BYTES" if e.code == 413 else e.description
-    return json_response({"error": message}, e.code)
-
-
 # -- models ----------------------------------------------------------------------------------------
 
 def _store() -> ModelStore:
@@ -87,17 +72,17 @@ def _model(name: str, version: str | None):
 
 # -- health and metadata ---------------------------------------------------------------------------
 
-@protocol.get("/v2")
+@bp.get("/v2")
 def server_metadata():
     return json_response(SERVER)
 
 
-@protocol.get("/v2/health/live")
+@bp.get("/v2/health/live")
 def server_live():
     return json_response({"live": True})
 
 
-@protocol.get("/v2/health/ready")
+@bp.get("/v2/health/ready")
 def server_ready():
     store = _store()
     if store.current is None:
@@ -105,8 +90,8 @@ def server_ready():
     return json_response({"ready": True})
 
 
-@protocol.get("/v2/models/<name>")
-@protocol.get("/v2/models/<name>/versions/<version>")
+@bp.get("/v2/models/<name>")
+@bp.get("/v2/models/<name>/versions/<version>")
 def model_metadata(name: str, version: str | None = None):
     store = _store()
     if version is None:
@@ -116,8 +101,8 @@ def model_metadata(name: str, version: str | None = None):
     return json_response({"name": store.name, "versions": [str(v) for v in store.versions()], **MODEL_METADATA})
 
 
-@protocol.get("/v2/models/<name>/ready")
-@protocol.get("/v2/models/<name>/versions/<version>/ready")
+@bp.get("/v2/models/<name>/ready")
+@bp.get("/v2/models/<name>/versions/<version>/ready")
 def model_ready(name: str, version: str | None = None):
     _model(name, version)
     return json_response({"name": name, "ready": True})
@@ -125,8 +110,8 @@ def model_ready(name: str, version: str | None = None):
 
 # -- inference -------------------------------------------------------------------------------------
 
-@protocol.post("/v2/models/<name>/infer")
-@protocol.post("/v2/models/<name>/versions/<version>/infer")
+@bp.post("/v2/models/<name>/infer")
+@bp.post("/v2/models/<name>/versions/<version>/infer")
 def infer(name: str, version: str | None = None):
     model = _model(name, version)
     head, binary = _split_body(request.get_data(cache=False), request.headers.get(HEADER_LENGTH))
@@ -345,5 +330,3 @@ def tf_serving_predict(name: str, version: int | None = None):
     probabilities = run_model(model, pixels, request.environ)
     return json_response({"predictions": prediction_objects(probabilities, pixels if options.include_input else None)})
 
-
-bp.register_blueprint(protocol)
