@@ -5,9 +5,10 @@ FROM ${BASE_IMAGE} AS builder
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 WORKDIR /src
 COPY constraints.txt ./
+COPY artifact/ artifact/
 COPY service/ service/
 RUN python -m venv /opt/venv \
- && /opt/venv/bin/pip install -c constraints.txt ./service \
+ && /opt/venv/bin/pip install -c constraints.txt ./artifact ./service \
  && /opt/venv/bin/pip uninstall -y -q pip setuptools \
  && find /opt/venv -depth -type d -name tests -exec rm -rf {} +  # ~40 MB nobody runs in production
 
@@ -34,6 +35,6 @@ USER 10001:10001
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=4s --start-period=10s --retries=3 \
   CMD ["python", "-m", "mnist_service.healthcheck"]
-# gunicorn drains in-flight requests on SIGTERM (graceful_timeout 30 s).
+# gunicorn drains in-flight requests on SIGTERM for GRACEFUL_TIMEOUT seconds (default 30 s).
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["mnist-serve"]

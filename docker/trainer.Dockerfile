@@ -5,10 +5,11 @@ FROM ${BASE_IMAGE} AS builder
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 WORKDIR /src
 COPY constraints.txt ./
+COPY artifact/ artifact/
 COPY trainer/ trainer/
 # The whole runtime goes into one virtual environment, copied alone into the final stage.
 RUN python -m venv /opt/venv \
- && /opt/venv/bin/pip install -c constraints.txt ./trainer \
+ && /opt/venv/bin/pip install -c constraints.txt ./artifact ./trainer \
  && /opt/venv/bin/pip uninstall -y -q pip setuptools \
  && find /opt/venv -depth -type d -name tests -exec rm -rf {} +  # ~40 MB nobody runs in production
 

@@ -1,6 +1,6 @@
 # Sourced by the scripts here. ensure_dev_venv creates .venv with everything the project and its
 # tests need, pinned by constraints.txt; it reinstalls only when a pin or a pyproject.toml changed.
-DEV_PACKAGES=(-e trainer -e service pytest hypothesis ruff requests openapi-spec-validator "tritonclient[http]" playwright)
+DEV_PACKAGES=(-e artifact -e trainer -e service pytest hypothesis ruff requests openapi-spec-validator "tritonclient[http]" playwright)
 
 ensure_dev_venv() {
   local venv=.venv stamp=.venv/.installed want

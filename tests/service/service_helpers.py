@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from mnist_artifact import Model
 from mnist_service.app import create_app
 from mnist_service.settings import Settings
-from mnist_service.store import load_version
 
 
 def write_version(model_dir: Path, version: int, *, name: str = "mnist", sizes=(784, 16, 10), seed: int = 0,
@@ -69,7 +69,7 @@ def png(array: np.ndarray, mode: str = "L") -> bytes:
 
 
 def expected(model_dir, pixels, version=1):
-    model = load_version(model_dir / "mnist" / str(version))
+    model = Model.load(model_dir / "mnist" / str(version))
     return model.predict_proba(np.asarray(pixels, np.float32).reshape(-1, 784))
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import requests
 
-from mnist_service.store import load_version
+from mnist_artifact import Model
 from service_helpers import bomb_png, digit, expected, png, write_version
 
 
@@ -272,7 +272,7 @@ def test_sigterm_drains_in_flight_requests(model_dir, serve):
     assert server.stop() == 0  # SIGTERM while the request is being answered
     request.join()
     assert answers[0].status_code == 200 and len(answers[0].json()["predictions"]) == 1000
-    assert load_version(model_dir / "mnist" / "1")  # the service only reads MODEL_DIR
+    assert Model.load(model_dir / "mnist" / "1")  # the service only reads MODEL_DIR
 
 
 def test_container_healthcheck_follows_readiness(tmp_path, serve):

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mnist_service import images
+from mnist_artifact import preprocess as images
 from service_helpers import digit, png
 
 STATIC = resources.files("mnist_service").joinpath("static")

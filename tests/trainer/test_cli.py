@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from idx_files import write_idx_dataset
-from mnist_trainer import artifact
+from mnist_artifact import format
 
 TINY = ["--preset", "fast", "--hidden", "16", "--epochs", "2", "--batch-size", "16", "--val-size", "20"]
 
@@ -42,7 +42,7 @@ def test_train_publishes_a_complete_version(published, tiny_data):
     summary = json.loads(result.stdout)
     assert summary["version"] == 1 and summary["name"] == "digits"
     path = models / "digits" / "1"
-    manifest, arrays = artifact.load(path)
+    manifest, arrays = format.load(path)
     assert manifest["architecture"]["layer_sizes"] == [784, 16, 10]
     assert manifest["training"]["epochs_run"] == 2 and manifest["training"]["hyperparameters"]["hidden"] == [16]
     assert manifest["dataset"]["train_size"] == 180 and manifest["dataset"]["validation_size"] == 20
@@ -145,7 +145,7 @@ def test_a_signal_stops_training_and_publishes_nothing(tiny_data, tmp_path, sig)
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 128 + sig
     assert "nothing was published" in err and out == ""
-    assert artifact.list_versions(tmp_path, "mnist") == []
+    assert format.list_versions(tmp_path, "mnist") == []
 
 
 def test_skip_if_published_trains_only_when_no_valid_version_exists(tiny_data, tmp_path):
@@ -154,9 +154,51 @@ def test_skip_if_published_trains_only_when_no_valid_version_exists(tiny_data, t
     assert first.returncode == 0 and json.loads(first.stdout)["version"] == 1
     second = run(*args)
     assert second.returncode == 0 and second.stdout == "" and "already published" in second.stderr
-    assert artifact.list_versions(tmp_path, "mnist") == [1]
+    assert format.list_versions(tmp_path, "mnist") == [1]
     (tmp_path / "mnist" / "1" / "manifest.json").write_text("{}")  # no valid version any more
     assert run(*args).returncode == 0
-    assert artifact.list_versions(tmp_path, "mnist") == [1, 2]
+    assert format.list_versions(tmp_path, "mnist") == [1, 2]
     assert run("train", "--data", tiny_data, "--model-dir", tmp_path, *TINY).returncode == 0  # retrain on request
-    assert artifact.list_versions(tmp_path, "mnist") == [1, 2, 3]
+    assert format.list_versions(tmp_path, "mnist") == [1, 2, 3]
+
+
+@pytest.mark.parametrize("damage", ["weights key", "weights file"])
+def test_skip_if_published_treats_a_damaged_version_as_not_published(tiny_data, tmp_path, damage):
+    """A version without its `weights` entry or its weights file used to crash --skip-if-published
+    with a traceback (KeyError, FileNotFoundError): it is not published, so training goes ahead."""
+    args = ["train", "--data", tiny_data, "--model-dir", tmp_path, *TINY, "--skip-if-published"]
+    assert run(*args).returncode == 0
+    version = tmp_path / "mnist" / "1"
+    if damage == "weights key":
+        manifest = json.loads((version / "manifest.json").read_text())
+        del manifest["weights"]
+        (version / "manifest.json").write_text(json.dumps(manifest))
+    else:
+        (version / "weights.npz").unlink()
+    again = run(*args)
+    assert again.returncode == 0, again.stderr
+    assert "Traceback" not in again.stderr and json.loads(again.stdout)["version"] == 2
+
+
+def test_predict_prepares_image_files_as_the_service_does(published, tmp_path):
+    """`mnist-train predict photo.png` and POST /v1/predict see the same 28x28 for the same file."""
+    from PIL import Image, ImageDraw
+
+    from mnist_artifact import Model, preprocess
+
+    models, _ = published
+    canvas = Image.new("L", (200, 120), 255)  # dark ink on white paper, off-centre, not square
+    ImageDraw.Draw(canvas).line([(20, 20), (70, 100), (90, 30)], fill=0, width=9)
+    photo = tmp_path / "photo.png"
+    canvas.save(photo)
+    result = run("predict", "--model-dir", models, "--name", "digits", photo)
+    assert result.returncode == 0, result.stderr
+    answer = json.loads(result.stdout)
+    probabilities = Model.load(models / "digits" / "1").predict_proba(
+        preprocess.prepare(photo.read_bytes()).reshape(1, 784).astype(np.float32))[0]
+    assert answer["label"] == int(probabilities.argmax())
+    assert answer["confidence"] == pytest.approx(float(probabilities.max()), abs=1e-6)
+    unreadable = tmp_path / "notes.png"
+    unreadable.write_text("not an image")
+    bad = run("predict", "--model-dir", models, "--name", "digits", unreadable)
+    assert bad.returncode == 3 and len(bad.stderr.strip().splitlines()) == 1 and "notes.png" in bad.stderr

@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from idx_files import IDX_NAMES, idx_bytes, random_mnist, write_file, write_idx_dataset
-from mnist_trainer import data, download
-from mnist_trainer.data import DataError, Split
+from mnist_trainer import data
+from mnist_trainer.data import DataError, Split, download
 
 HEADER = ",".join(f"pixel{i}" for i in range(784))
 

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from idx_files import IDX_NAMES, idx_bytes, write_idx_dataset
-from mnist_trainer import data, download
-from mnist_trainer.data import DataError
-from mnist_trainer.download import DownloadError
+from mnist_trainer import data
+from mnist_trainer.data import DataError, download
+from mnist_trainer.data.download import DownloadError
 
 
 class Mirror:

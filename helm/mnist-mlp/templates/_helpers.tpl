@@ -127,10 +127,6 @@ Number of service pods expected at rest (for the PodDisruptionBudget).
 Consistency checks the schema cannot express; included by the Deployment.
 */}}
 {{- define "mnist-mlp.validate" -}}
-{{- $needed := add 30 .Values.preStopSleepSeconds }}
-{{- if lt (int .Values.terminationGracePeriodSeconds) (int $needed) }}
-{{- fail (printf "terminationGracePeriodSeconds (%v) must be >= 30 (gunicorn graceful timeout) + preStopSleepSeconds (%v)" .Values.terminationGracePeriodSeconds .Values.preStopSleepSeconds) }}
-{{- end }}
 {{- if and .Values.autoscaling.enabled (gt (int .Values.autoscaling.minReplicas) (int .Values.autoscaling.maxReplicas)) }}
 {{- fail "autoscaling.minReplicas must be <= autoscaling.maxReplicas" }}
 {{- end }}

@@ -1,4 +1,8 @@
-"""The Flask application factory (gunicorn: `mnist_service.app:create_app()`)."""
+"""The Flask application factory (gunicorn: `mnist_service.app:create_app()`).
+
+Requests pass, outermost first: observe (request id, metrics, access line) → the chunked-body
+limit → the data plane (inference routes, routes.py) → Flask (the control plane, control.py and web.py).
+"""
 
 from __future__ import annotations
 
@@ -7,11 +11,12 @@ from importlib import resources
 
 from flask import Flask, request
 
-from . import errors, logs, observe, v2, web
-from .api import bp
+from . import errors, logs, observe, web
 from .body_limit import ChunkedBodyLimit
-from .parsing import Options
-from .predict import PredictRoute
+from .control import bp
+from .dataplane import Context, DataPlane
+from .options import Limits
+from .routes import ROUTES
 from .settings import Settings
 from .store import ModelStore
 
@@ -25,11 +30,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     store.refresh()
     if settings.model_poll_seconds > 0:
         store.start_polling(settings.model_poll_seconds)
-    options = Options(max_batch=settings.max_batch, max_image_pixels=settings.max_image_pixels)
-    app.extensions.update(settings=settings, model_store=store, parse_options=options,
+    app.extensions.update(settings=settings, model_store=store,
                           openapi=resources.files(__package__).joinpath("openapi.json").read_bytes())
     app.register_blueprint(bp)
-    app.register_blueprint(v2.bp)
     app.register_blueprint(web.bp)
     errors.register(app)
 
@@ -37,9 +40,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     def note_route():
         observe.note(request.environ, route=request.url_rule.rule if request.url_rule else "unmatched")
 
-    # POST /v1/predict is answered before Flask's request cycle; every request is observed.
-    routes = PredictRoute(app.wsgi_app, store, options, settings.max_body_bytes)
-    app.wsgi_app = observe.ObservedRequests(ChunkedBodyLimit(routes, settings.max_body_bytes))
+    context = Context(store, Limits(max_batch=settings.max_batch, max_image_pixels=settings.max_image_pixels))
+    data_plane = DataPlane(ROUTES, app.wsgi_app, context, settings.max_body_bytes)
+    app.wsgi_app = observe.ObservedRequests(ChunkedBodyLimit(data_plane, settings.max_body_bytes))
     logging.getLogger(__name__).info("app ready", extra={
         "model": settings.model_name, "version": store.current.version if store.current else None})
     return app

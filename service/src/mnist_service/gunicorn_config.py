@@ -1,18 +1,27 @@
 """gunicorn settings for mnist-serve (`gunicorn -c python:mnist_service.gunicorn_config ...`).
 
-Environment: PORT, HOST, WORKERS (default: the number of cores), WORKER_CLASS, THREADS, TIMEOUT,
-PROMETHEUS_MULTIPROC_DIR (must already be set in the environment gunicorn starts with).
+Values come from the service's one Settings object (settings.py: HOST, PORT, WORKERS, WORKER_CLASS,
+THREADS, TIMEOUT, GRACEFUL_TIMEOUT). PROMETHEUS_MULTIPROC_DIR must already be set in the
+environment gunicorn starts with (mnist-serve sets it).
 """
 
 import os
+import sys
 from pathlib import Path
 
-bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '8000')}"
-workers = int(os.environ.get("WORKERS") or os.cpu_count() or 2)
-worker_class = os.environ.get("WORKER_CLASS", "sync")  # measured against gthread in bench/README.md
-threads = int(os.environ.get("THREADS", "1"))
-timeout = int(os.environ.get("TIMEOUT", "30"))
-graceful_timeout = 30  # SIGTERM: in-flight requests get this long to finish
+from mnist_service.settings import Settings
+
+try:
+    _settings = Settings.from_env()
+except ValueError as e:  # gunicorn run by hand with this file: the same one line as mnist-serve
+    sys.exit(f"mnist-serve: {e}")
+
+bind = f"{_settings.host}:{_settings.port}"
+workers = _settings.workers
+worker_class = _settings.worker_class
+threads = _settings.threads
+timeout = _settings.timeout
+graceful_timeout = _settings.graceful_timeout
 keepalive = 5
 # The worker heartbeat file on a disk-backed /tmp can stall workers (gunicorn FAQ); /dev/shm is
 # RAM and also works with a read-only root filesystem.

@@ -1,20 +1,21 @@
 """`python -m mnist_service.healthcheck`: exit 0 when this container's service is ready.
 
-For Docker's HEALTHCHECK, where the image has no curl: asks /readyz on PORT (default 8000).
+For Docker's HEALTHCHECK, where the image has no curl: asks /readyz on the service's PORT.
 """
 
-import os
 import sys
 import urllib.error
 import urllib.request
 
+from mnist_service.settings import Settings
+
 
 def main() -> int:
-    url = f"http://127.0.0.1:{os.environ.get('PORT', '8000')}/readyz"
     try:
+        url = f"http://127.0.0.1:{Settings.from_env().port}/readyz"
         with urllib.request.urlopen(url, timeout=3) as response:
             return 0 if response.status == 200 else 1
-    except (urllib.error.URLError, OSError) as e:
+    except (ValueError, urllib.error.URLError, OSError) as e:
         print(f"not ready: {e}", file=sys.stderr)
         return 1
 

@@ -1,34 +1,51 @@
-"""The forward pass, re-implemented from docs/artifact.md: the service never imports the trainer."""
+"""The step every inference route shares: pick the model a request names, run it, record it."""
 
 from __future__ import annotations
 
+import re
+import reprlib
+import time
+
 import numpy as np
 
+from mnist_artifact import Model
 
-class Model:
-    """One loaded version: normalise pixels, ReLU hidden layers, softmax output (float32)."""
+from . import metrics, observe
+from .errors import ApiError
+from .store import ModelStore
 
-    def __init__(self, manifest: dict, arrays: dict[str, np.ndarray], sha256: str):
-        self.manifest = manifest
-        self.name, self.version, self.sha256 = manifest["name"], manifest["version"], sha256
-        n_layers = len(manifest["architecture"]["layer_sizes"]) - 1
-        self.weights = [arrays[f"W{l}"] for l in range(1, n_layers + 1)]
-        self.biases = [arrays[f"b{l}"] for l in range(1, n_layers + 1)]
-        spec = manifest["input"]
-        self.scale, self.mean, self.std = (np.float32(spec[k]) for k in ("scale", "mean", "std"))
-        self.labels = manifest["labels"]
+VERSION = re.compile(r"[0-9]{1,9}")  # ASCII digits: str.isdigit() passes "²", which int() refuses
 
-    def predict_proba(self, pixels: np.ndarray) -> np.ndarray:
-        """Class probabilities (N, 10) for pixels (N, 784) on the 0..255 scale, MNIST polarity."""
-        x = np.multiply(pixels, self.scale, dtype=np.float32)
-        x -= self.mean
-        x /= self.std
-        last = len(self.weights) - 1
-        for l, (w, b) in enumerate(zip(self.weights, self.biases)):
-            x = x @ w
-            x += b
-            if l < last:
-                np.maximum(x, 0, out=x)
-        x -= x.max(axis=1, keepdims=True)  # softmax = exp(z - logsumexp(z)), stable for any z
-        x -= np.log(np.exp(x).sum(axis=1, keepdims=True))
-        return np.exp(x, out=x)
+
+def check_name(store: ModelStore, name: str) -> None:
+    if name != store.name:
+        raise ApiError(404, "model_not_found", f"unknown model {reprlib.repr(name)}; this server serves {store.name!r}")
+
+
+def pick_model(store: ModelStore, name: str | None = None, version: str | None = None) -> Model:
+    """The version asked for, else the one serving now. 404 for another model's name or a version
+    that is not on disk (or invalid), 503 when none is asked for and none serves yet."""
+    if name is not None:
+        check_name(store, name)
+    if version is None:
+        model = store.current
+        if model is None:
+            raise ApiError(503, "model_unavailable", store.not_ready_reason)
+        return model
+    number = VERSION.fullmatch(version)
+    model = store.get(int(version)) if number else None
+    if model is None:
+        shown = version if number else reprlib.repr(version)
+        raise ApiError(404, "version_not_found", f"model {store.name!r} has no valid version {shown}",
+                       {"versions": store.versions()})
+    return model
+
+
+def run_model(model: Model, pixels: np.ndarray, environ: dict) -> np.ndarray:
+    """The forward pass, timed and counted in the metrics and the access line."""
+    started = time.perf_counter()
+    probabilities = model.predict_proba(pixels)
+    metrics.INFERENCE_LATENCY.observe(time.perf_counter() - started)
+    metrics.observe_predictions(probabilities.argmax(axis=1), probabilities.max(axis=1))
+    observe.note(environ, batch_size=len(pixels), model_version=model.version)
+    return probabilities

@@ -1,10 +1,19 @@
-"""Service configuration, read once from the environment (documented in README.md)."""
+"""Everything the service reads from the environment, read and validated in one place (README.md).
+
+The app, gunicorn's configuration and the container healthcheck all take their values from
+`Settings.from_env()`; a bad value is a ValueError whose message names the variable, which
+`mnist-serve` prints as its one-line error.
+"""
 
 from __future__ import annotations
 
+import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+WORKER_CLASSES = ("sync", "gthread")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 @dataclass(frozen=True)
@@ -17,30 +26,59 @@ class Settings:
     max_body_bytes: int = 8 * 1024 * 1024
     max_image_pixels: int = 4096 * 4096  # a 12-megapixel phone photo fits; bombs do not
     log_level: str = "INFO"
+    host: str = "0.0.0.0"
+    port: int = 8000
+    workers: int = field(default_factory=lambda: os.cpu_count() or 2)
+    worker_class: str = "sync"  # measured against gthread in bench/README.md
+    threads: int = 1
+    timeout: int = 30  # a worker silent this long is killed and replaced
+    graceful_timeout: int = 30  # SIGTERM: in-flight requests get this long to finish
 
     @classmethod
     def from_env(cls, environ=os.environ) -> Settings:
         """Settings from environment variables; a bad value raises ValueError naming the variable."""
+        default = cls()
         return cls(
-            model_dir=Path(environ.get("MODEL_DIR", cls.model_dir)),
-            model_name=environ.get("MODEL_NAME", cls.model_name),
-            model_version=_parse(environ, "MODEL_VERSION", int, None, minimum=1),
-            model_poll_seconds=_parse(environ, "MODEL_POLL_SECONDS", float, cls.model_poll_seconds, minimum=0),
-            max_batch=_parse(environ, "MAX_BATCH", int, cls.max_batch, minimum=1),
-            max_body_bytes=_parse(environ, "MAX_BODY_BYTES", int, cls.max_body_bytes, minimum=1),
-            max_image_pixels=_parse(environ, "MAX_IMAGE_PIXELS", int, cls.max_image_pixels, minimum=1),
-            log_level=environ.get("LOG_LEVEL", cls.log_level).upper(),
+            model_dir=Path(environ.get("MODEL_DIR") or default.model_dir),
+            model_name=environ.get("MODEL_NAME") or default.model_name,
+            model_version=_number(environ, "MODEL_VERSION", int, None, minimum=1),
+            model_poll_seconds=_number(environ, "MODEL_POLL_SECONDS", float, default.model_poll_seconds, minimum=0),
+            max_batch=_number(environ, "MAX_BATCH", int, default.max_batch, minimum=1),
+            max_body_bytes=_number(environ, "MAX_BODY_BYTES", int, default.max_body_bytes, minimum=1),
+            max_image_pixels=_number(environ, "MAX_IMAGE_PIXELS", int, default.max_image_pixels, minimum=1),
+            log_level=_choice(environ, "LOG_LEVEL", LOG_LEVELS, default.log_level),
+            host=environ.get("HOST") or default.host,
+            port=_number(environ, "PORT", int, default.port, minimum=1, maximum=65535),
+            workers=_number(environ, "WORKERS", int, default.workers, minimum=1),
+            worker_class=_choice(environ, "WORKER_CLASS", WORKER_CLASSES, default.worker_class),
+            threads=_number(environ, "THREADS", int, default.threads, minimum=1),
+            timeout=_number(environ, "TIMEOUT", int, default.timeout, minimum=1),
+            graceful_timeout=_number(environ, "GRACEFUL_TIMEOUT", int, default.graceful_timeout, minimum=1),
         )
 
 
-def _parse(environ, name: str, type_, default, *, minimum):
+def _number(environ, name: str, type_, default, *, minimum, maximum=None):
     text = environ.get(name, "").strip()
     if not text:
         return default
     try:
         value = type_(text)
+        if not math.isfinite(value):
+            raise ValueError
     except ValueError:
         raise ValueError(f"{name}={text!r} is not a valid {type_.__name__}") from None
-    if value < minimum:
-        raise ValueError(f"{name}={text!r} must be >= {minimum}")
+    if value < minimum or (maximum is not None and value > maximum):
+        bounds = f">= {minimum}" if maximum is None else f"between {minimum} and {maximum}"
+        raise ValueError(f"{name}={text!r} must be {bounds}")
     return value
+
+
+def _choice(environ, name: str, choices: tuple[str, ...], default: str) -> str:
+    text = environ.get(name, "").strip()
+    if not text:
+        return default
+    if text.upper() in choices:  # log levels are upper case, worker classes lower: either is accepted
+        return text.upper()
+    if text.lower() in choices:
+        return text.lower()
+    raise ValueError(f"{name}={text!r} must be one of {', '.join(choices)}")

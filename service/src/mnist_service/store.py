@@ -1,79 +1,24 @@
 """The model store: finds, verifies and hot-swaps versions under MODEL_DIR/<name>/ (read-only).
 
 Serves the highest valid version (or the pinned one). A version is verified against
-docs/artifact.md before it is served; an invalid one is skipped, logged and counted, and the
-version already serving keeps serving. Requests take `store.current` once, so each response is
-computed wholly by the version it reports.
+docs/artifact.md by mnist_artifact, the one reader, before it is served; an invalid one is skipped,
+logged and counted, and the version already serving keeps serving. Requests take `store.current`
+once, so each response is computed wholly by the version it reports.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import threading
+import time
 from collections import OrderedDict
 from pathlib import Path
 
-import numpy as np
+from mnist_artifact import ArtifactError, Model, format
 
 from . import metrics
-from .inference import Model
 
 log = logging.getLogger(__name__)
-
-FORMAT_VERSION = 1
-
-
-class InvalidVersion(Exception):
-    """A version directory that must not be served (the message says why)."""
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def load_version(path: Path) -> Model:
-    """Read and verify one version directory; raises InvalidVersion."""
-    try:
-        manifest = json.loads((path / "manifest.json").read_text())
-        if manifest.get("format_version") != FORMAT_VERSION:
-            raise InvalidVersion(f"unknown format_version {manifest.get('format_version')!r}")
-        if manifest.get("version") != int(path.name):
-            raise InvalidVersion(f"manifest says version {manifest.get('version')!r}")
-        weights = path / manifest["weights"]["file"]
-        sha256 = _sha256(weights)
-        if sha256 != manifest["weights"]["sha256"]:
-            raise InvalidVersion("sha256 of the weights does not match the manifest")
-        sizes = manifest["architecture"]["layer_sizes"]
-        with np.load(weights, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-    except InvalidVersion:
-        raise
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise InvalidVersion(f"unreadable: {type(e).__name__}: {e}") from None
-    _check_arrays(arrays, sizes)
-    return Model(manifest, arrays, sha256)
-
-
-def _check_arrays(arrays: dict[str, np.ndarray], sizes: list[int]) -> None:
-    expected = {}
-    for l, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:]), start=1):
-        expected[f"W{l}"], expected[f"b{l}"] = (n_in, n_out), (n_out,)
-    if set(arrays) != set(expected):
-        raise InvalidVersion(f"arrays {sorted(arrays)} do not match layer_sizes {sizes}")
-    for name, shape in expected.items():
-        a = arrays[name]
-        if a.shape != shape or a.dtype != np.float32:
-            raise InvalidVersion(f"array {name} is {a.dtype}{list(a.shape)}, expected float32{list(shape)}")
-        if not np.isfinite(a).all():
-            raise InvalidVersion(f"array {name} has non-finite values")
-    if sizes[0] != 784 or sizes[-1] != 10:
-        raise InvalidVersion(f"layer_sizes {sizes} do not map 784 pixels to 10 classes")
 
 
 class ModelStore:
@@ -86,14 +31,10 @@ class ModelStore:
         self._cache: OrderedDict[int, Model] = OrderedDict()  # versions asked for by ?version=N
         self._cache_size = cache_size
         self._lock = threading.Lock()
-        self._stop = threading.Event()
 
     def versions(self) -> list[int]:
-        """Version numbers on disk (valid or not), ascending. Non-numeric names are ignored."""
-        try:
-            return sorted(int(p.name) for p in self.root.iterdir() if p.name.isdigit() and p.is_dir())
-        except OSError:
-            return []
+        """Version numbers on disk (valid or not), ascending."""
+        return format.list_versions(self.root.parent, self.name)
 
     def refresh(self) -> None:
         """Serve the best valid version on disk, if it differs from the one serving."""
@@ -119,8 +60,8 @@ class ModelStore:
         if version in self._rejected and self._rejected[version] == stamp:
             return None  # already rejected, unchanged since: do not log it again every poll
         try:
-            model = load_version(path)
-        except InvalidVersion as e:
+            model = Model.load(path)
+        except ArtifactError as e:
             self._rejected[version] = stamp
             metrics.MODEL_LOAD_FAILURES.inc()
             log.warning("rejected model version", extra={"model": self.name, "version": version, "reason": str(e)})
@@ -164,7 +105,8 @@ class ModelStore:
 
     def start_polling(self, interval: float) -> threading.Thread:
         def poll():
-            while not self._stop.wait(interval):
+            while True:
+                time.sleep(interval)
                 try:
                     self.refresh()
                 except Exception:  # a poll must never kill the thread that keeps models fresh
@@ -173,6 +115,3 @@ class ModelStore:
         thread = threading.Thread(target=poll, name="model-poller", daemon=True)
         thread.start()
         return thread
-
-    def stop_polling(self) -> None:
-        self._stop.set()

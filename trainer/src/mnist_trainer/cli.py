@@ -13,8 +13,11 @@ import signal
 import sys
 from pathlib import Path
 
+from mnist_artifact import ArtifactError
+from mnist_artifact.options import parse_bool
+from mnist_artifact.preprocess import PREPROCESS
+
 from . import __version__
-from .artifact import ArtifactError
 from .data import DataError
 from .logs import EventLog
 from .presets import PRESETS
@@ -26,7 +29,10 @@ EXIT_ERROR, EXIT_USAGE, EXIT_DATA, EXIT_MODEL = 1, 2, 3, 4
 def _env_flag(parser, flag: str, env: str, help: str, **kwargs) -> None:
     """Add a flag whose default comes from $env (argparse converts it with `type`)."""
     if env in os.environ and kwargs.get("action") is argparse.BooleanOptionalAction:
-        kwargs["default"] = os.environ[env].lower() in ("1", "true", "yes", "on")
+        try:
+            kwargs["default"] = parse_bool(env, os.environ[env])
+        except ValueError as e:
+            parser.error(str(e))
     elif env in os.environ:
         kwargs["default"] = os.environ[env]
     parser.add_argument(flag, help=f"{help} [env {env}]", **kwargs)
@@ -115,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     _env_flag(predict, "--model-version", "MODEL_VERSION", "version (default: the highest)",
               default=None, type=int)
     predict.add_argument("inputs", nargs="+", type=Path, help="test.csv, or image files")
+    _env_flag(predict, "--preprocess", "MNIST_PREPROCESS",
+              "image files: mnist (fit into 20x20, centre by mass, as the service does) or none (28x28 as is)",
+              default="mnist", choices=PREPROCESS)
     _env_flag(predict, "--output", "MNIST_PREDICT_OUTPUT",
               "submission file for a CSV input (default: stdout)", default=None, type=Path)
     return parser

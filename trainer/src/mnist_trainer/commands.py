@@ -8,15 +8,17 @@ import json
 import platform
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
-from . import __version__, artifact, data, metrics, report
-from .images import read_image
+from mnist_artifact import format, preprocess
+
+from . import __version__, data, metrics, report
 from .logs import EventLog
 from .mlp import MLP
+from .publish import latest_valid, publish
 from .train import MEAN, PIXEL_SCALE, STD, Interrupted, TrainConfig
 
 
@@ -25,18 +27,8 @@ def _load_data(args, *, progress: bool) -> data.MNIST:
     return data.load(args.data, mirrors=mirrors, cache_dir=args.cache_dir, progress=progress)
 
 
-def _published(model_dir: Path, name: str) -> dict | None:
-    """The manifest of the highest version that loads and verifies, if any."""
-    for version in reversed(artifact.list_versions(model_dir, name)):
-        try:
-            return artifact.load(Path(model_dir) / name / str(version))[0]
-        except artifact.ArtifactError:
-            continue
-    return None
-
-
 def train(args, config: TrainConfig, log: EventLog, should_stop) -> int:
-    if args.skip_if_published and (manifest := _published(args.model_dir, args.name)):
+    if args.skip_if_published and (manifest := latest_valid(args.model_dir, args.name)):
         log("skipped", f"{args.name} version {manifest['version']} is already published in {args.model_dir}; "
             "not training (run without --skip-if-published to retrain)", version=manifest["version"])
         return 0
@@ -69,7 +61,7 @@ def train(args, config: TrainConfig, log: EventLog, should_stop) -> int:
 
     if should_stop():  # a signal after the last batch: still publish nothing
         raise Interrupted("stopped before publishing")
-    version, path = artifact.publish(args.model_dir, args.name, model.arrays(), manifest, write_report)
+    version, path = publish(args.model_dir, args.name, model.arrays(), manifest, write_report)
     summary = {"name": args.name, "version": version, "path": str(path),
                "test_accuracy": metrics_["test"]["accuracy"] if metrics_.get("test") else None,
                "validation_accuracy": metrics_["validation"]["accuracy"] if validation else None,
@@ -90,31 +82,15 @@ def _log_epoch(log: EventLog, r: dict, epochs: int) -> None:
         f"lr {r['lr']:.4g}  samples/s {r['samples_per_second']:,.0f}  elapsed {r['elapsed']:.1f}s")
 
 
-class _NoBar:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
+class _BatchBar(tqdm):
+    """A per-epoch batch progress bar on a terminal; disabled (nothing printed) in logs and pipes."""
 
     def update_to(self, n):
-        pass
-
-    def reset(self):
-        pass
+        self.update(n - self.n)
 
 
-def _progress_bar(tty: bool, total: int):
-    """A per-epoch batch progress bar on a terminal; nothing in logs and pipes."""
-    if not tty:
-        return _NoBar()
-    from tqdm import tqdm
-
-    class Bar(tqdm):
-        def update_to(self, n):
-            self.update(n - self.n)
-
-    return Bar(total=total, unit="batch", leave=False, file=sys.stderr)
+def _progress_bar(tty: bool, total: int) -> _BatchBar:
+    return _BatchBar(total=total, unit="batch", leave=False, file=sys.stderr, disable=not tty)
 
 
 def _metrics(model: MLP, validation, test: data.Split | None) -> dict:
@@ -140,33 +116,23 @@ def _code_version() -> str:
 def _manifest(args, config, mnist, train_split, val_split, model: MLP, metrics_: dict) -> dict:
     import matplotlib
 
-    sizes = model.network.sizes
-    return {
-        "format_version": artifact.FORMAT_VERSION,
-        "name": args.name,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "architecture": {"type": "mlp", "layer_sizes": sizes, "activation": "relu", "output": "softmax"},
-        "input": {"shape": [28, 28], "layout": "row-major", "pixel_range": [0, 255],
-                  "scale": PIXEL_SCALE, "mean": MEAN, "std": STD,
-                  "formula": "x = (pixel * scale - mean) / std"},
-        "labels": [str(d) for d in range(10)],
-        "weights": {"arrays": {k: {"shape": list(a.shape), "dtype": str(a.dtype)}
-                               for k, a in model.arrays().items()}},
-        "training": {"preset": args.preset, "hyperparameters": config.as_dict(), "seed": config.seed,
-                     "epochs_run": len(model.history), "best_epoch": model.best_epoch,
-                     "training_seconds": round(model.training_seconds, 3), "history": model.history},
-        "dataset": {"source": mnist.source, "sha256": mnist.sha256, "files": mnist.files,
-                    "train_size": len(train_split.images), "validation_size": len(val_split.images),
-                    "test_size": len(mnist.test.images) if mnist.test else 0},
-        "metrics": metrics_,
-        "code_version": _code_version(),
-        "library_versions": {"python": platform.python_version(), "numpy": np.__version__,
-                             "matplotlib": matplotlib.__version__},
-    }
+    return format.build_manifest(
+        args.name, model.arrays(), scale=PIXEL_SCALE, mean=MEAN, std=STD,
+        training={"preset": args.preset, "hyperparameters": config.as_dict(), "seed": config.seed,
+                  "epochs_run": len(model.history), "best_epoch": model.best_epoch,
+                  "training_seconds": round(model.training_seconds, 3), "history": model.history},
+        dataset={"source": mnist.source, "sha256": mnist.sha256, "files": mnist.files,
+                 "train_size": len(train_split.images), "validation_size": len(val_split.images),
+                 "test_size": len(mnist.test.images) if mnist.test else 0},
+        metrics=metrics_,
+        code_version=_code_version(),
+        library_versions={"python": platform.python_version(), "numpy": np.__version__,
+                          "matplotlib": matplotlib.__version__},
+    )
 
 
 def evaluate(args) -> int:
-    path = artifact.resolve_version(args.model_dir, args.name, args.model_version)
+    path = format.resolve_version(args.model_dir, args.name, args.model_version)
     model = MLP.from_artifact(path)
     mnist = _load_data(args, progress=sys.stderr.isatty())
     if mnist.test is None:
@@ -183,7 +149,7 @@ def evaluate(args) -> int:
 
 
 def predict(args) -> int:
-    model = MLP.from_artifact(artifact.resolve_version(args.model_dir, args.name, args.model_version))
+    model = MLP.from_artifact(format.resolve_version(args.model_dir, args.name, args.model_version))
     if len(args.inputs) == 1 and args.inputs[0].suffix.lower() == ".csv":
         split = data.read_kaggle_csv(args.inputs[0])
         labels = model.predict(split.images)
@@ -193,9 +159,19 @@ def predict(args) -> int:
             writer.writerow(["ImageId", "Label"])
             writer.writerows((i, int(label)) for i, label in enumerate(labels, start=1))
         return 0
-    images = np.stack([read_image(p) for p in args.inputs])
+    images = np.stack([_read_image(p, args.preprocess) for p in args.inputs])
     proba = model.predict_proba(images)
     for path, p in zip(args.inputs, proba):
         print(json.dumps({"file": str(path), "label": int(p.argmax()), "confidence": float(p.max())}))
     return 0
 
+
+
+def _read_image(path: Path, how: str) -> np.ndarray:
+    """An image file prepared exactly as the service prepares the same file (mnist_artifact.preprocess)."""
+    try:
+        return preprocess.prepare(path.read_bytes(), how)
+    except OSError as e:
+        raise data.DataError(f"data: {path}: cannot read: {e.strerror or e}") from None
+    except preprocess.ImageError as e:
+        raise data.DataError(f"data: {path}: {e}") from None

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import artifact
+from mnist_artifact import format
+
 from .nn import Network, cross_entropy, softmax
 from .train import TrainConfig, fit, to_input
 
@@ -61,12 +62,12 @@ class MLP:
 
     def arrays(self) -> dict[str, np.ndarray]:
         """Parameters under the artifact's names (W1, b1, W2, b2, ...)."""
-        return dict(zip(artifact.weight_names(len(self.network.weights)), self.network.params))
+        return dict(zip(format.weight_names(len(self.network.weights)), self.network.params))
 
     @classmethod
     def from_artifact(cls, path) -> MLP:
         """Load a published version directory (MODEL_DIR/<name>/<version>)."""
-        manifest, arrays = artifact.load(Path(path))
+        manifest, arrays = format.load(Path(path))
         n_layers = len(manifest["architecture"]["layer_sizes"]) - 1
         weights = [arrays[f"W{l}"] for l in range(1, n_layers + 1)]
         biases = [arrays[f"b{l}"] for l in range(1, n_layers + 1)]

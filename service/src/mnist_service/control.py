@@ -1,4 +1,7 @@
-"""The HTTP API's Flask routes: model information, health, metrics, OpenAPI (predictions: predict.py)."""
+"""The control plane, Flask views: health, readiness, model metadata (v1 and v2), metrics, OpenAPI.
+
+Inference is the data plane's (dataplane.py, routes.py).
+"""
 
 from __future__ import annotations
 
@@ -6,10 +9,12 @@ import orjson
 from flask import Blueprint, Response, current_app
 
 from . import metrics
+from .codec_v2 import MODEL_METADATA, SERVER
 from .errors import ApiError
+from .inference import check_name, pick_model
 from .store import ModelStore
 
-bp = Blueprint("api", __name__)
+bp = Blueprint("control", __name__)
 
 
 def json_response(body, status: int = 200) -> Response:
@@ -29,6 +34,8 @@ def _summary(model) -> dict:
             "architecture": m["architecture"], "metrics": metrics_}
 
 
+# -- v1 and operations --------------------------------------------------------------------------
+
 @bp.get("/v1/models")
 def models():
     store = _store()
@@ -40,12 +47,7 @@ def models():
 
 @bp.get("/v1/models/<name>/versions/<int:version>")
 def model_version(name: str, version: int):
-    store = _store()
-    model = store.get(version) if name == store.name else None
-    if model is None:
-        raise ApiError(404, "version_not_found", f"no valid version {version} of model {name!r}",
-                       {"versions": store.versions() if name == store.name else []})
-    return json_response(model.manifest)
+    return json_response(pick_model(_store(), name, str(version)).manifest)
 
 
 @bp.get("/healthz")
@@ -71,3 +73,41 @@ def metrics_endpoint():
 @bp.get("/openapi.json")
 def openapi():
     return current_app.response_class(current_app.extensions["openapi"], mimetype="application/json")
+
+
+# -- Open Inference Protocol v2: health and metadata -------------------------------------------
+
+@bp.get("/v2")
+def server_metadata():
+    return json_response(SERVER)
+
+
+@bp.get("/v2/health/live")
+def server_live():
+    return json_response({"live": True})
+
+
+@bp.get("/v2/health/ready")
+def server_ready():
+    store = _store()
+    if store.current is None:
+        return json_response({"ready": False, "error": store.not_ready_reason}, 503)
+    return json_response({"ready": True})
+
+
+@bp.get("/v2/models/<name>")
+@bp.get("/v2/models/<name>/versions/<version>")
+def model_metadata(name: str, version: str | None = None):
+    store = _store()
+    if version is None:
+        check_name(store, name)  # metadata needs no loaded model: it describes the interface
+    else:
+        pick_model(store, name, version)
+    return json_response({"name": store.name, "versions": [str(v) for v in store.versions()], **MODEL_METADATA})
+
+
+@bp.get("/v2/models/<name>/ready")
+@bp.get("/v2/models/<name>/versions/<version>/ready")
+def model_ready(name: str, version: str | None = None):
+    pick_model(_store(), name, version)
+    return json_response({"name": name, "ready": True})

@@ -1,4 +1,4 @@
-"""MNIST readers: the official IDX files, the Kaggle CSVs and Keras' mnist.npz, all validated.
+"""MNIST file readers: the official IDX files, the Kaggle CSVs and Keras' mnist.npz, all validated.
 
 Every reader hashes the decompressed bytes it parses, so a dataset has one identity (`MNIST.sha256`)
 whether it was read from .gz files, raw files or the download cache.
@@ -235,14 +235,10 @@ def read_keras_npz(path) -> tuple[Split, Split]:
     return _parse_keras_npz(path, _read_bytes(path)[0])
 
 
-# --- load --------------------------------------------------------------------------------------
+# --- a whole dataset ---------------------------------------------------------------------------
 
-def load(source=None, *, mirrors=None, cache_dir=None, progress=False) -> MNIST:
-    """Read MNIST from a directory or file; source None downloads (or reuses) the official files."""
-    if source is None:
-        from . import download  # here, not at the top: download imports DataError from this module
-
-        source = download.ensure_official_files(cache_dir=cache_dir, mirrors=mirrors, progress=progress)
+def read(source) -> MNIST:
+    """MNIST from a directory (IDX files, Kaggle CSVs or mnist.npz) or from one .csv or .npz file."""
     path = Path(source)
     if path.is_dir():
         return _load_directory(path)
@@ -321,22 +317,3 @@ def _load_npz(source: Path, path: Path) -> MNIST:
 def _mnist(train: Split, test: Split | None, unlabelled: Split | None, files: dict[str, str],
            source: Path) -> MNIST:
     return MNIST(train, test, unlabelled, files, _dataset_sha256(files), str(source))
-
-
-# --- validation split --------------------------------------------------------------------------
-
-def split_validation(split: Split, size: int, seed: int) -> tuple[Split, Split]:
-    """(rest, validation): `size` examples chosen by a permutation seeded with `seed`."""
-    n = len(split.images)
-    if size == 0:
-        return split, _take(split, np.arange(0))
-    if not 0 < size < n:
-        raise ValueError(f"validation size must be between 0 and {n - 1} "
-                         f"(the training set has {n} images), got {size}")
-    order = np.random.default_rng(seed).permutation(n)
-    # Sorted indices keep both parts in the original order: each is a plain subset.
-    return _take(split, np.sort(order[size:])), _take(split, np.sort(order[:size]))
-
-
-def _take(split: Split, index: np.ndarray) -> Split:
-    return Split(split.images[index], None if split.labels is None else split.labels[index])

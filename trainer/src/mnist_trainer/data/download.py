@@ -20,8 +20,9 @@ import platformdirs
 import requests
 from tqdm import tqdm
 
-from .artifact import sha256_file
-from .data import GZIP_MAGIC, DataError
+from mnist_artifact.format import sha256_file
+
+from .readers import GZIP_MAGIC, DataError
 
 OFFICIAL_SHA256 = {  # sha256 of the decompressed files (public facts; same as SHA256SUMS.raw)
     "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",

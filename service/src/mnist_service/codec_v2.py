@@ -1,8 +1,8 @@
-"""Open Inference Protocol v2 (KServe v2 / Triton / MLServer REST) and the TF Serving v1 path.
+"""The Open Inference Protocol v2 wire format (KServe v2 / Triton / MLServer REST): JSON and
+binary tensors in, JSON and binary tensors out.
 
-Clients written for those servers (tritonclient, KServe's REST client, TF Serving examples) work
-here unchanged. The v2 routes answer errors in the protocol's form {"error": "<message>"}; the
-TF Serving route is a v1 route and keeps the v1 error form (errors.error_body_for, by path).
+Clients written for those servers (tritonclient, KServe's REST client) work here unchanged. The
+protocol's routes answer errors in its own form {"error": "<message>"} (errors.error_body_for).
 """
 
 from __future__ import annotations
@@ -13,28 +13,26 @@ from importlib import metadata
 
 import numpy as np
 import orjson
-from flask import Blueprint, Response, current_app, request
+from werkzeug.wrappers import Request
 
-from . import parsing
-from .api import json_response
+from mnist_artifact.format import PIXELS, SIDE
+from mnist_artifact.options import parse_bool
+
 from .errors import ApiError
-from .predict import VERSION, model_for_request, prediction_objects, run_model
-from .store import ModelStore
-
-bp = Blueprint("v2", __name__)
+from .options import Limits, check_batch
 
 SERVER = {"name": "mnist-mlp", "version": metadata.version("mnist-mlp-service"),
           "extensions": ["binary_tensor_data", "classification"]}
 HEADER_LENGTH = "Inference-Header-Content-Length"
 INPUT = "images"
 INPUT_TYPES = {"FP32": np.dtype("<f4"), "UINT8": np.dtype("u1")}  # binary tensors are little-endian
-INPUT_SHAPES = ([parsing.PIXELS], [parsing.SIDE, parsing.SIDE])  # after the batch dimension
+INPUT_SHAPES = ([PIXELS], [SIDE, SIDE])  # after the batch dimension
 OUTPUT_TYPES = {"FP32": np.dtype("<f4"), "INT64": np.dtype("<i8")}
 OUTPUTS = ("probabilities", "labels")
 CLASSES = 10
 MODEL_METADATA = {
     "platform": "numpy_mlp",
-    "inputs": [{"name": INPUT, "datatype": "FP32", "shape": [-1, parsing.PIXELS]}],
+    "inputs": [{"name": INPUT, "datatype": "FP32", "shape": [-1, PIXELS]}],
     "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, CLASSES]},
                 {"name": "labels", "datatype": "INT64", "shape": [-1]}],
 }
@@ -49,80 +47,17 @@ def _brief(value) -> str:
     return reprlib.repr(value)
 
 
-# -- models ----------------------------------------------------------------------------------------
+class InferRequest:
+    """A decoded infer request: its pixels (N, 784) float32 on 0..255, its id, the outputs asked for."""
 
-def _store() -> ModelStore:
-    return current_app.extensions["model_store"]
-
-
-def _check_name(store: ModelStore, name: str) -> None:
-    if name != store.name:
-        raise ApiError(404, "model_not_found", f"unknown model {_brief(name)}; this server serves {store.name!r}")
-
-
-def _model(name: str, version: str | None):
-    """The model a path names: 404 for another name or a version not on disk (or invalid),
-    503 when no version is asked for and none is serving yet."""
-    store = _store()
-    _check_name(store, name)
-    if version is not None and not VERSION.fullmatch(version):
-        raise ApiError(404, "version_not_found", f"model {name!r} has no version {_brief(version)}")
-    return model_for_request(store, version)
-
-
-# -- health and metadata ---------------------------------------------------------------------------
-
-@bp.get("/v2")
-def server_metadata():
-    return json_response(SERVER)
-
-
-@bp.get("/v2/health/live")
-def server_live():
-    return json_response({"live": True})
-
-
-@bp.get("/v2/health/ready")
-def server_ready():
-    store = _store()
-    if store.current is None:
-        return json_response({"ready": False, "error": store.not_ready_reason}, 503)
-    return json_response({"ready": True})
-
-
-@bp.get("/v2/models/<name>")
-@bp.get("/v2/models/<name>/versions/<version>")
-def model_metadata(name: str, version: str | None = None):
-    store = _store()
-    if version is None:
-        _check_name(store, name)  # metadata needs no loaded model: it describes the interface
-    else:
-        _model(name, version)
-    return json_response({"name": store.name, "versions": [str(v) for v in store.versions()], **MODEL_METADATA})
-
-
-@bp.get("/v2/models/<name>/ready")
-@bp.get("/v2/models/<name>/versions/<version>/ready")
-def model_ready(name: str, version: str | None = None):
-    _model(name, version)
-    return json_response({"name": name, "ready": True})
-
-
-# -- inference -------------------------------------------------------------------------------------
-
-@bp.post("/v2/models/<name>/infer")
-@bp.post("/v2/models/<name>/versions/<version>/infer")
-def infer(name: str, version: str | None = None):
-    model = _model(name, version)
-    head, binary = _split_body(request.get_data(cache=False), request.headers.get(HEADER_LENGTH))
-    doc = _load_header(head)
-    request_id = doc.get("id")
-    if request_id is not None and not isinstance(request_id, str):
-        raise _bad(f'"id" must be a string, got {_brief(request_id)}')
-    requested = _requested_outputs(doc)
-    pixels = _input_pixels(doc, binary, current_app.extensions["parse_options"])
-    probabilities = run_model(model, pixels, request.environ)
-    return _infer_response(model, request_id, requested, probabilities)
+    def __init__(self, req: Request, limits: Limits):
+        head, binary = _split_body(req.get_data(cache=False), req.headers.get(HEADER_LENGTH))
+        doc = _load_header(head)
+        self.id = doc.get("id")
+        if self.id is not None and not isinstance(self.id, str):
+            raise _bad(f'"id" must be a string, got {_brief(self.id)}')
+        self.outputs = _requested_outputs(doc)
+        self.pixels = _input_pixels(doc, binary, limits)
 
 
 def _split_body(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
@@ -154,13 +89,13 @@ def _parameters(obj: dict) -> dict:
 
 
 def _flag(parameters: dict, key: str, default: bool = False) -> bool:
-    value = parameters.get(key, default)
-    if not isinstance(value, bool):
-        raise _bad(f'parameter "{key}" must be true or false, got {_brief(value)}')
-    return value
+    try:
+        return parse_bool(f"parameter {key!r}", parameters.get(key, default), text=False)
+    except ValueError as e:
+        raise _bad(str(e)) from None
 
 
-def _input_pixels(doc: dict, binary: bytes, options: parsing.Options) -> np.ndarray:
+def _input_pixels(doc: dict, binary: bytes, limits: Limits) -> np.ndarray:
     """The one input tensor as (N, 784) float32 pixels on the service's 0..255 scale."""
     inputs = doc.get("inputs")
     if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
@@ -172,7 +107,7 @@ def _input_pixels(doc: dict, binary: bytes, options: parsing.Options) -> np.ndar
     if datatype not in INPUT_TYPES:
         raise _bad(f"input {INPUT!r}: datatype must be FP32 (pixels in [0, 1]) or UINT8 (pixels 0..255), "
                    f"got {_brief(datatype)}")
-    shape = _input_shape(tensor.get("shape"), options)
+    shape = _input_shape(tensor.get("shape"), limits)
     parameters = _parameters(tensor)
     if "binary_data_size" in parameters:
         if "data" in tensor:
@@ -185,12 +120,12 @@ def _input_pixels(doc: dict, binary: bytes, options: parsing.Options) -> np.ndar
     return _to_pixels(values, datatype)
 
 
-def _input_shape(shape, options: parsing.Options) -> tuple[int, ...]:
+def _input_shape(shape, limits: Limits) -> tuple[int, ...]:
     valid = (isinstance(shape, list) and len(shape) in (2, 3) and all(type(d) is int for d in shape)
              and shape[1:] in INPUT_SHAPES and shape[0] >= 1)
     if not valid:
         raise _bad(f"input {INPUT!r}: shape must be [N, 784] or [N, 28, 28] with N >= 1, got {_brief(shape)}")
-    parsing.check_batch(shape[0], options)  # 413 before any data is decoded
+    check_batch(shape[0], limits)  # 413 before any data is decoded
     return tuple(shape)
 
 
@@ -204,7 +139,7 @@ def _binary_values(size, binary: bytes, shape: tuple[int, ...], dtype: np.dtype)
                    f"({len(binary)} bytes follow the JSON)")
     if size < len(binary):
         raise _bad(f"{len(binary) - size} unexpected bytes after the binary data of input {INPUT!r}")
-    return np.frombuffer(binary, dtype, count).reshape(shape[0], parsing.PIXELS)
+    return np.frombuffer(binary, dtype, count).reshape(shape[0], PIXELS)
 
 
 def _json_values(data, shape: tuple[int, ...], datatype: str) -> np.ndarray:
@@ -222,7 +157,7 @@ def _json_values(data, shape: tuple[int, ...], datatype: str) -> np.ndarray:
     count = math.prod(shape)
     if values.size != count:
         raise _bad(f"input {INPUT!r}: data has {values.size} values; shape {list(shape)} needs {count}")
-    return values.reshape(shape[0], parsing.PIXELS)
+    return values.reshape(shape[0], PIXELS)
 
 
 def _to_pixels(values: np.ndarray, datatype: str) -> np.ndarray:
@@ -293,7 +228,9 @@ def _raw(datatype: str, values) -> bytes:
     return np.ascontiguousarray(values, OUTPUT_TYPES[datatype]).tobytes()
 
 
-def _infer_response(model, request_id: str | None, requested, probabilities: np.ndarray) -> Response:
+def encode_response(model, request: InferRequest, probabilities: np.ndarray) -> tuple[bytes, list[tuple[str, str]]]:
+    """The response body and its headers: JSON alone, or a JSON header followed by binary outputs."""
+    request_id, requested = request.id, request.outputs
     header = {"model_name": model.name, "model_version": str(model.version)}
     if request_id is not None:
         header["id"] = request_id
@@ -308,25 +245,8 @@ def _infer_response(model, request_id: str | None, requested, probabilities: np.
             tensor["data"] = values
         outputs.append(tensor)
     header["outputs"] = outputs
-    if not chunks:
-        return json_response(header)
-    # The JSON header, then each binary output in the order the header lists them.
     head = orjson.dumps(header, option=orjson.OPT_SERIALIZE_NUMPY)
-    response = Response(b"".join([head, *chunks]), mimetype="application/octet-stream")
-    response.headers[HEADER_LENGTH] = str(len(head))
-    return response
-
-
-# -- TF Serving / KServe v1 ------------------------------------------------------------------------
-
-@bp.post("/v1/models/<name>:predict")
-@bp.post("/v1/models/<name>/versions/<int:version>:predict")
-def tf_serving_predict(name: str, version: int | None = None):
-    """TF Serving's REST predict: a JSON body as /v1/predict takes it (any Content-Type, as TF
-    Serving accepts `curl -d`), answered {"predictions": [...]} with /v1/predict's predictions."""
-    model = _model(name, None if version is None else str(version))
-    pixels, options = parsing.parse_json_request(request.get_data(cache=False),
-                                                 current_app.extensions["parse_options"])
-    probabilities = run_model(model, pixels, request.environ)
-    return json_response({"predictions": prediction_objects(probabilities, pixels if options.include_input else None)})
-
+    if not chunks:
+        return head, [("Content-Type", "application/json")]
+    # The JSON header, then each binary output in the order the header lists them.
+    return b"".join([head, *chunks]), [("Content-Type", "application/octet-stream"), (HEADER_LENGTH, str(len(head)))]

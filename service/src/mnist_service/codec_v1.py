@@ -1,7 +1,8 @@
-"""Request bodies to pixels: JSON instances, raw image bodies and multipart uploads.
+"""The v1 wire format: JSON instances, raw image bodies and multipart uploads in; predictions out.
 
-Every path ends in one float32 array (N, 784) on the 0..255 scale with MNIST's polarity
-(0 = background, 255 = ink), or an ApiError naming the offending instance.
+Every request ends in one float32 array (N, 784) on the 0..255 scale with MNIST's polarity
+(0 = background, 255 = ink), or an ApiError naming the offending instance. /v1/predict and the
+TF Serving route (`{"instances": [...]}`) both decode here.
 """
 
 from __future__ import annotations
@@ -9,28 +10,44 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from dataclasses import dataclass, replace
 
 import numpy as np
 import orjson
+from werkzeug.wrappers import Request
 
-from . import images
+from mnist_artifact import preprocess
+from mnist_artifact.format import PIXELS, SIDE
+
 from .errors import ApiError
+from .inference import VERSION
+from .options import PARSERS, Limits, RequestOptions, check_batch, read_options
 
-PIXELS, SIDE = 784, 28
 IMAGE_TYPES = {"image/png", "image/jpeg", "image/gif", "image/bmp", "image/x-ms-bmp", "image/webp"}
-JSON_FIELDS = {"instances", "pixel_scale", "preprocess", "include_input"}
-PIXEL_SCALES = ("auto", "unit", "byte")
-PREPROCESS = ("mnist", "none")
+JSON_FIELDS = {"instances", *PARSERS}
 
 
-@dataclass(frozen=True)
-class Options:
-    pixel_scale: str = "auto"
-    preprocess: str = "mnist"
-    max_batch: int = 1024
-    max_image_pixels: int = 4096 * 4096
-    include_input: bool = False  # answer with the 28x28 image each instance became
+def decode_predict(req: Request, limits: Limits) -> tuple[np.ndarray, RequestOptions]:
+    """The batch of a /v1/predict request and its options (query string, form fields, JSON body)."""
+    options = read_options(req.args)
+    content_type = req.mimetype
+    if content_type == "application/json" or content_type.endswith("+json"):
+        return decode_json(req.get_data(cache=False), limits, options)
+    if content_type.startswith("image/"):
+        return decode_image_body(req.get_data(cache=False), content_type, limits, options), options
+    if content_type == "multipart/form-data":
+        options = read_options(req.form, options)
+        return decode_uploads([f.read() for f in req.files.getlist("file")], limits, options), options
+    raise ApiError(415, "unsupported_media_type",
+                   f"unsupported Content-Type {content_type or '(none)'!r}; send application/json, "
+                   "an image (image/png, image/jpeg, ...) or multipart/form-data")
+
+
+def version_asked(req: Request) -> str | None:
+    """?version=N, checked: 422 for anything but a positive integer."""
+    asked = req.args.get("version")
+    if asked is not None and not VERSION.fullmatch(asked):
+        raise ApiError(422, "invalid_request", f"version must be a positive integer, got {asked[:20]!r}")
+    return asked
 
 
 def _invalid(message: str, index: int | None = None, code: str = "invalid_instance") -> ApiError:
@@ -66,8 +83,8 @@ def load_json(body: bytes):
     raise ApiError(400, "malformed_json", f"malformed JSON: {error}") from None
 
 
-def parse_json_request(body: bytes, options: Options) -> tuple[np.ndarray, Options]:
-    """The pixels of a JSON body and the options it sets (pixel_scale, preprocess, include_input)."""
+def decode_json(body: bytes, limits: Limits, options: RequestOptions) -> tuple[np.ndarray, RequestOptions]:
+    """The pixels of a JSON body and the options in force once its own fields are read."""
     doc = load_json(body)
     if not isinstance(doc, dict) or "instances" not in doc:
         raise ApiError(422, "invalid_request", 'expected a JSON object like {"instances": [...]}')
@@ -75,42 +92,21 @@ def parse_json_request(body: bytes, options: Options) -> tuple[np.ndarray, Optio
         unknown = sorted(set(doc) - JSON_FIELDS)
         if unknown:
             raise ApiError(422, "invalid_request", f"unknown field(s) {unknown}; known: {sorted(JSON_FIELDS)}")
-        options = replace(options, pixel_scale=_choice(doc, "pixel_scale", PIXEL_SCALES, options.pixel_scale),
-                          preprocess=_choice(doc, "preprocess", PREPROCESS, options.preprocess),
-                          include_input=_boolean(doc, "include_input", options.include_input))
+        options = read_options(doc, options, text=False)
     instances = doc["instances"]
     if not isinstance(instances, list) or not instances:
         raise ApiError(422, "invalid_request", '"instances" must be a non-empty list')
-    check_batch(len(instances), options)
+    check_batch(len(instances), limits)
     if len(instances) == 1:
-        return _instance(instances[0], 0, options)[None], options
-    return np.stack([_instance(item, i, options) for i, item in enumerate(instances)]), options
+        return _instance(instances[0], 0, limits, options)[None], options
+    return np.stack([_instance(item, i, limits, options) for i, item in enumerate(instances)]), options
 
 
-def _choice(doc: dict, field: str, allowed: tuple[str, ...], default: str) -> str:
-    value = doc.get(field, default)
-    if value not in allowed:
-        raise ApiError(422, "invalid_request", f'"{field}" must be one of {list(allowed)}, got {value!r}')
-    return value
-
-
-def _boolean(doc: dict, field: str, default: bool) -> bool:
-    value = doc.get(field, default)
-    if not isinstance(value, bool):
-        raise ApiError(422, "invalid_request", f'"{field}" must be true or false, got {value!r}')
-    return value
-
-
-def check_batch(n: int, options: Options) -> None:
-    if n > options.max_batch:
-        raise ApiError(413, "too_many_instances", f"{n} instances; at most {options.max_batch} (MAX_BATCH) per request")
-
-
-def _instance(item, index: int, options: Options) -> np.ndarray:
+def _instance(item, index: int, limits: Limits, options: RequestOptions) -> np.ndarray:
     if isinstance(item, dict):
         if set(item) != {"b64"} or not isinstance(item["b64"], str):
             raise _invalid('an image instance is {"b64": "<base64 string>"}', index)
-        return image_pixels(decode_base64(item["b64"], index), index, options)
+        return image_pixels(decode_base64(item["b64"], index), index, limits, options)
     if isinstance(item, list):
         return _pixel_list(item, index, options.pixel_scale)
     raise _invalid(f"expected a list of pixels or {{\"b64\": ...}}, got {type(item).__name__}", index)
@@ -166,26 +162,41 @@ def decode_base64(text: str, index: int) -> bytes:
 
 # -- images -------------------------------------------------------------------------------------
 
-def image_pixels(data: bytes, index: int, options: Options) -> np.ndarray:
+def image_pixels(data: bytes, index: int, limits: Limits, options: RequestOptions) -> np.ndarray:
     try:
-        img = images.decode(data, options.max_image_pixels)
-        digit = images.to_mnist(img) if options.preprocess == "mnist" else images.as_is(img)
-    except images.ImageError as e:
-        raise ApiError(e.status, e.code, f"instance {index}: {e}", {"instance": index}) from None
+        digit = preprocess.prepare(data, options.preprocess, limits.max_image_pixels)
+    except preprocess.ImageError as e:
+        status = 415 if e.code == preprocess.UNSUPPORTED else 422
+        raise ApiError(status, e.code, f"instance {index}: {e}", {"instance": index}) from None
     return digit.reshape(PIXELS).astype(np.float32)
 
 
-def parse_image_body(body: bytes, content_type: str, options: Options) -> np.ndarray:
+def decode_image_body(body: bytes, content_type: str, limits: Limits, options: RequestOptions) -> np.ndarray:
     if content_type not in IMAGE_TYPES:
         raise ApiError(415, "unsupported_media_type",
                        f"unsupported image type {content_type!r}; send one of {sorted(IMAGE_TYPES)}")
     if not body:
         raise ApiError(400, "empty_body", "the request body is empty")
-    return image_pixels(body, 0, options)[None]
+    return image_pixels(body, 0, limits, options)[None]
 
 
-def parse_uploads(files: list[bytes], options: Options) -> np.ndarray:
+def decode_uploads(files: list[bytes], limits: Limits, options: RequestOptions) -> np.ndarray:
     if not files:
         raise ApiError(422, "invalid_request", "multipart body has no file in the field 'file'")
-    check_batch(len(files), options)
-    return np.stack([image_pixels(data, i, options) for i, data in enumerate(files)])
+    check_batch(len(files), limits)
+    return np.stack([image_pixels(data, i, limits, options) for i, data in enumerate(files)])
+
+
+# -- predictions --------------------------------------------------------------------------------
+
+def prediction_objects(probabilities: np.ndarray, pixels: np.ndarray | None = None) -> list[dict]:
+    """{"label", "confidence", "probabilities"} per instance; with pixels, also the "input" the model saw
+    (its 28x28 grey levels, rounded, as a PNG data: URL)."""
+    labels, confidences = probabilities.argmax(axis=1).tolist(), probabilities.max(axis=1).tolist()
+    predictions = [{"label": label, "confidence": conf, "probabilities": p}
+                   for label, conf, p in zip(labels, confidences, probabilities)]
+    if pixels is not None:
+        digits = np.clip(np.rint(pixels), 0, 255).astype(np.uint8).reshape(-1, SIDE, SIDE)
+        for prediction, digit in zip(predictions, digits):
+            prediction["input"] = preprocess.png_data_url(digit)
+    return predictions

@@ -1,8 +1,9 @@
-"""Uploaded pictures to MNIST-style 28x28 digits.
+"""Pictures of one digit to MNIST-style 28x28 digits: the service and `mnist-train predict` alike.
 
-`decode` turns untrusted bytes into a loaded Pillow image (or an ImageError); `to_mnist` prepares
-any picture of one digit the way MNIST was made (20x20 box, centre of mass at the centre, white ink
-on black); `as_is` takes an image that is already 28x28 without changing it; `png_data_url` shows a digit back.
+`prepare` is the whole pipeline: `decode` turns untrusted bytes into a loaded Pillow image (or an
+ImageError); `to_mnist` prepares any picture of one digit the way MNIST was made (20x20 box, centre
+of mass at the centre, white ink on black); `as_is` takes an image that is already 28x28 without
+changing it. `png_data_url` shows a digit back.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ ALLOWED_FORMATS = frozenset({"PNG", "JPEG", "GIF", "BMP", "WEBP"})
 # Pillow names phone-camera JPEGs carrying multi-picture data "MPO"; they are JPEG files.
 FORMAT_ALIASES = {"MPO": "JPEG"}
 
+PREPROCESS = ("mnist", "none")  # the two ways to prepare a picture: to_mnist, as_is
 SIDE = 28
 BOX = 20  # MNIST fits each digit into a 20x20 box...
 CENTRE = 14.0  # ...and puts its centre of mass here (row and col, pixel indices; measured 13.99, 14.00)
@@ -26,13 +28,22 @@ WIDE_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I", "F"})
 
 
 class ImageError(Exception):
-    """An image the service cannot use. .status is the HTTP status (415 or 422), .code a stable
-    machine code, str(e) a one-line message for users."""
+    """A picture that cannot be used. .code is a stable machine code (UNSUPPORTED for a format
+    that is not accepted, the others for pictures that cannot be read or hold no digit),
+    str(e) a one-line message for users."""
 
-    def __init__(self, status: int, code: str, message: str):
+    def __init__(self, code: str, message: str):
         super().__init__(message)
-        self.status = status
         self.code = code
+
+
+UNSUPPORTED = "unsupported_image_format"
+
+
+def prepare(data: bytes, preprocess: str = "mnist", max_pixels: int = 4096 * 4096) -> np.ndarray:
+    """Bytes of an image file to a uint8 (28, 28) digit, 0 = background, 255 = ink."""
+    img = decode(data, max_pixels)
+    return to_mnist(img) if preprocess == "mnist" else as_is(img)
 
 
 # -- decoding -----------------------------------------------------------------------------------
@@ -42,7 +53,7 @@ def decode(data: bytes, max_pixels: int) -> Image.Image:
     img = _open(data, max_pixels)
     fmt = FORMAT_ALIASES.get(img.format, img.format)
     if fmt not in ALLOWED_FORMATS:
-        raise ImageError(415, "unsupported_image_format",
+        raise ImageError(UNSUPPORTED,
                          f"{img.format} images are not supported; send one of {', '.join(sorted(ALLOWED_FORMATS))}")
     # The size comes from the header: checking it here, before load(), is what stops decompression bombs.
     if img.width * img.height > max_pixels:
@@ -57,7 +68,7 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
         # Pillow's own limit fired (its warning is an exception when warnings are errors).
         raise _too_large(max_pixels) from None
     except Exception:  # hostile bytes make Pillow's plugins raise many exception types
-        raise ImageError(422, "undecodable_image", "the data is not an image that can be read") from None
+        raise ImageError("undecodable_image", "the data is not an image that can be read") from None
 
 
 def _load(img: Image.Image, max_pixels: int) -> Image.Image:
@@ -69,12 +80,12 @@ def _load(img: Image.Image, max_pixels: int) -> Image.Image:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise _too_large(max_pixels) from None
     except Exception:  # truncated or corrupt pixel data, whatever the plugin raises
-        raise ImageError(422, "undecodable_image", "the image data is truncated or corrupt") from None
+        raise ImageError("undecodable_image", "the image data is truncated or corrupt") from None
     return img
 
 
 def _too_large(max_pixels: int, size: str = "") -> ImageError:
-    return ImageError(422, "image_too_large", f"the image is too large{size}: at most {max_pixels} pixels")
+    return ImageError("image_too_large", f"the image is too large{size}: at most {max_pixels} pixels")
 
 
 # -- pixels -------------------------------------------------------------------------------------
@@ -134,7 +145,7 @@ def _ink(gray: np.ndarray) -> np.ndarray:
     ink = gray - background if background < 127.5 else background - gray
     peak = float(ink.max())
     if peak < MIN_CONTRAST:
-        raise ImageError(422, "no_ink", "no digit found: the image is blank or almost uniform")
+        raise ImageError("no_ink", "no digit found: the image is blank or almost uniform")
     return np.clip(ink, 0.0, None) * (255.0 / peak)
 
 
@@ -183,7 +194,7 @@ def to_mnist(img: Image.Image) -> np.ndarray:
 def as_is(img: Image.Image) -> np.ndarray:
     """A 28x28 image's grey levels unchanged (alpha composited on black): uint8 (28, 28)."""
     if img.size != (SIDE, SIDE):
-        raise ImageError(422, "wrong_image_size",
+        raise ImageError("wrong_image_size",
                          f"without preprocessing the image must be {SIDE}x{SIDE}, got {img.width}x{img.height}")
     gray, alpha = _gray_alpha(img)
     return _to_uint8(gray if alpha is None else gray * alpha)

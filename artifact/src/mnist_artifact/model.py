@@ -1,0 +1,43 @@
+"""The forward pass of docs/artifact.md: what every reader of a published version runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from . import format
+
+
+class Model:
+    """One verified version: normalise pixels, ReLU hidden layers, softmax output, in float32."""
+
+    def __init__(self, manifest: dict, arrays: dict[str, np.ndarray]):
+        self.manifest = manifest
+        self.name, self.version = manifest["name"], manifest["version"]
+        self.sha256 = manifest["weights"]["sha256"]
+        n_layers = len(manifest["architecture"]["layer_sizes"]) - 1
+        self.weights = [arrays[f"W{l}"] for l in range(1, n_layers + 1)]
+        self.biases = [arrays[f"b{l}"] for l in range(1, n_layers + 1)]
+        spec = manifest["input"]
+        self.scale, self.mean, self.std = (np.float32(spec[k]) for k in ("scale", "mean", "std"))
+
+    @classmethod
+    def load(cls, directory: Path) -> Model:
+        """Read and verify MODEL_DIR/<name>/<version>; raises format.ArtifactError."""
+        return cls(*format.load(directory))
+
+    def predict_proba(self, pixels: np.ndarray) -> np.ndarray:
+        """Class probabilities (N, 10) for pixels (N, 784) on the 0..255 scale, MNIST polarity."""
+        x = np.multiply(pixels, self.scale, dtype=np.float32)
+        x -= self.mean
+        x /= self.std
+        last = len(self.weights) - 1
+        for l, (w, b) in enumerate(zip(self.weights, self.biases)):
+            x = x @ w
+            x += b
+            if l < last:
+                np.maximum(x, 0, out=x)
+        x -= x.max(axis=1, keepdims=True)  # softmax = exp(z - logsumexp(z)), stable for any z
+        x -= np.log(np.exp(x).sum(axis=1, keepdims=True))
+        return np.exp(x, out=x)

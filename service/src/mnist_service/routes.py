@@ -1,0 +1,66 @@
+"""The inference routes: each decodes its request with its codec, then picks, runs and records
+the model the same way (inference.py). Served by the data plane (dataplane.py), not by Flask."""
+
+from __future__ import annotations
+
+import re
+
+import orjson
+from werkzeug.wrappers import Request
+
+from . import codec_v1, codec_v2
+from .dataplane import JSON_HEADER, Context, Route
+from .inference import pick_model, run_model
+from .options import read_options
+
+JSON = [JSON_HEADER]
+
+
+def predict(req: Request, context: Context) -> tuple[bytes, list]:
+    """POST /v1/predict: JSON instances, an image body or multipart files."""
+    model = pick_model(context.store, version=codec_v1.version_asked(req))
+    pixels, options = codec_v1.decode_predict(req, context.limits)
+    probabilities = run_model(model, pixels, req.environ)
+    predictions = codec_v1.prediction_objects(probabilities, pixels if options.include_input else None)
+    return orjson.dumps({"model": {"name": model.name, "version": model.version}, "predictions": predictions},
+                        option=orjson.OPT_SERIALIZE_NUMPY), JSON
+
+
+def infer(req: Request, context: Context, name: str, version: str | None = None) -> tuple[bytes, list]:
+    """POST /v2/models/<name>[/versions/<version>]/infer: the Open Inference Protocol."""
+    model = pick_model(context.store, name, version)
+    request = codec_v2.InferRequest(req, context.limits)
+    probabilities = run_model(model, request.pixels, req.environ)
+    return codec_v2.encode_response(model, request, probabilities)
+
+
+def tf_serving_predict(req: Request, context: Context, name: str, version: str | None = None) -> tuple[bytes, list]:
+    """POST /v1/models/<name>[/versions/<v>]:predict: TF Serving's REST predict. A JSON body as
+    /v1/predict takes it (any Content-Type, as TF Serving accepts `curl -d`), answered
+    {"predictions": [...]} with /v1/predict's predictions."""
+    model = pick_model(context.store, name, version)
+    pixels, options = codec_v1.decode_json(req.get_data(cache=False), context.limits, read_options(req.args))
+    probabilities = run_model(model, pixels, req.environ)
+    predictions = codec_v1.prediction_objects(probabilities, pixels if options.include_input else None)
+    return orjson.dumps({"predictions": predictions}, option=orjson.OPT_SERIALIZE_NUMPY), JSON
+
+
+def _exact(path: str):
+    return lambda candidate: {} if candidate == path else None
+
+
+def _pattern(regex: str):
+    compiled = re.compile(regex)
+    return lambda candidate: (m.groupdict() if (m := compiled.fullmatch(candidate)) else None)
+
+
+NAME, VERSION = r"(?P<name>[^/]+)", r"(?P<version>[^/]+)"
+ROUTES = [  # the hot route first: it is matched by one string comparison
+    Route("/v1/predict", _exact("/v1/predict"), predict),
+    Route("/v2/models/<name>/infer", _pattern(rf"/v2/models/{NAME}/infer"), infer),
+    Route("/v2/models/<name>/versions/<version>/infer", _pattern(rf"/v2/models/{NAME}/versions/{VERSION}/infer"),
+          infer),
+    Route("/v1/models/<name>:predict", _pattern(r"/v1/models/(?P<name>[^/:]+):predict"), tf_serving_predict),
+    Route("/v1/models/<name>/versions/<int:version>:predict",
+          _pattern(r"/v1/models/(?P<name>[^/:]+)/versions/(?P<version>[0-9]+):predict"), tf_serving_predict),
+]
