@@ -81,9 +81,10 @@ def main() -> int:
     import orjson
     from werkzeug.test import EnvironBuilder
 
-    from mnist_service import metrics, parsing
+    from mnist_service import codec_v1, metrics
     from mnist_service.app import create_app
     from mnist_service.logs import ACCESS as access_log
+    from mnist_service.options import Limits, RequestOptions
     from mnist_service.settings import Settings
 
     body = Path(args.body).read_bytes()
@@ -110,7 +111,7 @@ def main() -> int:
         call(bare_app.app)(environ())
 
     # (1) The steps every server does, timed alone on the same input.
-    pixels, _ = parsing.parse_json_request(body, parsing.Options())
+    pixels, _ = codec_v1.decode_json(body, Limits(), RequestOptions())
     probabilities = model.predict_proba(pixels)
     labels, confidences = probabilities.argmax(axis=1), probabilities.max(axis=1)
 
@@ -126,17 +127,17 @@ def main() -> int:
     shared_total = sum(shared.values())
 
     # (2) The whole request with one feature switched off at a time: what each costs in place.
-    def bare_parse(data, options):
+    def bare_parse(data, limits, options):
         return np.asarray(orjson.loads(data)["instances"], dtype=np.float32), options
 
     metric_names = ["IN_FLIGHT", "INFERENCE_LATENCY", "observe_request", "observe_predictions"]
-    real = {name: getattr(metrics, name) for name in metric_names} | {"parse_json_request": parsing.parse_json_request}
+    real = {name: getattr(metrics, name) for name in metric_names} | {"decode_json": codec_v1.decode_json}
 
     def configure(off: set[str]):
         for name in metric_names:
             stand_in = (lambda *a: None) if name.startswith("observe_") else _NoMetric()
             setattr(metrics, name, stand_in if "metrics" in off else real[name])
-        parsing.parse_json_request = bare_parse if "validation" in off else real["parse_json_request"]
+        codec_v1.decode_json = bare_parse if "validation" in off else real["decode_json"]
         access_log.disabled = "log" in off
 
     variants = {"full": set(), "no access log": {"log"}, "no metrics": {"metrics"},
@@ -159,7 +160,7 @@ def main() -> int:
     full = median["full"]
     costs = {"access log (one JSON line per request)": full - median["no access log"],
              "metrics (12 multiprocess-mode updates)": full - median["no metrics"],
-             "validation (parse_json_request beyond orjson.loads + np.asarray)":
+             "validation (codec_v1.decode_json beyond orjson.loads + np.asarray)":
                  full - median["no validation (bare parse)"],
              "plumbing (middleware, werkzeug Request, request id, model lookup, options)":
                  median["none of the three"] - shared_total,

@@ -8,8 +8,9 @@ import json
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw
 
+from mnist_artifact import preprocess
 from service_helpers import bomb_png, digit, expected, make_app, png, write_version
 
 
@@ -284,3 +285,18 @@ def test_unknown_routes_and_methods(client):
     wrong = client.get("/v1/predict")
     assert wrong.status_code == 405 and wrong.get_json()["error"]["code"] == "method_not_allowed"
     assert "POST" in wrong.headers["Allow"]
+
+
+def test_images_are_prepared_by_the_shared_library(client):
+    """The service's 28x28 for an uploaded picture is mnist_artifact.preprocess.prepare's, the same
+    that `mnist-train predict` uses (tests/trainer/test_cli.py): the two cannot disagree on a file."""
+    canvas = Image.new("L", (200, 120), 255)
+    ImageDraw.Draw(canvas).line([(20, 20), (70, 100), (90, 30)], fill=0, width=9)
+    buffer = io.BytesIO()
+    canvas.save(buffer, "PNG")
+    for how in ("mnist", "none"):
+        photo = buffer.getvalue() if how == "mnist" else png(digit())
+        answer = client.post(f"/v1/predict?include_input=true&preprocess={how}", data=photo,
+                             content_type="image/png").get_json()
+        seen = base64.b64decode(answer["predictions"][0]["input"].split(",", 1)[1])
+        np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(seen))), preprocess.prepare(photo, how))

@@ -413,3 +413,18 @@ def test_a_version_that_int_cannot_read_is_a_clear_4xx(client):
     for version in ("²", "9" * 5000):
         response = client.post("/v1/predict", json={"instances": [[0] * 784]}, query_string={"version": version})
         assert response.status_code == 422 and response.get_json()["error"]["code"] == "invalid_request"
+
+
+@pytest.mark.parametrize("path, protocol_form", [
+    ("/v1/predict", False), ("/v2/models/mnist/infer", True), ("/v2/models/mnist/versions/1/infer", True),
+    ("/v1/models/mnist:predict", False), ("/v1/models/mnist/versions/1:predict", False),
+])
+def test_every_inference_route_answers_a_wrong_method_alike(client, path, protocol_form):
+    """The data plane's routes (routes.ROUTES) share routing, the method check and the error form."""
+    for method in ("GET", "PUT", "DELETE"):
+        response = client.open(path, method=method)
+        assert response.status_code == 405 and response.headers["Allow"] == "POST"
+        error = response.get_json()["error"]
+        assert isinstance(error, str) if protocol_form else error["code"] == "method_not_allowed"
+    access = client.post(path, data=b"{", content_type="application/json")
+    assert access.status_code == 400 and "X-Request-ID" in access.headers

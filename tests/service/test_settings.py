@@ -1,0 +1,62 @@
+"""settings.Settings: everything the service reads from the environment, validated once, used by
+the app, gunicorn's configuration and the healthcheck alike."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mnist_service.settings import Settings
+
+CLEAN = {k: v for k, v in os.environ.items() if k not in {
+    "MODEL_DIR", "MODEL_NAME", "MODEL_VERSION", "MODEL_POLL_SECONDS", "MAX_BATCH", "MAX_BODY_BYTES", "MAX_IMAGE_PIXELS",
+    "LOG_LEVEL", "HOST", "PORT", "WORKERS", "WORKER_CLASS", "THREADS", "TIMEOUT", "GRACEFUL_TIMEOUT"}}
+
+
+def test_defaults_and_every_variable():
+    assert Settings.from_env({}) == Settings()
+    settings = Settings.from_env({
+        "MODEL_DIR": "/m", "MODEL_NAME": "digits", "MODEL_VERSION": "3", "MODEL_POLL_SECONDS": "0.5",
+        "MAX_BATCH": "8", "MAX_BODY_BYTES": "1000", "MAX_IMAGE_PIXELS": "99", "LOG_LEVEL": "debug",
+        "HOST": "127.0.0.1", "PORT": "9000", "WORKERS": "3", "WORKER_CLASS": "GTHREAD", "THREADS": "4",
+        "TIMEOUT": "60", "GRACEFUL_TIMEOUT": "45"})
+    assert settings == Settings(model_dir=Path("/m"), model_name="digits", model_version=3, model_poll_seconds=0.5,
+                                max_batch=8, max_body_bytes=1000, max_image_pixels=99, log_level="DEBUG",
+                                host="127.0.0.1", port=9000, workers=3, worker_class="gthread", threads=4,
+                                timeout=60, graceful_timeout=45)
+
+
+@pytest.mark.parametrize("variable, value", [
+    ("WORKERS", "two"), ("WORKERS", "0"), ("PORT", "70000"), ("PORT", "80.5"), ("THREADS", "-1"), ("TIMEOUT", "0"),
+    ("GRACEFUL_TIMEOUT", "soon"), ("MODEL_POLL_SECONDS", "nan"), ("MODEL_POLL_SECONDS", "inf"),
+    ("MODEL_VERSION", "0"), ("MAX_BATCH", "1e3"), ("WORKER_CLASS", "eventlet"), ("LOG_LEVEL", "loud"),
+])
+def test_a_bad_value_names_its_variable(variable, value):
+    with pytest.raises(ValueError, match=f"^{variable}=") as error:
+        Settings.from_env({variable: value})
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("command", [
+    [sys.executable, "-m", "mnist_service.cli"],
+    [sys.executable, "-m", "gunicorn", "-c", "python:mnist_service.gunicorn_config", "mnist_service.app:create_app()"],
+], ids=["mnist-serve", "gunicorn-by-hand"])
+def test_a_bad_value_stops_the_server_with_one_line(command, tmp_path):
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                            env={**CLEAN, "WORKERS": "two", "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)})
+    assert result.returncode != 0
+    assert result.stderr.strip() == "mnist-serve: WORKERS='two' is not a valid int"
+
+
+def test_gunicorn_takes_its_settings_from_the_same_object(monkeypatch):
+    for variable, value in {"HOST": "127.0.0.2", "PORT": "8123", "WORKERS": "3", "WORKER_CLASS": "gthread",
+                            "THREADS": "2", "TIMEOUT": "40", "GRACEFUL_TIMEOUT": "12"}.items():
+        monkeypatch.setenv(variable, value)
+    config = importlib.reload(importlib.import_module("mnist_service.gunicorn_config"))
+    assert (config.bind, config.workers, config.worker_class, config.threads, config.timeout,
+            config.graceful_timeout) == ("127.0.0.2:8123", 3, "gthread", 2, 40, 12)
