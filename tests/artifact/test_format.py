@@ -10,16 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from artifact_files import random_arrays
 from mnist_artifact import ArtifactError, Model, format
 
 
-def _arrays(sizes=(784, 12, 8, 10), seed=0) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    arrays = {}
-    for l, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:]), start=1):
-        arrays[f"W{l}"] = rng.normal(size=(n_in, n_out)).astype(np.float32)
-        arrays[f"b{l}"] = rng.normal(size=n_out).astype(np.float32)
-    return arrays
+def _arrays(sizes=(784, 12, 8, 10), seed=0):
+    return random_arrays(sizes, seed)
 
 
 def write(directory: Path, arrays: dict[str, np.ndarray], **manifest_changes) -> Path:

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from artifact_files import random_arrays
 from mnist_artifact import Model
 from mnist_service.app import create_app
 from mnist_service.settings import Settings
@@ -25,12 +26,8 @@ from mnist_service.settings import Settings
 def write_version(model_dir: Path, version: int, *, name: str = "mnist", sizes=(784, 16, 10), seed: int = 0,
                   arrays: dict | None = None) -> Path:
     """Publish a version exactly as docs/artifact.md specifies (random weights unless given)."""
-    rng = np.random.default_rng(seed)
     if arrays is None:
-        arrays = {}
-        for l, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:]), start=1):
-            arrays[f"W{l}"] = (rng.standard_normal((n_in, n_out)) * np.sqrt(2 / n_in)).astype(np.float32)
-            arrays[f"b{l}"] = (rng.standard_normal(n_out) * 0.1).astype(np.float32)
+        arrays = random_arrays(sizes, seed)
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     staging = model_dir / name / f".publishing-{version}"

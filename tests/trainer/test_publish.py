@@ -6,6 +6,7 @@ import sys
 
 import numpy as np
 
+from artifact_files import random_arrays
 from mnist_artifact import format
 from mnist_artifact.format import list_versions
 from mnist_trainer import MLP
@@ -13,12 +14,7 @@ from mnist_trainer.publish import latest_valid, publish
 
 
 def _arrays(sizes=(784, 8, 10), seed=0):
-    rng = np.random.default_rng(seed)
-    arrays = {}
-    for l, (a, b) in enumerate(zip(sizes[:-1], sizes[1:]), start=1):
-        arrays[f"W{l}"] = rng.normal(size=(a, b)).astype(np.float32)
-        arrays[f"b{l}"] = rng.normal(size=b).astype(np.float32)
-    return arrays
+    return random_arrays(sizes, seed)
 
 
 def _manifest(sizes=(784, 8, 10)):
