@@ -14,10 +14,7 @@ numbers across runs.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -27,14 +24,13 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+from common import BUSY, environment, load_mnist, log, machine_busy_seconds, markdown_table, own_cpu_seconds, write_json
 
 from mnist_trainer import MLP, data
 from mnist_trainer.presets import PRESETS
 from mnist_trainer.train import TrainConfig, fit, to_input
 
-REPO = Path(__file__).resolve().parent.parent
 THREADS = 2  # the reference machine has 2 cores; every framework gets both (--threads)
-BUSY = 0.25  # CPU cores used by other processes during a run above which its timing is suspect
 MEMORY_TARGET_MIB = 1024
 # The targets stated in mnist_trainer/presets.py: (test accuracy, training seconds).
 ACCURACY_TARGETS = {"default": (0.982, 60), "best": (0.988, 20 * 60)}
@@ -42,43 +38,6 @@ ACCURACY_TARGETS = {"default": (0.982, 60), "best": (0.988, 20 * 60)}
 # The speed benchmark's network and optimiser, identical in all three frameworks.
 SPEED = TrainConfig(hidden=(256,), epochs=5, batch_size=128, optimizer="sgd", lr=0.05, momentum=0.9,
                     nesterov=False, schedule="constant")
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def load_mnist(path: str | None) -> data.MNIST:
-    """--data, else $MNIST_DIR, else the shared copy beside the checkout (never a download)."""
-    path = path or os.environ.get("MNIST_DIR")
-    if not path and (REPO.parent / "shared/data/mnist").is_dir():
-        path = REPO.parent / "shared/data/mnist"
-    if not path:
-        sys.exit("bench: no MNIST data: pass --data DIR or set MNIST_DIR")
-    try:
-        return data.load(path)
-    except data.DataError as e:
-        sys.exit(f"bench: {e}")
-
-
-def markdown_table(header: list[str], rows: list[list]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def environment() -> dict:
-    import mnist_trainer
-
-    return {"date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d"),
-            "python": platform.python_version(), "machine": platform.machine(),
-            "cpus": os.cpu_count(), "numpy": np.__version__, "mnist_trainer": mnist_trainer.__version__}
-
-
-def write_json(path: str | None, results: dict) -> None:
-    if path:
-        Path(path).write_text(json.dumps(results, indent=2) + "\n")
-        log(f"wrote {path}")
 
 
 # --- speed -------------------------------------------------------------------------------------
@@ -94,15 +53,9 @@ def limit_threads(threads: int) -> dict:
     return {"torch.get_num_threads": torch.get_num_threads(), "threadpools": pools}
 
 
-def other_cpu_seconds() -> float | None:
-    """CPU seconds used so far by everything on the machine except this process (Linux /proc/stat)."""
-    try:
-        fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-    except (OSError, ValueError):
-        return None
-    busy = sum(fields) - fields[3] - fields[4]  # all but idle and iowait
-    own = os.times()
-    return busy / os.sysconf("SC_CLK_TCK") - own.user - own.system
+def other_cpu_seconds() -> float:
+    """CPU seconds used so far by everything on the machine except this process."""
+    return machine_busy_seconds() - own_cpu_seconds()
 
 
 def speed_numpy(x_train, y_train, x_test, y_test, epochs: int, seed: int) -> dict:
@@ -178,8 +131,8 @@ def cmd_speed(args) -> dict:
         run = FRAMEWORKS[name](train.images, train.labels, test.images, test.labels, args.epochs,
                                seed=len(runs[name]))
         run["samples_per_second"] = samples / run["seconds"]
-        if other is not None:  # how busy the rest of the machine was, in cores
-            run["other_cores"] = max(0.0, (other_cpu_seconds() - other) / (time.perf_counter() - started))
+        # How busy the rest of the machine was, in cores.
+        run["other_cores"] = max(0.0, (other_cpu_seconds() - other) / (time.perf_counter() - started))
         runs[name].append(run)
         log(f"[{n}/{len(plan)}] {name}: {run['seconds']:.1f} s, {run['samples_per_second']:,.0f} samples/s, "
             f"test accuracy {100 * run['accuracy']:.2f}%, other processes {run.get('other_cores', 0):.2f} cores")
@@ -335,7 +288,9 @@ def main(argv=None) -> None:
     if args.command == "memory" and args.child:
         return memory_child(args)
     results = {"speed": cmd_speed, "memory": cmd_memory, "accuracy": cmd_accuracy}[args.command](args)
-    write_json(args.json, {**results, "environment": environment()})
+    import mnist_trainer
+
+    write_json(args.json, {**results, "environment": environment(mnist_trainer=mnist_trainer.__version__)})
 
 
 if __name__ == "__main__":

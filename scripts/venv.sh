@@ -1,13 +1,21 @@
-# Sourced by the scripts here. ensure_dev_venv creates .venv with everything the project and its
-# tests need, pinned by constraints.txt; it reinstalls only when a pin or a pyproject.toml changed.
-DEV_PACKAGES=(-e artifact -e trainer -e service pytest hypothesis ruff requests openapi-spec-validator "tritonclient[http]" playwright)
+# shellcheck shell=bash
+# Sourced by the scripts here; run the functions from the root of a checkout (they read its files).
+# ensure_venv DIR PACKAGE... creates the virtual environment DIR if needed and installs PACKAGE...
+# (pip arguments: names, -e DIR, ./DIR) pinned by constraints.txt. It reinstalls only when
+# constraints.txt, a */pyproject.toml or the package list changed: DIR/.installed holds a hash of
+# those files and the list. ensure_dev_venv: .venv, with everything the project, its tests and the
+# service benchmarks (bench/service) need.
+DEV_PACKAGES=(-e artifact -e trainer -e service pytest hypothesis ruff requests openapi-spec-validator "tritonclient[http]" playwright psutil)
 
-ensure_dev_venv() {
-  local venv=.venv stamp=.venv/.installed want
-  want="$(cat constraints.txt */pyproject.toml | sha256sum | cut -c1-16) ${DEV_PACKAGES[*]}"
-  if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then return 0; fi
-  echo "installing pinned dependencies into $venv ..." >&2
+ensure_venv() {
+  local venv="$1" want
+  shift
+  want="$(cat constraints.txt ./*/pyproject.toml | sha256sum | cut -c1-16) $*"
+  if [[ -f "$venv/.installed" && "$(cat "$venv/.installed")" == "$want" ]]; then return 0; fi
+  echo "installing $* into $venv (constraints.txt) ..." >&2
   [[ -x "$venv/bin/python" ]] || python3 -m venv "$venv"
-  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -c constraints.txt "${DEV_PACKAGES[@]}"
-  echo "$want" > "$stamp"
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -c constraints.txt "$@"
+  echo "$want" > "$venv/.installed"
 }
+
+ensure_dev_venv() { ensure_venv .venv "${DEV_PACKAGES[@]}"; }

@@ -1,6 +1,6 @@
 """The ceiling for bench/service/run: the least a Flask app under gunicorn can do for /v1/predict.
 
-Same JSON library (orjson), same forward pass (mlp_artifact.py, identical to the service's), same
+Same JSON library (orjson), same forward pass (mnist_artifact.Model, the artifact's own), same
 response shape as mnist-serve; no validation, metrics, logging or request ids. Only
 {"instances": [[784 numbers], ...]} bodies. The model version directory comes from BARE_MODEL_PATH.
 
@@ -14,9 +14,10 @@ import os
 import numpy as np
 import orjson
 from flask import Flask, Response, request
-from mlp_artifact import MLP
 
-model = MLP(os.environ["BARE_MODEL_PATH"])
+from mnist_artifact import Model
+
+model = Model.load(os.environ["BARE_MODEL_PATH"])
 app = Flask(__name__)
 
 

@@ -25,211 +25,61 @@ from __future__ import annotations
 
 import argparse
 import base64
-import datetime
 import io
 import json
 import os
-import platform
 import re
 import resource
-import shutil
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
+from statistics import median
 
 import numpy as np
+from servers import (
+    REPO,
+    SERVICE_VENV,
+    WORKERS,
+    Servers,
+    ensure_model,
+    free_port,
+    group_cpu_seconds,
+    http,
+    session,
+    start_service,
+    tail,
+    wait_idle,
+    wait_ready,
+)
+
+from mnist_artifact import ArtifactError, Model
+from mnist_artifact.format import resolve_version
+
+sys.path.insert(0, str(REPO / "bench"))
+from common import (
+    BUSY,
+    environment,
+    load_mnist,
+    log,
+    machine_busy_seconds,
+    markdown_table,
+    mnist_path,
+    own_cpu_seconds,
+    write_json,
+)
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent.parent
-SERVICE_VENV = REPO / ".venv"
 MLSERVER_VENV = REPO / ".bench-mlserver-venv"
-WORKERS = 2
 GTHREAD_THREADS = 4
 BATCH = 256
-BUSY = 0.25  # cores used by other processes during a measurement above which it is suspect
 
 TARGET_VS_BARE = 0.85  # service req/s >= 0.85 x the bare ceiling
 TARGET_VS_MLSERVER = 2.0  # service req/s >= 2 x MLServer
 TARGET_P99_MS = 10.0  # service p99 latency
 
 
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-# --- processes ---------------------------------------------------------------------------------
-
-class Servers:
-    """Every server started here: each in its own process group (session), stopped by group id.
-
-    The group ids are also written to $SERVICE_BENCH_PGIDS, so that bench/service/run's trap can stop
-    whatever is left if this process dies without running its own cleanup.
-    """
-
-    def __init__(self, workdir: Path):
-        self.workdir = workdir
-        self.running: dict[str, subprocess.Popen] = {}
-        self.pgid_file = os.environ.get("SERVICE_BENCH_PGIDS")
-
-    def start(self, name: str, argv: list[str], env: dict, cwd: Path | None = None,
-              capture: bool = False) -> subprocess.Popen:
-        """A process in a new session; its output goes to <name>.log, or to pipes with capture=True."""
-        log_path = self.workdir / f"{name}.log"
-        if capture:
-            proc = subprocess.Popen(argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, text=True, start_new_session=True)
-        else:
-            with open(log_path, "wb") as out:
-                proc = subprocess.Popen(argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                                        start_new_session=True)
-        proc.log_path = log_path
-        self.running[name] = proc
-        self._write_pgids()
-        return proc
-
-    def _write_pgids(self) -> None:
-        if self.pgid_file:
-            Path(self.pgid_file).write_text("".join(f"{p.pid}\n" for p in self.running.values()))
-
-    def stop(self, name: str) -> None:
-        proc = self.running.pop(name, None)
-        if proc is None:
-            return
-        for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
-            try:
-                os.killpg(proc.pid, sig)
-            except ProcessLookupError:
-                break
-            if _group_gone(proc, wait):
-                break
-        proc.wait(timeout=5)
-        self._write_pgids()
-
-    def stop_all(self) -> None:
-        for name in list(self.running):
-            self.stop(name)
-
-
-def _group_gone(proc: subprocess.Popen, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        proc.poll()
-        if not _group_pids(proc.pid):
-            return True
-        time.sleep(0.1)
-    return False
-
-
-def _group_pids(pgid: int) -> list[int]:
-    pids = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            pids.append(int(stat.parent.name))
-    return pids
-
-
-def group_cpu_seconds(pgid: int) -> float:
-    """CPU seconds (user + system) used so far by the live processes of a process group."""
-    total = 0
-    for pid in _group_pids(pgid):
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / os.sysconf("SC_CLK_TCK")
-
-
-def wait_idle(pgid: int, seconds: float = 15) -> None:
-    """Until the server group uses < 5 % of a core: wrk stops with requests still queued at the server,
-    which must not spill into the next measurement."""
-    deadline = time.monotonic() + seconds
-    before = group_cpu_seconds(pgid)
-    while time.monotonic() < deadline:
-        time.sleep(0.2)
-        now = group_cpu_seconds(pgid)
-        if now - before < 0.01:
-            return
-        before = now
-
-
-def machine_busy_seconds() -> float:
-    fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def http(method: str, url: str, body: bytes | None = None, content_type: str = "application/json",
-         timeout: float = 10) -> tuple[int, bytes]:
-    request = urllib.request.Request(url, data=body, method=method, headers={"Content-Type": content_type})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
-
-
-def wait_ready(proc: subprocess.Popen, url: str, seconds: float = 90) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}; log:\n{tail(proc.log_path)}")
-        try:
-            if http("GET", url, timeout=2)[0] == 200:
-                return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"not ready after {seconds:.0f} s: {url}; log:\n{tail(proc.log_path)}")
-
-
-def tail(path: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
-
-
 # --- inputs ------------------------------------------------------------------------------------
-
-def load_test_digits(path: str | None):
-    """--data, else $MNIST_DIR, else ../shared/data/mnist beside the checkout (never a download)."""
-    from mnist_trainer import data
-
-    path = path or os.environ.get("MNIST_DIR")
-    if not path and (REPO.parent / "shared/data/mnist").is_dir():
-        path = str(REPO.parent / "shared/data/mnist")
-    if not path:
-        sys.exit("bench: no MNIST data: pass --data DIR or set MNIST_DIR")
-    return path, data.load(path).test
-
-
-def ensure_model(args, workdir: Path, data_path: str) -> Path:
-    """The model directory: --model-dir, else a `fast` model trained now into the work directory."""
-    if args.model_dir:
-        return Path(args.model_dir).resolve()
-    model_dir = workdir / "models"
-    log("bench: training a `fast` model into a temporary MODEL_DIR (--model-dir to use yours) ...")
-    subprocess.run([str(SERVICE_VENV / "bin/mnist-train"), "train", "--data", data_path, "--model-dir",
-                    str(model_dir), "--name", args.model_name, "--preset", "fast"],
-                   check=True, stdout=subprocess.DEVNULL)
-    return model_dir
-
 
 def canvas_png(digit: np.ndarray) -> bytes:
     """A digit as a phone or browser canvas sends it: dark ink on white, 280x280, RGBA PNG."""
@@ -261,18 +111,6 @@ def write_bodies(test, workdir: Path) -> dict[str, Path]:
 
 
 # --- servers -----------------------------------------------------------------------------------
-
-def start_service(servers: Servers, name: str, model_dir: Path, model_name: str, worker_class: str,
-                  threads: int, workdir: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    env = os.environ | {"MODEL_DIR": str(model_dir), "MODEL_NAME": model_name, "HOST": "127.0.0.1",
-                        "PORT": str(port), "WORKERS": str(WORKERS), "WORKER_CLASS": worker_class,
-                        "THREADS": str(threads), "PROMETHEUS_MULTIPROC_DIR": str(workdir / f"metrics-{name}")}
-    proc = servers.start(name, [str(SERVICE_VENV / "bin/mnist-serve")], env)
-    base = f"http://127.0.0.1:{port}"
-    wait_ready(proc, base + "/readyz")
-    return proc, base + "/v1/predict"
-
 
 def start_bare(servers: Servers, version_dir: Path) -> tuple[subprocess.Popen, str]:
     port = free_port()
@@ -356,23 +194,17 @@ def measure_slice(servers: Servers, proc: subprocess.Popen, url: str, body_path:
     """One wrk run against one server, with the CPU the server, wrk and everything else used meanwhile."""
     wait_idle(proc.pid)
     children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    server_before, busy_before, own_before = group_cpu_seconds(proc.pid), machine_busy_seconds(), os.times()
+    server_before, busy_before, own_before = group_cpu_seconds(proc.pid), machine_busy_seconds(), own_cpu_seconds()
     result = run_wrk(servers, url, body_path, seconds, args)
-    server_after, busy_after, own_after = group_cpu_seconds(proc.pid), machine_busy_seconds(), os.times()
+    server_after, busy_after, own_after = group_cpu_seconds(proc.pid), machine_busy_seconds(), own_cpu_seconds()
     children_after = resource.getrusage(resource.RUSAGE_CHILDREN)
     wrk_cpu = sum(getattr(children_after, f) - getattr(children_before, f) for f in ("ru_utime", "ru_stime"))
-    own_cpu = (own_after.user + own_after.system) - (own_before.user + own_before.system)
+    own_cpu = own_after - own_before
     result["server_cpu_s"] = server_after - server_before
     result["wrk_cpu_s"] = wrk_cpu
     # Includes the kernel's softirq time for loopback traffic, which no process is charged with.
     result["other_cpu_s"] = max(0.0, (busy_after - busy_before) - result["server_cpu_s"] - wrk_cpu - own_cpu)
     return result
-
-
-def median(values: list[float]) -> float:
-    values = sorted(values)
-    mid = len(values) // 2
-    return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
 
 
 def aggregate(name: str, slices: list[dict], instances: int) -> dict:
@@ -407,12 +239,6 @@ def profile(model_dir: Path, model_name: str, body: Path) -> dict:
 
 
 # --- report ------------------------------------------------------------------------------------
-
-def markdown_table(header: list[str], rows: list[list]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
-    return "\n".join(lines)
-
 
 DESCRIPTIONS = {
     "service-sync": ("mnist-serve, sync", "1 instance, JSON"),
@@ -494,12 +320,80 @@ def versions() -> dict:
             return None
 
     wrk = (out(["wrk", "--version"]) or "").splitlines()
-    return {"date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d"), "python": platform.python_version(),
-            "cpus": os.cpu_count(), "numpy": np.__version__, "flask": version("flask"),
-            "gunicorn": version("gunicorn"), "orjson": version("orjson"),
-            "prometheus_client": version("prometheus-client"),
-            "mlserver": out([str(MLSERVER_VENV / "bin/python"), "-c", "import mlserver; print(mlserver.__version__)"]),
-            "wrk": wrk[0].split(" [")[0] if wrk else None}
+    return environment(
+        flask=version("flask"), gunicorn=version("gunicorn"), orjson=version("orjson"),
+        prometheus_client=version("prometheus-client"),
+        mlserver=out([str(MLSERVER_VENV / "bin/python"), "-c", "import mlserver; print(mlserver.__version__)"]),
+        wrk=wrk[0].split(" [")[0] if wrk else None)
+
+
+def run(args, cases: list[str], servers: Servers) -> tuple[dict[str, dict], dict | None, Model]:
+    """Start, check, warm up and measure the servers of `cases`, then profile: (results, profile, model)."""
+    workdir = servers.workdir
+    data_path = mnist_path(args.data)
+    test = load_mnist(data_path).test
+    model_dir = ensure_model(args.model_dir, args.model_name, workdir, data_path)
+    version_dir = resolve_version(model_dir, args.model_name)
+    reference = Model.load(version_dir)
+    label = int(test.labels[0])
+    bodies = write_bodies(test, workdir)
+    expected = reference.predict_proba(test.images[:1].reshape(1, 784).astype(np.float32))[0]
+    log(f"bench: model {version_dir.name} of {args.model_name!r}, layers "
+        f"{reference.manifest['architecture']['layer_sizes']}; the digit is a {label}")
+
+    def checked(name, url, body, v2=False, compare=True):
+        probabilities = check_answer(name, url, body, label, v2)
+        if compare and np.abs(probabilities - expected).max() > 1e-5:
+            raise RuntimeError(f"{name}: probabilities differ from the artifact's forward pass")
+
+    # Every server up at once (idle ones cost next to nothing), checked, then loaded in turn.
+    targets = {}  # case -> (server process, url, body, instances per request)
+    if {"service-sync", "service-batch", "service-png"} & set(cases):
+        proc, base = start_service(servers, "service-sync", model_dir, args.model_name)
+        url = base + "/v1/predict"
+        checked("service-sync", url, bodies["single"])
+        checked("service-png", url, bodies["png"], compare=False)  # resampled: a close, not equal, image
+        targets |= {"service-sync": (proc, url, bodies["single"], 1),
+                    "service-batch": (proc, url, bodies["batch"], BATCH),
+                    "service-png": (proc, url, bodies["png"], 1)}
+    if "service-gthread" in cases:
+        proc, base = start_service(servers, "service-gthread", model_dir, args.model_name,
+                                   worker_class="gthread", threads=GTHREAD_THREADS)
+        url = base + "/v1/predict"
+        checked("service-gthread", url, bodies["single"])
+        targets["service-gthread"] = (proc, url, bodies["single"], 1)
+    if "bare" in cases:
+        proc, url = start_bare(servers, version_dir)
+        checked("bare", url, bodies["single"])
+        targets["bare"] = (proc, url, bodies["single"], 1)
+    if "mlserver" in cases:
+        proc, url = start_mlserver(servers, version_dir, args.model_name, workdir)
+        checked("mlserver", url, bodies["v2"], v2=True)
+        targets["mlserver"] = (proc, url, bodies["v2"], 1)
+    order = [c for c in DESCRIPTIONS if c in cases]
+
+    if args.warmup > 0:
+        log(f"bench: warm-up, {args.warmup:g} s per case")
+        for case in order:
+            proc, url, body, _ = targets[case]
+            run_wrk(servers, url, body, args.warmup, args)
+            wait_idle(proc.pid)
+    # Interleaved rounds: a noisy minute on the shared machine then hits every case, not one.
+    slices: dict[str, list[dict]] = {case: [] for case in order}
+    seconds = args.duration / args.rounds
+    for round_ in range(1, args.rounds + 1):
+        for case in order:
+            proc, url, body, _ = targets[case]
+            s = measure_slice(servers, proc, url, body, seconds, args)
+            slices[case].append(s)
+            other = s["other_cpu_s"] / s["duration_s"]
+            log(f"bench: round {round_}/{args.rounds} {case}: {s['requests'] / s['duration_s']:,.0f} req/s, "
+                f"p99 {s['latency_ms']['p99']:.2f} ms, other processes {other:.2f} cores"
+                + (" (busy machine: suspect)" if other > BUSY else ""))
+    results = {case: aggregate(case, slices[case], targets[case][3]) for case in order}
+    servers.stop_all()
+    prof = None if args.no_profile else profile(model_dir, args.model_name, bodies["single"])
+    return results, prof, reference
 
 
 # --- main --------------------------------------------------------------------------------------
@@ -531,87 +425,12 @@ def main() -> int:
     if args.threads > args.connections:
         parser.error("--threads must not exceed --connections")
 
-    def terminate(signum, frame):
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, terminate)
-    signal.signal(signal.SIGHUP, terminate)
-
-    workdir = Path(os.environ.get("SERVICE_BENCH_WORKDIR") or tempfile.mkdtemp(prefix="service-bench-"))
-    own_workdir = "SERVICE_BENCH_WORKDIR" not in os.environ
-    servers = Servers(workdir)
-    results: dict[str, dict] = {}
-    try:
-        data_path, test = load_test_digits(args.data)
-        model_dir = ensure_model(args, workdir, data_path)
-        sys.path.insert(0, str(HERE))
-        from mlp_artifact import MLP, latest_version
-
-        version_dir = latest_version(model_dir, args.model_name)
-        reference = MLP(version_dir)
-        label = int(test.labels[0])
-        bodies = write_bodies(test, workdir)
-        expected = reference.predict_proba(test.images[:1].reshape(1, 784).astype(np.float32))[0]
-        log(f"bench: model {version_dir.name} of {args.model_name!r}, layers "
-            f"{reference.manifest['architecture']['layer_sizes']}; the digit is a {label}")
-
-        def checked(name, url, body, v2=False, compare=True):
-            probabilities = check_answer(name, url, body, label, v2)
-            if compare and np.abs(probabilities - expected).max() > 1e-5:
-                raise RuntimeError(f"{name}: probabilities differ from the artifact's forward pass")
-
-        # Every server up at once (idle ones cost next to nothing), checked, then loaded in turn.
-        targets = {}  # case -> (server process, url, body, instances per request)
-        if {"service-sync", "service-batch", "service-png"} & set(cases):
-            proc, url = start_service(servers, "service-sync", model_dir, args.model_name, "sync", 1, workdir)
-            checked("service-sync", url, bodies["single"])
-            checked("service-png", url, bodies["png"], compare=False)  # resampled: a close, not equal, image
-            targets |= {"service-sync": (proc, url, bodies["single"], 1),
-                        "service-batch": (proc, url, bodies["batch"], BATCH),
-                        "service-png": (proc, url, bodies["png"], 1)}
-        if "service-gthread" in cases:
-            proc, url = start_service(servers, "service-gthread", model_dir, args.model_name, "gthread",
-                                      GTHREAD_THREADS, workdir)
-            checked("service-gthread", url, bodies["single"])
-            targets["service-gthread"] = (proc, url, bodies["single"], 1)
-        if "bare" in cases:
-            proc, url = start_bare(servers, version_dir)
-            checked("bare", url, bodies["single"])
-            targets["bare"] = (proc, url, bodies["single"], 1)
-        if "mlserver" in cases:
-            proc, url = start_mlserver(servers, version_dir, args.model_name, workdir)
-            checked("mlserver", url, bodies["v2"], v2=True)
-            targets["mlserver"] = (proc, url, bodies["v2"], 1)
-        order = [c for c in DESCRIPTIONS if c in cases]
-
-        if args.warmup > 0:
-            log(f"bench: warm-up, {args.warmup:g} s per case")
-            for case in order:
-                proc, url, body, _ = targets[case]
-                run_wrk(servers, url, body, args.warmup, args)
-                wait_idle(proc.pid)
-        # Interleaved rounds: a noisy minute on the shared machine then hits every case, not one.
-        slices: dict[str, list[dict]] = {case: [] for case in order}
-        seconds = args.duration / args.rounds
-        for round_ in range(1, args.rounds + 1):
-            for case in order:
-                proc, url, body, _ = targets[case]
-                s = measure_slice(servers, proc, url, body, seconds, args)
-                slices[case].append(s)
-                other = s["other_cpu_s"] / s["duration_s"]
-                log(f"bench: round {round_}/{args.rounds} {case}: {s['requests'] / s['duration_s']:,.0f} req/s, "
-                    f"p99 {s['latency_ms']['p99']:.2f} ms, other processes {other:.2f} cores"
-                    + (" (busy machine: suspect)" if other > BUSY else ""))
-        results = {case: aggregate(case, slices[case], targets[case][3]) for case in order}
-        servers.stop_all()
-        prof = None if args.no_profile else profile(model_dir, args.model_name, bodies["single"])
-    except (RuntimeError, OSError, subprocess.CalledProcessError) as e:
-        log(f"bench: failed: {e}")
-        return 1
-    finally:
-        servers.stop_all()
-        if own_workdir:
-            shutil.rmtree(workdir, ignore_errors=True)
+    with session() as servers:
+        try:
+            results, prof, reference = run(args, cases, servers)
+        except (RuntimeError, OSError, ArtifactError, subprocess.CalledProcessError) as e:
+            log(f"bench: failed: {e}")
+            return 1
 
     ordered = {name: results[name] for name in DESCRIPTIONS if name in results}
     table, verdict = report(ordered, prof)
@@ -621,12 +440,10 @@ def main() -> int:
           f"wrk {args.threads} thread(s), {WORKERS} server workers each; {env['date']}, Python {env['python']}, "
           f"{env['cpus']} CPUs\n")
     print(table)
-    if args.json:
-        Path(args.json).write_text(json.dumps({
-            "environment": env, "settings": {k: v for k, v in vars(args).items() if k != "json"},
-            "model": {"layer_sizes": reference.manifest["architecture"]["layer_sizes"], "version": version_dir.name},
-            "results": ordered, "verdict": verdict, "profile": prof}, indent=2) + "\n")
-        log(f"wrote {args.json}")
+    write_json(args.json, {
+        "environment": env, "settings": {k: v for k, v in vars(args).items() if k != "json"},
+        "model": {"layer_sizes": reference.manifest["architecture"]["layer_sizes"], "version": str(reference.version)},
+        "results": ordered, "verdict": verdict, "profile": prof})
     return 0
 
 

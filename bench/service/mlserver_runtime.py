@@ -1,24 +1,26 @@
 """An MLServer custom runtime serving the mnist-mlp artifact (bench/service/run's MLServer case).
 
-`load()` reads the version directory named by the model's `parameters.uri` with NumPy
-(allow_pickle=False, via mlp_artifact.py); `predict()` runs the same forward pass as mnist-serve on
+`load()` reads and verifies the version directory named by the model's `parameters.uri`
+(mnist_artifact.Model: NumPy, allow_pickle=False); `predict()` runs the artifact's forward pass on
 the V2 input "images" (FP32, [N, 784], 0..255) and returns "label", "confidence" and
-"probabilities", the same three things mnist-serve answers. Runs in .bench-mlserver-venv/.
+"probabilities", the same three things mnist-serve answers. Runs in .bench-mlserver-venv/, which
+has mlserver and artifact/ (bench/service/run).
 """
 
 from __future__ import annotations
 
 import numpy as np
-from mlp_artifact import MLP
 from mlserver import MLModel
 from mlserver.codecs import NumpyCodec
 from mlserver.types import InferenceRequest, InferenceResponse
 from mlserver.utils import get_model_uri
 
+from mnist_artifact import Model
+
 
 class MnistRuntime(MLModel):
     async def load(self) -> bool:
-        self._model = MLP(await get_model_uri(self.settings))
+        self._model = Model.load(await get_model_uri(self.settings))
         return True
 
     async def predict(self, payload: InferenceRequest) -> InferenceResponse:
