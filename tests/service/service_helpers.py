@@ -15,6 +15,7 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+import requests
 from PIL import Image
 
 from artifact_files import random_arrays
@@ -130,3 +131,22 @@ class Server:
             self.process.wait(30)
         self.log.close()
         return self.process.returncode
+
+
+def wait_for(condition, timeout=15.0, interval=0.1):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(interval)
+    return False
+
+
+def metric_total(url: str, name: str, **labels) -> float:
+    """Sum of a metric's samples whose labels include `labels`."""
+    total = 0.0
+    for line in requests.get(url + "/metrics", timeout=5).text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            if all(f'{k}="{v}"' in line for k, v in labels.items()):
+                total += float(line.rsplit(" ", 1)[1])
+    return total

@@ -18,26 +18,7 @@ import pytest
 import requests
 
 from mnist_artifact import Model
-from service_helpers import bomb_png, digit, expected, png, write_version
-
-
-def wait_for(condition, timeout=15.0, interval=0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(interval)
-    return False
-
-
-def metric_total(url: str, name: str, **labels) -> float:
-    """Sum of a metric's samples whose labels include `labels`."""
-    total = 0.0
-    for line in requests.get(url + "/metrics", timeout=5).text.splitlines():
-        if line.startswith(name + "{") or line.startswith(name + " "):
-            if all(f'{k}="{v}"' in line for k, v in labels.items()):
-                total += float(line.rsplit(" ", 1)[1])
-    return total
+from service_helpers import bomb_png, digit, expected, metric_total, png, wait_for, write_version
 
 
 def serving_version(url: str) -> int | None:

@@ -62,3 +62,10 @@ def register(app: Flask) -> None:
     @app.errorhandler(Exception)
     def unexpected(e: Exception):
         return Response(internal_error(), status=500, mimetype="application/json")
+
+
+class ClientTimeout(BaseException):
+    """A client took longer than CLIENT_TIMEOUT to send its request or to read the answer (worker.py).
+
+    A BaseException, as gevent's own Timeout: no `except Exception` on the way may mistake it for
+    a server error and answer it; the worker closes the connection."""

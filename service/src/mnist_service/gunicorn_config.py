@@ -1,8 +1,9 @@
 """gunicorn settings for mnist-serve (`gunicorn -c python:mnist_service.gunicorn_config ...`).
 
 Values come from the service's one Settings object (settings.py: HOST, PORT, WORKERS, WORKER_CLASS,
-THREADS, TIMEOUT, GRACEFUL_TIMEOUT). PROMETHEUS_MULTIPROC_DIR must already be set in the
-environment gunicorn starts with (mnist-serve sets it).
+THREADS, WORKER_CONNECTIONS, TIMEOUT, GRACEFUL_TIMEOUT; worker.py reads CLIENT_TIMEOUT and
+QUEUE_TIMEOUT). PROMETHEUS_MULTIPROC_DIR must already be set in the environment gunicorn starts
+with (mnist-serve sets it).
 """
 
 import os
@@ -18,11 +19,15 @@ except ValueError as e:  # gunicorn run by hand with this file: the same one lin
 
 bind = f"{_settings.host}:{_settings.port}"
 workers = _settings.workers
-worker_class = _settings.worker_class
+worker_class = {"gevent": "mnist_service.worker.Worker"}.get(_settings.worker_class, _settings.worker_class)
 threads = _settings.threads
+worker_connections = _settings.worker_connections
 timeout = _settings.timeout
 graceful_timeout = _settings.graceful_timeout
-keepalive = 5
+# One request per connection. With keep-alive, gevent workers did 1.5x the requests per second at
+# 16 connections but with 3x the p99 latency (bench/README.md); one request per connection also
+# lets CLIENT_TIMEOUT bound a connection's whole life.
+keepalive = 0
 # The worker heartbeat file on a disk-backed /tmp can stall workers (gunicorn FAQ); /dev/shm is
 # RAM and also works with a read-only root filesystem.
 worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None

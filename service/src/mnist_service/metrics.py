@@ -37,6 +37,10 @@ CONFIDENCE = Histogram("mnist_prediction_confidence", "Probability of the predic
                        buckets=CONFIDENCE_BUCKETS)
 MODEL_INFO = Gauge("mnist_model_info", "1 for the model version a worker serves.", ["name", "version", "sha256"],
                    multiprocess_mode="livemax")
+SHED = Counter("mnist_http_requests_shed", "Inference requests answered 503 at once: the worker was overloaded "
+               "(QUEUE_LIMIT, QUEUE_TIMEOUT). Also counted in mnist_http_requests_total.", ["route"])
+CLIENT_TIMEOUTS = Counter("mnist_client_timeouts", "Connections closed because the client was slower than "
+                          "CLIENT_TIMEOUT to send its request or read the answer.")
 MODEL_LOADS = Counter("mnist_model_loads", "Model versions loaded and verified.")
 MODEL_LOAD_FAILURES = Counter("mnist_model_load_failures", "Model versions rejected as invalid.")
 
@@ -78,3 +82,8 @@ def observe_predictions(labels: np.ndarray, confidences: np.ndarray) -> None:
                 _PREDICTED[label].inc(count)
     for c in confidences.tolist():
         CONFIDENCE.observe(c)
+
+
+def observe_shed(route: str, method: str) -> None:
+    SHED.labels(route).inc()
+    REQUESTS.labels(route, method, "503").inc()  # not in the latency histogram: no request was run

@@ -12,6 +12,7 @@ import re
 import time
 
 from . import logs, metrics
+from .errors import ClientTimeout
 
 REQUEST_ID = re.compile(r"[\w.:@/+=-]{1,128}")  # a caller's id is echoed only if it is this tame
 NOTES = "mnist.access"  # environ key: the access line's fields a handler adds
@@ -40,6 +41,9 @@ class ObservedRequests:
         metrics.IN_FLIGHT.inc()
         try:
             return self.app(environ, start)
+        except ClientTimeout:  # the client stopped sending its body: recorded as 408 Request Timeout
+            statuses.append("408")
+            raise
         finally:  # WSGI apps call start_response before they return: the status is known here
             latency = time.perf_counter() - started
             metrics.IN_FLIGHT.dec()

@@ -64,3 +64,8 @@ ROUTES = [  # the hot route first: it is matched by one string comparison
     Route("/v1/models/<name>/versions/<int:version>:predict",
           _pattern(r"/v1/models/(?P<name>[^/:]+)/versions/(?P<version>[0-9]+):predict"), tf_serving_predict),
 ]
+
+
+def inference_rule(path: str) -> str | None:
+    """The rule of the inference route `path` is for, or None for any other path."""
+    return next((route.rule for route in ROUTES if route.match(path) is not None), None)

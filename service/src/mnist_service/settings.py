@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-WORKER_CLASSES = ("sync", "gthread")
+WORKER_CLASSES = ("gevent", "sync", "gthread")  # gevent: worker.Worker; measured in bench/README.md
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
@@ -29,8 +29,12 @@ class Settings:
     host: str = "0.0.0.0"
     port: int = 8000
     workers: int = field(default_factory=lambda: os.cpu_count() or 2)
-    worker_class: str = "sync"  # measured against gthread in bench/README.md
-    threads: int = 1
+    worker_class: str = "gevent"
+    threads: int = 1  # gthread only
+    worker_connections: int = 1000  # gevent: open connections per worker, idle ones included
+    client_timeout: float = 10.0  # gevent: to send a whole request and read the answer
+    queue_limit: int = 128  # gevent: shed while more connections than this wait to be accepted...
+    queue_timeout: float = 0.5  # ...or while the event loop runs this many seconds late
     timeout: int = 30  # a worker silent this long is killed and replaced
     graceful_timeout: int = 30  # SIGTERM: in-flight requests get this long to finish
 
@@ -52,6 +56,10 @@ class Settings:
             workers=_number(environ, "WORKERS", int, default.workers, minimum=1),
             worker_class=_choice(environ, "WORKER_CLASS", WORKER_CLASSES, default.worker_class),
             threads=_number(environ, "THREADS", int, default.threads, minimum=1),
+            worker_connections=_number(environ, "WORKER_CONNECTIONS", int, default.worker_connections, minimum=1),
+            client_timeout=_number(environ, "CLIENT_TIMEOUT", float, default.client_timeout, minimum=0.1),
+            queue_limit=_number(environ, "QUEUE_LIMIT", int, default.queue_limit, minimum=1),
+            queue_timeout=_number(environ, "QUEUE_TIMEOUT", float, default.queue_timeout, minimum=0.01),
             timeout=_number(environ, "TIMEOUT", int, default.timeout, minimum=1),
             graceful_timeout=_number(environ, "GRACEFUL_TIMEOUT", int, default.graceful_timeout, minimum=1),
         )
