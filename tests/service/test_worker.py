@@ -177,3 +177,11 @@ def test_queue_monitor_reads_the_accept_queue_and_the_event_loop_lag():
         assert not monitor.overloaded()
         monitor.due = time.monotonic() - 0.5  # the timer is half a second overdue: the loop is late
         assert monitor.overloaded()
+
+
+def test_each_worker_does_its_linear_algebra_on_one_thread(model_dir, serve):
+    """The workers are the parallelism: OpenBLAS's own threads in every worker fought over the cores
+    (batch-8 requests 25x slower on 2 cores), so mnist-serve sets one unless the user chose."""
+    server = serve(model_dir)
+    for pid in worker_pids(server):
+        assert psutil.Process(pid).environ()["OPENBLAS_NUM_THREADS"] == os.environ.get("OPENBLAS_NUM_THREADS", "1")

@@ -24,6 +24,9 @@ def main(argv=None) -> int:
     # that imports it: so the variable is set here, before gunicorn (and its workers) start.
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="mnist-serve-metrics-")
+    # The workers are the parallelism: one BLAS thread each. With OpenBLAS's default (a thread per
+    # core in every worker) batch-8 requests ran 25x slower on 2 cores (docs/reliability.md).
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     command = [sys.executable, "-m", "gunicorn", "-c", "python:mnist_service.gunicorn_config", *argv,
                "mnist_service.app:create_app()"]
     os.execv(sys.executable, command)
