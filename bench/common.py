@@ -11,6 +11,7 @@ import json
 import os
 import platform
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -65,6 +66,23 @@ def own_cpu_seconds() -> float:
     """CPU seconds (user + system) used so far by this process."""
     own = os.times()
     return own.user + own.system
+
+
+def wait_quiet(minutes: float, cores: float = 0.2, window: float = 10) -> float:
+    """Wait (up to `minutes`) until the rest of the machine uses < `cores` over `window` seconds; returns
+    the cores it used in the last window. Run before starting any server: all but this process counts."""
+    deadline = time.monotonic() + minutes * 60
+    while True:
+        busy, own = machine_busy_seconds(), own_cpu_seconds()
+        time.sleep(window)
+        other = max(0.0, machine_busy_seconds() - busy - (own_cpu_seconds() - own)) / window
+        if other < cores:
+            log(f"bench: the machine is quiet: other processes {other:.2f} cores over {window:g} s")
+            return other
+        if time.monotonic() > deadline:
+            log(f"bench: still busy after {minutes:g} minutes (other processes {other:.2f} cores): measuring anyway")
+            return other
+        log(f"bench: waiting for a quiet machine: other processes {other:.2f} cores")
 
 
 # --- results -----------------------------------------------------------------------------------

@@ -6,30 +6,32 @@ Run through bench/service/run, which sets up .venv and .bench-mlserver-venv/ and
 
 One run, on 127.0.0.1 only, loading one server at a time, each with 2 worker processes:
 
-  service-sync     mnist-serve, WORKERS=2 WORKER_CLASS=sync        (single-instance JSON)
-  service-gthread  mnist-serve, WORKERS=2 WORKER_CLASS=gthread THREADS=4
+  service          mnist-serve, WORKERS=2, its default worker (gevent)  (single-instance JSON)
+  service-sync     mnist-serve, WORKERS=2 WORKER_CLASS=sync                (for comparison)
+  service-gthread  mnist-serve, WORKERS=2 WORKER_CLASS=gthread THREADS=4   (for comparison)
+  service-keepalive  mnist-serve, default worker, `--keep-alive 2` (only when asked with --cases)
   bare             bench/service/bare_app.py under gunicorn, 2 sync workers
   mlserver         MLServer with bench/service/mlserver_runtime.py, parallel_workers 2 (V2 JSON)
-  service-batch    mnist-serve sync, 256 instances per request
-  service-png      mnist-serve sync, one 280x280 PNG (dark ink on white) as base64 in JSON
+  service-batch    mnist-serve (default worker), 256 instances per request
+  service-png      mnist-serve (default worker), one 280x280 PNG (dark ink on white) as base64 in JSON
 
 All servers are started at once and each is checked (HTTP 200, the right digit, the same
 probabilities as the artifact's forward pass), warmed up, then loaded by wrk with --connections
 connections for --duration seconds in total, split into --rounds slices interleaved with the other
 cases (so that a noisy moment on the shared machine hits all cases, not one). Prints a Markdown
-table and the verdict against the targets; --json PATH writes everything, per round too. Compare
-the ratios of one run, not absolute numbers across runs.
+table and the verdict against the targets, which are judged on `service` (the default worker; the
+other worker classes' ratios are printed beside it); --json PATH writes everything, per round too.
+Compare the ratios of one run, not absolute numbers across runs.
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import functools
 import io
 import json
 import os
-import re
-import resource
 import subprocess
 import sys
 import time
@@ -38,14 +40,17 @@ from statistics import median
 
 import numpy as np
 from servers import (
+    GTHREAD_THREADS,
     REPO,
     SERVICE_VENV,
     WORKERS,
+    CpuMeter,
     Servers,
+    add_run_arguments,
     ensure_model,
     free_port,
-    group_cpu_seconds,
     http,
+    run_wrk,
     session,
     start_service,
     tail,
@@ -57,21 +62,10 @@ from mnist_artifact import ArtifactError, Model
 from mnist_artifact.format import resolve_version
 
 sys.path.insert(0, str(REPO / "bench"))
-from common import (
-    BUSY,
-    environment,
-    load_mnist,
-    log,
-    machine_busy_seconds,
-    markdown_table,
-    mnist_path,
-    own_cpu_seconds,
-    write_json,
-)
+from common import BUSY, environment, load_mnist, log, markdown_table, mnist_path, wait_quiet, write_json
 
 HERE = Path(__file__).resolve().parent
 MLSERVER_VENV = REPO / ".bench-mlserver-venv"
-GTHREAD_THREADS = 4
 BATCH = 256
 
 TARGET_VS_BARE = 0.85  # service req/s >= 0.85 x the bare ceiling
@@ -173,37 +167,14 @@ def check_answer(name: str, url: str, body_path: Path, label: int, v2: bool = Fa
 
 # --- wrk ---------------------------------------------------------------------------------------
 
-def run_wrk(servers: Servers, url: str, body_path: Path, seconds: float, args, timeout: float = 10) -> dict:
-    env = os.environ | {"BODY_FILE": str(body_path), "CONTENT_TYPE": "application/json"}
-    argv = ["wrk", "--threads", str(args.threads), "--connections", str(args.connections),
-            "--duration", f"{seconds:g}s", "--timeout", f"{timeout:g}s", "--latency",
-            "--script", str(HERE / "post.lua"), url]
-    # Registered like a server, so that it is stopped too if this process is interrupted.
-    proc = servers.start("wrk", argv, env, capture=True)
-    stdout, stderr = proc.communicate()
-    servers.running.pop("wrk", None)
-    match = re.search(r"^WRK_JSON (.*)$", stdout, re.MULTILINE)
-    if proc.returncode != 0 or not match:
-        raise RuntimeError(f"wrk failed ({proc.returncode}):\n{stdout}\n{stderr}")
-    result = json.loads(match.group(1))
-    result["rps"] = result["requests"] / result["duration_s"]
-    return result
-
-
 def measure_slice(servers: Servers, proc: subprocess.Popen, url: str, body_path: Path, seconds: float, args) -> dict:
     """One wrk run against one server, with the CPU the server, wrk and everything else used meanwhile."""
     wait_idle(proc.pid)
-    children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    server_before, busy_before, own_before = group_cpu_seconds(proc.pid), machine_busy_seconds(), own_cpu_seconds()
-    result = run_wrk(servers, url, body_path, seconds, args)
-    server_after, busy_after, own_after = group_cpu_seconds(proc.pid), machine_busy_seconds(), own_cpu_seconds()
-    children_after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    wrk_cpu = sum(getattr(children_after, f) - getattr(children_before, f) for f in ("ru_utime", "ru_stime"))
-    own_cpu = own_after - own_before
-    result["server_cpu_s"] = server_after - server_before
-    result["wrk_cpu_s"] = wrk_cpu
-    # Includes the kernel's softirq time for loopback traffic, which no process is charged with.
-    result["other_cpu_s"] = max(0.0, (busy_after - busy_before) - result["server_cpu_s"] - wrk_cpu - own_cpu)
+    meter = CpuMeter(proc.pid)
+    result = run_wrk(servers, url, body_path, seconds, args.connections, args.threads)
+    cpu = meter.read()
+    result |= {"server_cpu_s": cpu["server_cpu_s"], "wrk_cpu_s": cpu["children_cpu_s"],
+               "other_cpu_s": cpu["other_cpu_s"]}
     return result
 
 
@@ -240,14 +211,27 @@ def profile(model_dir: Path, model_name: str, body: Path) -> dict:
 
 # --- report ------------------------------------------------------------------------------------
 
+DEFAULT_WORKER = "mnist-serve, gevent (default)"
 DESCRIPTIONS = {
+    "service": (DEFAULT_WORKER, "1 instance, JSON"),
     "service-sync": ("mnist-serve, sync", "1 instance, JSON"),
     "service-gthread": (f"mnist-serve, gthread x{GTHREAD_THREADS}", "1 instance, JSON"),
+    "service-keepalive": ("mnist-serve, gevent, keep-alive 2 s", "1 instance, JSON"),
     "bare": ("bare Flask + gunicorn, sync", "1 instance, JSON"),
     "mlserver": ("MLServer, parallel_workers 2", "1 instance, V2 JSON"),
-    "service-batch": ("mnist-serve, sync", f"{BATCH} instances, JSON"),
-    "service-png": ("mnist-serve, sync", "1 PNG 280x280, base64"),
+    "service-batch": (DEFAULT_WORKER, f"{BATCH} instances, JSON"),
+    "service-png": (DEFAULT_WORKER, "1 PNG 280x280, base64"),
 }
+# The single-instance cases of mnist-serve, one per worker class: the targets are judged on the first.
+WORKER_CASES = {"service": "gevent (default)", "service-sync": "sync", "service-gthread": f"gthread x{GTHREAD_THREADS}",
+                "service-keepalive": "gevent, keep-alive 2 s"}
+# Run unless --cases says otherwise: all but keep-alive, which mnist-serve turns off (gunicorn_config.py).
+DEFAULT_CASES = [case for case in DESCRIPTIONS if case != "service-keepalive"]
+
+
+def _met(ok: bool, judged: bool) -> str:
+    """A target's verdict: met/MISSED for the configuration it is judged on, within/outside for the others."""
+    return ("met" if ok else "MISSED") if judged else ("within" if ok else "outside")
 
 
 def report(results: dict[str, dict], prof: dict | None) -> tuple[str, dict]:
@@ -263,39 +247,33 @@ def report(results: dict[str, dict], prof: dict | None) -> tuple[str, dict]:
     text = [markdown_table(header, rows)]
 
     verdict: dict = {}
-    sync, gthread = results.get("service-sync"), results.get("service-gthread")
-    if sync and gthread:
-        ratio = gthread["rps"] / sync["rps"]
-        if abs(ratio - 1) > 0.05:
-            best, why = ("gthread" if ratio > 1 else "sync"), "more req/s"
-        else:
-            lower = gthread["latency_ms"]["p99"] < sync["latency_ms"]["p99"]
-            best, why = ("gthread" if lower else "sync"), "req/s within 5 %, lower p99"
-        verdict |= {"gthread_vs_sync": ratio, "worker_class": best}
-        text.append(f"\nWorker class: gthread/sync = **{ratio:.2f}x** req/s, p99 {gthread['latency_ms']['p99']:.2f} "
-                    f"vs {sync['latency_ms']['p99']:.2f} ms: use **{best}** ({why}).")
     lines = []
-    for label, service in (("sync", sync), ("gthread", gthread)):
+    for case, label in WORKER_CASES.items():
+        service = results.get(case)
         if not service:
             continue
+        judged = case == "service"  # the default configuration; the other classes are for comparison
+        met = functools.partial(_met, judged=judged)
         entry = {"p99_ms": service["latency_ms"]["p99"], "p99_met": service["latency_ms"]["p99"] <= TARGET_P99_MS}
         parts = []
         if "bare" in results:
             entry["vs_bare"] = service["rps"] / results["bare"]["rps"]
             entry["vs_bare_met"] = entry["vs_bare"] >= TARGET_VS_BARE
-            parts.append(f"{entry['vs_bare']:.2f}x bare (target >= {TARGET_VS_BARE}: "
-                         f"{'met' if entry['vs_bare_met'] else 'MISSED'})")
+            parts.append(f"{entry['vs_bare']:.2f}x bare (target >= {TARGET_VS_BARE}: {met(entry['vs_bare_met'])})")
         if "mlserver" in results:
             entry["vs_mlserver"] = service["rps"] / results["mlserver"]["rps"]
             entry["vs_mlserver_met"] = entry["vs_mlserver"] >= TARGET_VS_MLSERVER
             parts.append(f"{entry['vs_mlserver']:.2f}x MLServer (target >= {TARGET_VS_MLSERVER:g}: "
-                         f"{'met' if entry['vs_mlserver_met'] else 'MISSED'})")
-        parts.append(f"p99 {entry['p99_ms']:.2f} ms (target <= {TARGET_P99_MS:g}: "
-                     f"{'met' if entry['p99_met'] else 'MISSED'})")
-        verdict[f"service_{label}"] = entry
+                         f"{met(entry['vs_mlserver_met'])})")
+        parts.append(f"p99 {entry['p99_ms']:.2f} ms (target <= {TARGET_P99_MS:g}: {met(entry['p99_met'])})")
+        if case != "service" and "service" in results:
+            entry["vs_default"] = service["rps"] / results["service"]["rps"]
+            parts.append(f"{entry['vs_default']:.2f}x the default's req/s")
+        verdict[case] = entry
         lines.append(f"- mnist-serve {label}: " + ", ".join(parts))
     if lines:
-        text.append("\nTargets (single-instance JSON; medians of the rounds of this run):\n" + "\n".join(lines))
+        text.append("\nTargets (single-instance JSON; medians of the rounds of this run), judged on the default "
+                    "worker; the other classes for comparison:\n" + "\n".join(lines))
     if prof:
         whole = prof["whole_request_us"]
         rows = [[k, f"{v:.0f}", f"{v / whole['full']:.0%}"] for k, v in prof["costs_us"].items()]
@@ -348,20 +326,22 @@ def run(args, cases: list[str], servers: Servers) -> tuple[dict[str, dict], dict
 
     # Every server up at once (idle ones cost next to nothing), checked, then loaded in turn.
     targets = {}  # case -> (server process, url, body, instances per request)
-    if {"service-sync", "service-batch", "service-png"} & set(cases):
-        proc, base = start_service(servers, "service-sync", model_dir, args.model_name)
+    if {"service", "service-batch", "service-png"} & set(cases):
+        proc, base = start_service(servers, "service", model_dir, args.model_name)  # its default worker
         url = base + "/v1/predict"
-        checked("service-sync", url, bodies["single"])
+        checked("service", url, bodies["single"])
         checked("service-png", url, bodies["png"], compare=False)  # resampled: a close, not equal, image
-        targets |= {"service-sync": (proc, url, bodies["single"], 1),
+        targets |= {"service": (proc, url, bodies["single"], 1),
                     "service-batch": (proc, url, bodies["batch"], BATCH),
                     "service-png": (proc, url, bodies["png"], 1)}
-    if "service-gthread" in cases:
-        proc, base = start_service(servers, "service-gthread", model_dir, args.model_name,
-                                   worker_class="gthread", threads=GTHREAD_THREADS)
-        url = base + "/v1/predict"
-        checked("service-gthread", url, bodies["single"])
-        targets["service-gthread"] = (proc, url, bodies["single"], 1)
+    for case, worker_class, gunicorn_args in (("service-sync", "sync", ()), ("service-gthread", "gthread", ()),
+                                              ("service-keepalive", None, ("--keep-alive", "2"))):
+        if case in cases:
+            proc, base = start_service(servers, case, model_dir, args.model_name, worker_class=worker_class,
+                                       gunicorn_args=gunicorn_args)
+            url = base + "/v1/predict"
+            checked(case, url, bodies["single"])
+            targets[case] = (proc, url, bodies["single"], 1)
     if "bare" in cases:
         proc, url = start_bare(servers, version_dir)
         checked("bare", url, bodies["single"])
@@ -376,7 +356,7 @@ def run(args, cases: list[str], servers: Servers) -> tuple[dict[str, dict], dict
         log(f"bench: warm-up, {args.warmup:g} s per case")
         for case in order:
             proc, url, body, _ = targets[case]
-            run_wrk(servers, url, body, args.warmup, args)
+            run_wrk(servers, url, body, args.warmup, args.connections, args.threads)
             wait_idle(proc.pid)
     # Interleaved rounds: a noisy minute on the shared machine then hits every case, not one.
     slices: dict[str, list[dict]] = {case: [] for case in order}
@@ -408,13 +388,10 @@ def main() -> int:
     parser.add_argument("--warmup", type=float, default=3, help="seconds of unrecorded load per case first [3]")
     parser.add_argument("--threads", type=int, default=1,
                         help="wrk threads [1: the client takes as little as possible of the 2 cores]")
-    parser.add_argument("--model-dir", help="serve this MODEL_DIR (default: train a `fast` model into a temp dir)")
-    parser.add_argument("--model-name", default=os.environ.get("MODEL_NAME", "mnist"))
-    parser.add_argument("--data", help="MNIST folder (default: $MNIST_DIR, else ../shared/data/mnist)")
-    parser.add_argument("--cases", default=",".join(DESCRIPTIONS),
-                        help=f"comma-separated subset of {','.join(DESCRIPTIONS)}")
+    parser.add_argument("--cases", default=",".join(DEFAULT_CASES),
+                        help=f"comma-separated subset of {','.join(DESCRIPTIONS)} [all but service-keepalive]")
     parser.add_argument("--no-profile", action="store_true", help="skip the in-process profile of one request")
-    parser.add_argument("--json", help="also write the results to this file")
+    add_run_arguments(parser)
     args = parser.parse_args()
     cases = [c for c in args.cases.split(",") if c]
     unknown = set(cases) - set(DESCRIPTIONS)
@@ -425,6 +402,8 @@ def main() -> int:
     if args.threads > args.connections:
         parser.error("--threads must not exceed --connections")
 
+    if args.wait_quiet > 0:
+        wait_quiet(args.wait_quiet)
     with session() as servers:
         try:
             results, prof, reference = run(args, cases, servers)

@@ -9,7 +9,10 @@ Runs in .venv.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import re
+import resource
 import shutil
 import signal
 import socket
@@ -24,10 +27,12 @@ from pathlib import Path
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import REPO, log  # bench/common.py
+from common import REPO, log, machine_busy_seconds, own_cpu_seconds  # bench/common.py
 
+HERE = Path(__file__).resolve().parent
 SERVICE_VENV = REPO / ".venv"
 WORKERS = 2
+GTHREAD_THREADS = 4  # threads per worker when a benchmark runs mnist-serve's gthread worker
 
 
 @contextlib.contextmanager
@@ -80,7 +85,8 @@ class Servers:
 
     def _write_pgids(self) -> None:
         if self.pgid_file:
-            Path(self.pgid_file).write_text("".join(f"{p.pid}\n" for p in self.running.values()))
+            # list(): a measurement thread may start a process (slowhttptest) while the main thread runs wrk.
+            Path(self.pgid_file).write_text("".join(f"{p.pid}\n" for p in list(self.running.values())))
 
     def stop(self, name: str) -> None:
         proc = self.running.pop(name, None)
@@ -127,14 +133,80 @@ def group_processes(pgid: int) -> list[psutil.Process]:
 
 def group_cpu_seconds(pgid: int) -> float:
     """CPU seconds (user + system) used so far by the live processes of a process group."""
-    total = 0.0
+    return sum(group_cpu_by_pid(pgid).values())
+
+
+def group_cpu_by_pid(pgid: int) -> dict[int, float]:
+    """CPU seconds (user + system) used so far by each live process of a process group."""
+    used = {}
     for process in group_processes(pgid):
-        try:
+        with contextlib.suppress(psutil.Error):
             times = process.cpu_times()
-        except psutil.Error:
-            continue
-        total += times.user + times.system
+            used[process.pid] = times.user + times.system
+    return used
+
+
+def group_rss_bytes(pgid: int) -> int:
+    """Resident memory of the live processes of a process group (the arbiter and its workers)."""
+    total = 0
+    for process in group_processes(pgid):
+        with contextlib.suppress(psutil.Error):
+            total += process.memory_info().rss
     return total
+
+
+def worker_pids(pid: int) -> list[int]:
+    """The worker processes of the gunicorn arbiter `pid`."""
+    try:
+        return sorted(child.pid for child in psutil.Process(pid).children())
+    except psutil.Error:
+        return []
+
+
+class CpuMeter:
+    """CPU seconds used between start and `read()`: by a server's process group, by this process's
+    waited-for children (wrk, h2load, slowhttptest), by this process, and by everything else on the
+    machine (which includes the kernel's softirq time for loopback traffic, charged to no process).
+    The server's is counted process by process: a worker that dies meanwhile (gunicorn kills one
+    stuck past its TIMEOUT) takes its CPU since the start with it, which then counts as others'."""
+
+    def __init__(self, pgid: int):
+        self.pgid = pgid
+        self.started = time.monotonic()
+        self.server_before = group_cpu_by_pid(pgid)
+        self.before = self._now()
+
+    @staticmethod
+    def _now() -> tuple[float, float, float]:
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return children.ru_utime + children.ru_stime, own_cpu_seconds(), machine_busy_seconds()
+
+    def read(self) -> dict:
+        server = sum(used - self.server_before.get(pid, 0.0) for pid, used in group_cpu_by_pid(self.pgid).items())
+        children, own, busy = (after - before for after, before in zip(self._now(), self.before))
+        seconds = time.monotonic() - self.started
+        other = max(0.0, busy - server - children - own)
+        return {"seconds": seconds, "server_cpu_s": server, "children_cpu_s": children, "own_cpu_s": own,
+                "other_cpu_s": other, "other_cpu_cores": other / seconds if seconds else 0.0}
+
+
+def run_wrk(servers: Servers, url: str, body_path: Path, seconds: float, connections: int, threads: int = 1,
+            timeout: float = 10, name: str = "wrk") -> dict:
+    """wrk POSTing `body_path` (JSON) to `url` with post.lua: its counts, errors and latencies, and req/s."""
+    env = os.environ | {"BODY_FILE": str(body_path), "CONTENT_TYPE": "application/json"}
+    argv = ["wrk", "--threads", str(threads), "--connections", str(connections),
+            "--duration", f"{seconds:g}s", "--timeout", f"{timeout:g}s", "--latency",
+            "--script", str(HERE / "post.lua"), url]
+    # Registered like a server, so that it is stopped too if this process is interrupted.
+    proc = servers.start(name, argv, env, capture=True)
+    stdout, stderr = proc.communicate()
+    servers.running.pop(name, None)
+    match = re.search(r"^WRK_JSON (.*)$", stdout, re.MULTILINE)
+    if proc.returncode != 0 or not match:
+        raise RuntimeError(f"wrk failed ({proc.returncode}):\n{stdout}\n{stderr}")
+    result = json.loads(match.group(1))
+    result["rps"] = result["requests"] / result["duration_s"]
+    return result
 
 
 def wait_idle(pgid: int, seconds: float = 15) -> None:
@@ -190,18 +262,39 @@ def tail(path: Path, lines: int = 30) -> str:
 # --- mnist-serve ---------------------------------------------------------------------------------
 
 def start_service(servers: Servers, name: str, model_dir: Path, model_name: str, *, venv: Path = SERVICE_VENV,
-                  worker_class: str = "sync", threads: int = 1, **settings: str) -> tuple[subprocess.Popen, str]:
+                  worker_class: str | None = None, gunicorn_args: tuple[str, ...] = (),
+                  **settings: str) -> tuple[subprocess.Popen, str]:
     """`mnist-serve` of `venv` on a free loopback port with WORKERS workers; returns (process, base URL)
-    once /readyz answers 200. `settings` are more of its environment variables (LOG_LEVEL=...)."""
+    once /readyz answers 200. The worker class is the service's default unless `worker_class` is given
+    (gthread with GTHREAD_THREADS threads); `gunicorn_args` go to gunicorn (`--keep-alive 2`), `settings`
+    are more of its environment variables (LOG_LEVEL=...)."""
     port = free_port()
     env = os.environ | settings | {
         "MODEL_DIR": str(model_dir), "MODEL_NAME": model_name, "HOST": "127.0.0.1", "PORT": str(port),
-        "WORKERS": str(WORKERS), "WORKER_CLASS": worker_class, "THREADS": str(threads),
-        "PROMETHEUS_MULTIPROC_DIR": str(servers.workdir / f"metrics-{name}")}
-    proc = servers.start(name, [str(venv / "bin/mnist-serve")], env, cwd=servers.workdir)
+        "WORKERS": str(WORKERS), "PROMETHEUS_MULTIPROC_DIR": str(servers.workdir / f"metrics-{name}")}
+    for variable in ("WORKER_CLASS", "THREADS"):  # whatever the caller's environment says, not here
+        env.pop(variable, None)
+    if worker_class:
+        env["WORKER_CLASS"] = worker_class
+    if worker_class == "gthread":
+        env["THREADS"] = str(GTHREAD_THREADS)
+    # Made here, not left to mnist-serve: with the gevent worker it exits when the directory is missing
+    # (the worker class imports the metrics in the arbiter before gunicorn's on_starting creates it).
+    Path(env["PROMETHEUS_MULTIPROC_DIR"]).mkdir(parents=True, exist_ok=True)
+    proc = servers.start(name, [str(venv / "bin/mnist-serve"), *gunicorn_args], env, cwd=servers.workdir)
     base = f"http://127.0.0.1:{port}"
     wait_ready(proc, base + "/readyz")
     return proc, base
+
+
+def add_run_arguments(parser) -> None:
+    """The options bench.py and hostile.py share: the model, the data, waiting for a quiet machine, JSON."""
+    parser.add_argument("--model-dir", help="serve this MODEL_DIR (default: train a `fast` model into a temp dir)")
+    parser.add_argument("--model-name", default=os.environ.get("MODEL_NAME", "mnist"))
+    parser.add_argument("--data", help="MNIST folder (default: $MNIST_DIR, else ../shared/data/mnist)")
+    parser.add_argument("--wait-quiet", type=float, default=0, metavar="MINUTES",
+                        help="first wait up to this long for other processes to use < 0.2 cores over 10 s [0]")
+    parser.add_argument("--json", help="also write the results to this file")
 
 
 def ensure_model(model_dir: str | None, model_name: str, workdir: Path, data_path: str,

@@ -10,6 +10,8 @@ import json
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -241,16 +243,50 @@ def test_corrupt_versions_are_refused_under_load(model_dir, serve, kinds, figure
     assert not canary.exists(), "a worker unpickled the weights"
 
 
-# -- 6. slow clients, broken clients, overload -----------------------------------------------------
-#
-# PLACEHOLDER: the slow-client, broken-client and overload cases go here (written by the engineer
-# who is changing the worker model and the load shedding). Each follows the cases above: one server
-# from `serve`, a time limit (@pytest.mark.timeout), figures through `figures.add`, and the answers
-# of any wrk load checked with `check_answers`. What they should cover:
-#   - slow clients: connections that trickle their headers or body, or read the answer slowly, must
-#     not stop the other clients being answered (CLIENT_TIMEOUT closes them, and counts them);
-#   - broken clients: connections reset mid-request, truncated bodies, garbage instead of HTTP:
-#     no worker dies, the other clients see no error;
-#   - overload: more requests than 2 cores can answer: inference requests are shed at once with 503
-#     and a Retry-After header (documented in openapi.json), latency of the requests that are served
-#     stays bounded, health and metrics keep answering, and the service recovers when the load ends.
+# -- 6. slow clients, idle connections, overload ------------------------------------------------
+
+HOSTILE = Path(__file__).resolve().parents[2] / "bench" / "service" / "hostile.py"
+
+
+@pytest.mark.timeout(600)
+def test_slow_clients_idle_connections_and_overload(trained, figures, tmp_path):
+    """bench/service/run hostile's cases against the default worker, with its figures: 64 clients
+    trickling headers, trickling bodies, or silent, and 1,000 idle connections, while normal traffic
+    runs (0 errors, p99 < 1 s, every slow connection cut off, no worker lost, memory flat); then an
+    open-loop overload at twice the measured maximum (every request answered within 2 s, a prediction
+    or a 503 with Retry-After; /healthz answering 200 throughout). Broken clients (vanishing mid-request,
+    a request line or headers over the limits) are tests/service/test_worker.py's."""
+    report = tmp_path / "hostile.json"
+    done = subprocess.run([sys.executable, str(HOSTILE), "--worker-classes", "gevent", "--model-dir", str(trained),
+                           "--seconds", "20", "--wait-quiet", "0", "--json", str(report)], timeout=560)
+    assert done.returncode == 0
+    r = json.loads(report.read_text())["results"]["gevent"]
+    figures.add("6 hostile", "unloaded maximum (wrk -c16, req/s)", r["max"]["wrk"]["rps"])
+    for kind in ("slow-headers", "slow-body", "slow-silent", "idle"):
+        normal = r[kind]["normal"]
+        figures.add(f"6 {kind}", "normal traffic req/s, p99 ms, errors",
+                    f"{normal['rps']:,.0f}, {normal['p99_ms']:.1f}, {normal['error_count']}")
+        assert normal["error_count"] == 0 and normal["probes_ok"] == normal["probes"] > 0
+        assert normal["p99_ms"] < 1000 and not r[kind]["workers_replaced"]
+    for kind in ("slow-headers", "slow-body", "slow-silent"):
+        cut = [wave["all_closed_s"] for wave in r[kind]["waves"]]
+        figures.add(f"6 {kind}", "seconds until every slow connection of a wave was cut off",
+                    ", ".join("never" if c is None else f"{c:.1f}" for c in cut))
+        assert all(c is not None for c in cut[:-1]) and cut  # the last wave may still be open at the end
+    idle = r["idle"]
+    figures.add("6 idle", "1,000 idle connections all closed after (s)", idle["connections"]["all_closed_s"])
+    figures.add("6 idle", "RSS MiB before / peak / after",
+                f"{idle['rss_before_mib']:.0f} / {idle['rss_peak_mib']:.0f} / {idle['rss_after_mib']:.0f}")
+    assert idle["connections"]["all_closed_s"] is not None and idle["rss_after_mib"] <= 1.1 * idle["rss_before_mib"]
+    overload, load = r["overload"], r["overload"]["load"]
+    figures.add("6 overload", "offered req/s (2 x max), requests", f"{load['offered_rps']:,.0f}, {load['requests']:,}")
+    figures.add("6 overload", "2xx / 503 / no answer within 2 s", f"{load['ok']:,} / {load['shed_503']:,} / "
+                f"{load['no_answer']:,}")
+    figures.add("6 overload", "predictions/s (share of the maximum)",
+                f"{load['ok_rps']:,.0f} ({overload['vs_max']:.0%})")
+    health = overload["healthz"]
+    figures.add("6 overload", "/healthz 200 within 2 s", f"{health['within_2s']}/{health['polls']}")
+    assert load["no_answer"] == 0
+    assert health["within_2s"] == health["polls"] > 0
+    assert overload["probe"]["shed_with_retry_after"] == overload["probe"]["shed"]
+    assert not overload["workers_replaced"]

@@ -1,0 +1,775 @@
+"""Slow clients, idle connections and overload against mnist-serve's worker classes (bench/README.md,
+"Slow clients and overload").
+
+Run through bench/service/run, which sets up .venv, checks for wrk, h2load and slowhttptest, and
+cleans up after:
+
+    bench/service/run hostile [--worker-classes gevent,sync,gthread] [--cases max,overload]
+                              [--seconds 30] [--model-dir DIR] [--json PATH]
+
+For each worker class, one `mnist-serve` with 2 workers on 127.0.0.1 (its other settings the
+defaults: CLIENT_TIMEOUT 10, QUEUE_LIMIT 128, QUEUE_TIMEOUT 0.5, keep-alive off), serving a `fast`
+model trained by the run (or --model-dir), measured case after case (--cases):
+
+  max           the unloaded maximum: wrk -t1 -c16, closed loop, single-instance JSON (one request per
+                connection, as the server closes each); then h2load at 90 % of that rate, open loop,
+                one connection per request, the way the overload is offered, as a check of that figure
+  slow-headers  64 connections that trickle their headers, a short header line a second
+                (slowhttptest -H -x 2: its smallest), GET /v1/predict
+  slow-body     64 connections that send full headers of POST /v1/predict (Content-Length 8192), then
+                trickle the body, 4 bytes a second (slowhttptest -B -x 2)
+  slow-silent   64 connections opened and left silent (held by this script)
+                For each, normal traffic meanwhile: wrk -t1 -c4 --timeout 2s for --seconds. The slow
+                connections are opened 2 s before it and renewed whenever all have been closed, as an
+                attacker would, so 64 are there for the whole measurement; the report says how many
+                seconds the server took to close all of each wave (or that it never did).
+  idle          1,000 connections opened and left idle while the same normal traffic runs for
+                max(--idle-seconds, CLIENT_TIMEOUT + 3 s): errors, p99, when the server closed them,
+                and the server's RSS (every process of its group) before, at the peak, and after
+  overload      h2load opens one connection per request at --overload-factor (2) x the max's req/s
+                for --seconds, whatever the answers, each request with a 2 s timeout (-T 2); this
+                script asks /healthz, and POSTs one prediction, every 0.5 s meanwhile (2 s timeout)
+
+After each case the script waits until /healthz answers again (a worker class that slow clients
+took down recovers once they are gone) and the server is idle. Every case reports the worker pids
+before and after, the server's mnist_client_timeouts_total and mnist_http_requests_shed_total
+counted during it, and the CPU used by the server, the load generators and everything else on the
+machine ("others' cores"). Prints Markdown tables; --json PATH writes everything. The load
+generators share the server's 2 cores: their CPU is reported beside each figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import math
+import os
+import re
+import resource
+import selectors
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from servers import (
+    GTHREAD_THREADS,
+    WORKERS,
+    CpuMeter,
+    Servers,
+    add_run_arguments,
+    ensure_model,
+    group_rss_bytes,
+    run_wrk,
+    session,
+    start_service,
+    wait_idle,
+    worker_pids,
+)
+
+from mnist_service.settings import Settings
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import BUSY, environment, load_mnist, log, markdown_table, mnist_path, wait_quiet, write_json
+
+CLASSES = ("gevent", "sync", "gthread")
+CASES = ("max", "slow-headers", "slow-body", "slow-silent", "idle", "overload")
+SLOW_CASES = ("slow-headers", "slow-body", "slow-silent")
+DEFAULTS = Settings()  # the service's defaults, which every server here runs with
+CLIENT_TIMEOUT = DEFAULTS.client_timeout
+CLOSE_MARGIN = 3.0  # idle connections must all be closed within CLIENT_TIMEOUT + this
+NORMAL_CONNECTIONS, NORMAL_TIMEOUT = 4, 2.0  # the normal traffic beside slow or idle connections
+MAX_CONNECTIONS = 16  # the unloaded maximum, as bench/service/run measures it
+REQUEST_TIMEOUT = 2  # h2load -T: seconds a request (= a connection) may take under overload
+H2LOAD_GRACE = 3  # h2load is stopped this long after its last request's timeout (run_h2load)
+POLL_PERIOD = 0.5
+CALIBRATION = 0.9  # h2load at this fraction of wrk's maximum: the open-loop check of that maximum
+MiB = 1 << 20
+
+# Targets for the default worker (gevent).
+TARGET_SLOW_P99_MS = 1000
+TARGET_OVERLOAD_VS_MAX = 0.80
+TARGET_HEALTH_S = 2.0
+
+
+# --- what the server says -----------------------------------------------------------------------
+
+def get(url: str, timeout: float, body: bytes | None = None) -> tuple[int | str, float, dict]:
+    """(HTTP status or the error's name, seconds, headers) of one request on its own connection."""
+    request = urllib.request.Request(url, data=body, method="POST" if body else "GET",
+                                     headers={"Content-Type": "application/json"})
+    started = time.monotonic()
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            response.read()
+            return response.status, time.monotonic() - started, dict(response.headers)
+    except urllib.error.HTTPError as e:
+        e.read()
+        return e.code, time.monotonic() - started, dict(e.headers)
+    except (OSError, urllib.error.URLError) as e:
+        reason = getattr(e, "reason", e)
+        return type(reason).__name__, time.monotonic() - started, {}
+
+
+def counters(base: str) -> dict[str, float] | None:
+    """The service's client-timeout and shed counters (summed over labels); None if /metrics did not answer."""
+    try:
+        with urllib.request.urlopen(base + "/metrics", timeout=5) as response:
+            text = response.read().decode()
+    except OSError:
+        return None
+    names = {"client_timeouts": "mnist_client_timeouts_total", "shed": "mnist_http_requests_shed_total"}
+    totals = dict.fromkeys(names, 0.0)
+    for line in text.splitlines():
+        for key, metric in names.items():
+            if line.startswith(metric) and line[len(metric)] in " {":
+                totals[key] += float(line.rsplit(" ", 1)[1])
+    return totals
+
+
+def recover(base: str, pgid: int, seconds: float = 60) -> float | None:
+    """Seconds until /healthz answers 200 again and the server is idle; None if it did not within `seconds`."""
+    started = time.monotonic()
+    while time.monotonic() - started < seconds:
+        if get(base + "/healthz", timeout=2)[0] == 200:
+            wait_idle(pgid)
+            return time.monotonic() - started
+        time.sleep(0.5)
+    return None
+
+
+class Snapshot:
+    """What a case compares before and after: worker pids, RSS, the service's counters, CPU."""
+
+    def __init__(self, proc: subprocess.Popen, base: str):
+        self.proc, self.base = proc, base
+        self.pids, self.rss, self.counters = worker_pids(proc.pid), group_rss_bytes(proc.pid), counters(base)
+        self.meter = CpuMeter(proc.pid)
+
+    def compare(self, recovered: float | None) -> dict:
+        """Call once the server has recovered (its counters are read then)."""
+        cpu = self.meter.read()
+        pids, after = worker_pids(self.proc.pid), counters(self.base)
+        deltas = {k: after[k] - self.counters[k] for k in after} if after and self.counters else None
+        return {"workers_before": self.pids, "workers_after": pids, "workers_replaced": pids != self.pids,
+                "rss_before_mib": self.rss / MiB, "rss_after_mib": group_rss_bytes(self.proc.pid) / MiB,
+                "counters": deltas, "recovered_s": recovered, "cpu": cpu}
+
+
+# --- clients that do not behave -------------------------------------------------------------------
+
+class Silent(threading.Thread):
+    """`count` connections that send nothing; records when the server closes each (seconds after all
+    were opened) and the first line of anything it sends before closing."""
+
+    def __init__(self, port: int, count: int):
+        super().__init__(daemon=True)
+        self.port, self.count = port, count
+        self.stopping, self.ready = threading.Event(), threading.Event()
+        self.failed, self.opened, self.open_s, self.closed_at = 0, 0, 0.0, []
+        self.answers: collections.Counter = collections.Counter()
+        self.started = time.monotonic()
+
+    def run(self) -> None:
+        selector, sockets = selectors.DefaultSelector(), set()
+        try:
+            for _ in range(self.count):
+                sock = socket.socket()
+                sock.settimeout(3)
+                try:
+                    sock.connect(("127.0.0.1", self.port))
+                except OSError:
+                    self.failed += 1
+                    sock.close()
+                    continue
+                sock.setblocking(False)
+                selector.register(sock, selectors.EVENT_READ)
+                sockets.add(sock)
+            self.opened, self.open_s = len(sockets), time.monotonic() - self.started
+            self.started = time.monotonic()
+            self.ready.set()
+            while sockets and not self.stopping.is_set():
+                for key, _ in selector.select(0.1):
+                    try:
+                        data = key.fileobj.recv(4096)
+                    except OSError:  # reset
+                        data = b""
+                    if data:
+                        self.answers[data.split(b"\r\n", 1)[0].decode(errors="replace")[:40]] += 1
+                        continue
+                    self.closed_at.append(time.monotonic() - self.started)
+                    selector.unregister(key.fileobj)
+                    key.fileobj.close()
+                    sockets.discard(key.fileobj)
+        finally:
+            self.ready.set()
+            for sock in sockets:
+                sock.close()
+
+    def stop(self) -> dict:
+        self.stopping.set()
+        self.join()
+        closed = sorted(self.closed_at)
+        return {"opened": self.opened, "failed": self.failed, "open_s": self.open_s, "closed_by_server": len(closed),
+                "first_closed_s": closed[0] if closed else None,
+                "all_closed_s": closed[-1] if closed and len(closed) == self.opened else None,
+                "answers": dict(self.answers)}
+
+
+class SilentWaves(threading.Thread):
+    """Silent connections in waves until stopped: a new wave whenever the server has closed every
+    connection of the last one (as SlowHttpTest does with slowhttptest)."""
+
+    def __init__(self, port: int, count: int):
+        super().__init__(daemon=True)
+        self.port, self.count = port, count
+        self.stopping = threading.Event()
+        self.waves: list[dict] = []
+
+    def run(self) -> None:
+        started = time.monotonic()
+        while not self.stopping.is_set():
+            wave, wave_started = Silent(self.port, self.count), time.monotonic() - started
+            wave.start()
+            wave.ready.wait()
+            while len(wave.closed_at) < wave.opened and not self.stopping.wait(0.1):
+                pass
+            held = wave.stop()
+            self.waves.append({"started_s": wave_started, "max_connected": held["opened"]} | held)
+            if not held["opened"]:
+                break
+
+    def stop(self) -> list[dict]:
+        self.stopping.set()
+        self.join()
+        return self.waves
+
+
+class SlowHttpTest(threading.Thread):
+    """slowhttptest in waves against `url` until stopped: a new wave whenever the server has closed
+    every connection of the last one. Each wave's CSV (-g -o) and exit status are kept."""
+
+    def __init__(self, servers: Servers, name: str, mode: list[str], url: str, connections: int, seconds: float):
+        super().__init__(daemon=True)
+        self.servers, self.name, self.mode, self.url = servers, name, mode, url
+        self.connections, self.seconds = connections, seconds
+        self.stopping = threading.Event()
+        self.waves: list[dict] = []
+
+    def run(self) -> None:
+        started = time.monotonic()
+        while not self.stopping.is_set() and (left := self.seconds - (time.monotonic() - started)) >= 2:
+            name = f"{self.name}-{len(self.waves)}"
+            out = self.servers.workdir / name
+            argv = ["slowhttptest", *self.mode, "-c", str(self.connections), "-r", str(self.connections),
+                    "-i", "1", "-x", "2", "-p", "2", "-l", str(math.ceil(left)), "-g", "-o", str(out), "-u", self.url]
+            proc = self.servers.start(name, argv, os.environ)
+            wave_started = time.monotonic()
+            while proc.poll() is None and not self.stopping.is_set():
+                time.sleep(0.05)
+            lasted = time.monotonic() - wave_started
+            self.servers.stop(name)  # only still running when stopped before its end
+            status = re.search(r"Exit status:\s*(?:\x1b\[[0-9;]*m)*([^\x1b\n]*)", _read(proc.log_path))
+            rows = _csv(out.with_suffix(".csv"))
+            self.waves.append({
+                "started_s": wave_started - started, "lasted_s": lasted,
+                "exit_status": status.group(1).strip() if status else "stopped at the end of the measurement",
+                "max_connected": max((r["Connected"] for r in rows), default=0),
+                "first_closed_s": next((r["Seconds"] for r in rows if r["Closed"] > 0), None),
+                # slowhttptest ends a wave once the server has closed all its connections
+                "all_closed_s": lasted if status and "No open connections" in status.group(1) else None})
+
+    def stop(self) -> list[dict]:
+        """After the measurement: the last wave ends by its own -l (so its CSV is written) soon after."""
+        self.join(timeout=10)
+        self.stopping.set()
+        self.join()
+        return self.waves
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except OSError:
+        return ""
+
+
+def _csv(path: Path) -> list[dict]:
+    """slowhttptest's CSV: Seconds, Closed, Pending, Connected, Service Available (one row a second)."""
+    lines = _read(path).splitlines()
+    if not lines:
+        return []
+    header = lines[0].split(",")
+    return [dict(zip(header, map(int, line.split(",")))) for line in lines[1:] if line.count(",") == len(header) - 1]
+
+
+class Poller(threading.Thread):
+    """GET (or POST `body` to) `url` every POLL_PERIOD seconds, each with `timeout`; keeps every answer."""
+
+    def __init__(self, url: str, timeout: float, body: bytes | None = None):
+        super().__init__(daemon=True)
+        self.url, self.timeout, self.body = url, timeout, body
+        self.stopping = threading.Event()
+        self.answers: list[tuple[int | str, float, dict]] = []
+
+    def run(self) -> None:
+        due = time.monotonic()
+        while not self.stopping.is_set():
+            self.answers.append(get(self.url, self.timeout, self.body))
+            due += POLL_PERIOD
+            self.stopping.wait(max(0.0, due - time.monotonic()))
+
+    def stop(self) -> list[tuple[int | str, float, dict]]:
+        self.stopping.set()
+        self.join()
+        return self.answers
+
+
+class RssPeak(threading.Thread):
+    """The highest RSS of a process group, sampled every second until stopped."""
+
+    def __init__(self, pgid: int):
+        super().__init__(daemon=True)
+        self.pgid, self.peak, self.stopping = pgid, 0, threading.Event()
+
+    def run(self) -> None:
+        while not self.stopping.wait(1.0 if self.peak else 0.0):
+            self.peak = max(self.peak, group_rss_bytes(self.pgid))
+
+    def stop(self) -> float:
+        self.stopping.set()
+        self.join()
+        return self.peak / MiB
+
+
+# --- h2load -----------------------------------------------------------------------------------------
+
+def run_h2load(servers: Servers, url: str, body: Path, rate: int, seconds: float, period_ms: int, name: str) -> dict:
+    """h2load over HTTP/1.1: `rate` connections a second, one request each, for `seconds`, each with a
+    REQUEST_TIMEOUT s timeout. Counts and latencies come from its per-request log (a row per answer);
+    its summary is added when it ends in time. -T does not bound a connect() whose SYNs the server's
+    full accept queue drops (the kernel retries for minutes), so h2load is stopped H2LOAD_GRACE s after
+    the last request is due: what has no answer by then (timed out, refused, never sent) counts as
+    `no_answer`, like a 2 s timeout."""
+    per_period = max(1, round(rate * period_ms / 1000))
+    total = round(per_period * seconds * 1000 / period_ms)
+    log_path = servers.workdir / f"{name}.tsv"
+    log_path.unlink(missing_ok=True)  # h2load appends
+    argv = ["h2load", "--h1", "-r", str(per_period), "--rate-period", f"{period_ms}ms", "-c", str(total),
+            "-n", str(total), "-T", str(REQUEST_TIMEOUT), "-d", str(body), "-H", "content-type: application/json",
+            "--log-file", str(log_path), url]
+    proc = servers.start(name, argv, os.environ, capture=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=seconds + REQUEST_TIMEOUT + H2LOAD_GRACE)
+        stopped = False
+    except subprocess.TimeoutExpired:
+        servers.stop(name)  # SIGTERM: its log keeps every answer but the last few it had buffered
+        stdout, stderr = proc.communicate()
+        stopped = True
+    servers.running.pop(name, None)
+    if proc.returncode != 0 and not stopped:
+        raise RuntimeError(f"h2load failed ({proc.returncode}):\n{stdout[-2000:]}\n{stderr[-2000:]}")
+    result = {"offered_rps": per_period * 1000 / period_ms, "requests": total, "stopped_at_deadline": stopped}
+    counts = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, "
+                       r"(\d+) errored, (\d+) timeout", stdout)
+    if counts:
+        result["h2load_summary"] = dict(zip(("total", "started", "done", "succeeded", "failed", "errored", "timeout"),
+                                            map(int, counts.groups())))
+    rows = [line.split("\t") for line in _read(log_path).splitlines() if line.count("\t") >= 2]
+    statuses = collections.Counter(int(r[1]) for r in rows)
+    answered = sorted(int(r[2]) / 1000 for r in rows if int(r[1]) > 0)
+    # A 2xx counts as a prediction when it came within the request timeout (-T does not cover connect()).
+    ok = sorted(ms for ms in (int(r[2]) / 1000 for r in rows if 200 <= int(r[1]) < 300) if ms <= REQUEST_TIMEOUT * 1000)
+    start = min((int(r[0]) for r in rows), default=0)
+    per_second = collections.Counter((int(r[0]) - start) // 1_000_000 for r in rows
+                                     if 200 <= int(r[1]) < 300 and int(r[2]) <= REQUEST_TIMEOUT * 1_000_000)
+    full_seconds = [per_second.get(s, 0) for s in range(int(seconds))]
+    result |= {
+        "status_counts": {str(k): v for k, v in sorted(statuses.items())},
+        "ok": len(ok), "late_2xx": sum(v for k, v in statuses.items() if 200 <= k < 300) - len(ok),
+        "shed_503": statuses.get(503, 0), "no_answer": total - len(answered),
+        "answered_ms": _percentiles(answered), "ok_ms": _percentiles(ok),
+        # predictions per second of the offered window: every request is sent within it
+        "ok_rps": len(ok) / seconds,
+        "ok_per_second_min": min(full_seconds, default=0),
+        "ok_per_second_median": statistics.median(full_seconds or [0])}
+    return result
+
+
+def _percentiles(values: list[float]) -> dict:
+    if not values:
+        return {"p50": None, "p99": None, "max": None}
+    return {"p50": values[len(values) // 2], "p99": values[min(len(values) - 1, int(len(values) * 0.99))],
+            "max": values[-1]}
+
+
+# --- the cases --------------------------------------------------------------------------------------
+
+class Target:
+    """One mnist-serve under test, and what every case needs to load it."""
+
+    def __init__(self, servers: Servers, worker_class: str, proc: subprocess.Popen, base: str, body: Path, args):
+        self.servers, self.worker_class, self.proc, self.base, self.body, self.args = (
+            servers, worker_class, proc, base, body, args)
+        self.url, self.port = base + "/v1/predict", int(base.rsplit(":", 1)[1])
+
+    def normal_traffic(self, seconds: float) -> dict:
+        """wrk's figures, and a probe's: wrk counts no request that never gets an answer (it counts a
+        timeout only when a late answer comes), so one POST every POLL_PERIOD s on its own connection,
+        with a NORMAL_TIMEOUT s timeout, counts those."""
+        probe = Poller(self.url, NORMAL_TIMEOUT, self.body.read_bytes())
+        probe.start()
+        r = run_wrk(self.servers, self.url, self.body, seconds, NORMAL_CONNECTIONS, timeout=NORMAL_TIMEOUT,
+                    name="wrk-normal")
+        answers = probe.stop()
+        return {"rps": r["rps"], "requests": r["requests"], "p50_ms": r["latency_ms"]["p50"],
+                "p99_ms": r["latency_ms"]["p99"] if r["requests"] else None, "max_ms": r["latency_ms"]["max"],
+                "errors": r["errors"], "error_count": sum(r["errors"].values()),
+                "probes": len(answers), "probes_ok": sum(1 for status, _, _ in answers if status == 200),
+                "probe_failures": dict(collections.Counter(str(st) for st, _, _ in answers if st != 200))}
+
+    def finish(self, before: Snapshot) -> dict:
+        return before.compare(recover(self.base, self.proc.pid))
+
+
+def case_max(t: Target) -> dict:
+    before = Snapshot(t.proc, t.base)
+    meter = CpuMeter(t.proc.pid)
+    r = run_wrk(t.servers, t.url, t.body, t.args.max_seconds, MAX_CONNECTIONS)
+    cpu = meter.read()
+    wrk = {"rps": r["rps"], "p50_ms": r["latency_ms"]["p50"], "p99_ms": r["latency_ms"]["p99"],
+           "errors": sum(r["errors"].values()), "requests": r["requests"],
+           "server_cpu_ms_per_request": cpu["server_cpu_s"] * 1000 / max(1, r["requests"]),
+           "server_cores": cpu["server_cpu_s"] / cpu["seconds"], "wrk_cores": cpu["children_cpu_s"] / cpu["seconds"]}
+    wait_idle(t.proc.pid)
+    calibration = run_h2load(t.servers, t.url, t.body, round(CALIBRATION * r["rps"]), t.args.calibration_seconds,
+                             t.args.rate_period_ms, f"h2load-calibration-{t.worker_class}")
+    return {"wrk": wrk, "h2load_at_90": calibration} | t.finish(before)
+
+
+SLOWHTTPTEST_MODES = {
+    "slow-headers": ["-H", "-t", "GET"],
+    "slow-body": ["-B", "-t", "POST", "-s", "8192", "-f", "application/json"],
+}
+
+
+def case_slow(t: Target, kind: str) -> dict:
+    before = Snapshot(t.proc, t.base)
+    seconds = t.args.seconds
+    if kind == "slow-silent":
+        attack = SilentWaves(t.port, t.args.slow_connections)
+    else:
+        attack = SlowHttpTest(t.servers, f"{kind}-{t.worker_class}", SLOWHTTPTEST_MODES[kind], t.url,
+                              t.args.slow_connections, seconds + 4)
+    attack.start()
+    time.sleep(2)  # every slow connection open before the normal traffic starts
+    normal = t.normal_traffic(seconds)
+    waves = attack.stop()
+    return {"slow_connections": t.args.slow_connections, "normal": normal, "waves": waves} | t.finish(before)
+
+
+def case_idle(t: Target) -> dict:
+    before = Snapshot(t.proc, t.base)
+    peak = RssPeak(t.proc.pid)
+    peak.start()
+    idle = Silent(t.port, t.args.idle_connections)
+    idle.start()
+    idle.ready.wait()
+    held = time.monotonic()
+    normal = t.normal_traffic(max(t.args.idle_seconds, CLIENT_TIMEOUT + CLOSE_MARGIN))
+    while len(idle.closed_at) < idle.opened and time.monotonic() - held < CLIENT_TIMEOUT + CLOSE_MARGIN:
+        time.sleep(0.2)
+    connections = idle.stop()
+    rss_peak = peak.stop()
+    return {"normal": normal, "connections": connections, "rss_peak_mib": rss_peak} | t.finish(before)
+
+
+def case_overload(t: Target, maximum: dict) -> dict:
+    before = Snapshot(t.proc, t.base)
+    health = Poller(t.base + "/healthz", REQUEST_TIMEOUT)
+    probe = Poller(t.url, REQUEST_TIMEOUT, t.body.read_bytes())
+    health.start()
+    probe.start()
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    max_rps = maximum["rps"]
+    load = run_h2load(t.servers, t.url, t.body, round(t.args.overload_factor * max_rps), t.args.seconds,
+                      t.args.rate_period_ms, f"h2load-overload-{t.worker_class}")
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    load["generator_cpu_s"] = (after.ru_utime + after.ru_stime) - (children.ru_utime + children.ru_stime)
+    healthz, probes = health.stop(), probe.stop()
+    shed = [headers for status, _, headers in probes if status == 503]
+    result = t.finish(before)
+    # The server's CPU per shed request, if a prediction costs what it did at the unloaded maximum.
+    predictions_cpu_s = load["ok"] * maximum["server_cpu_ms_per_request"] / 1000
+    shed_cpu_ms = ((result["cpu"]["server_cpu_s"] - predictions_cpu_s) * 1000 / load["shed_503"]
+                   if load["shed_503"] else None)
+    return {
+        "max_rps": max_rps, "load": load, "vs_max": load["ok_rps"] / max_rps,
+        "server_cores": result["cpu"]["server_cpu_s"] / result["cpu"]["seconds"],
+        "generator_cores": load["generator_cpu_s"] / result["cpu"]["seconds"],
+        "server_cpu_ms_per_prediction_at_max": maximum["server_cpu_ms_per_request"],
+        "server_cpu_ms_per_shed_request": shed_cpu_ms,
+        "healthz": {"polls": len(healthz), "ok": sum(1 for s, _, _ in healthz if s == 200),
+                    "within_2s": sum(1 for s, seconds, _ in healthz if s == 200 and seconds <= TARGET_HEALTH_S),
+                    "max_s": max((seconds for _, seconds, _ in healthz), default=None),
+                    "other": dict(collections.Counter(str(s) for s, _, _ in healthz if s != 200))},
+        "probe": {"sent": len(probes), "statuses": dict(collections.Counter(str(s) for s, _, _ in probes)),
+                  "shed_with_retry_after": sum(1 for h in shed if "Retry-After" in h), "shed": len(shed)},
+    } | result
+
+
+def measure(servers: Servers, worker_class: str, model_dir: Path, body: Path, args, cases: list[str]) -> dict:
+    log(f"hostile: mnist-serve, WORKER_CLASS={worker_class}, {WORKERS} workers")
+    # The service's defaults, also where this process's environment says otherwise.
+    proc, base = start_service(servers, f"service-{worker_class}", model_dir, args.model_name,
+                               worker_class=worker_class, LOG_LEVEL="WARNING", CLIENT_TIMEOUT=str(CLIENT_TIMEOUT),
+                               QUEUE_LIMIT=str(DEFAULTS.queue_limit), QUEUE_TIMEOUT=str(DEFAULTS.queue_timeout))
+    t = Target(servers, worker_class, proc, base, body, args)
+    get(t.url, 10, body.read_bytes())  # first request: imports and caches warm
+    results: dict = {}
+    for case in cases:
+        log(f"hostile: {worker_class}: {case} ...")
+        if case == "max" or (case == "overload" and "max" not in results):
+            results["max"] = case_max(t)
+            log(f"hostile: {worker_class}: max {results['max']['wrk']['rps']:,.0f} req/s (wrk -c{MAX_CONNECTIONS})")
+        if case in SLOW_CASES:
+            results[case] = case_slow(t, case)
+        elif case == "idle":
+            results[case] = case_idle(t)
+        elif case == "overload":
+            results[case] = case_overload(t, results["max"]["wrk"])
+        if case != "max":
+            r = results[case]
+            summary = r.get("normal") or {"rps": r["load"]["ok_rps"], "p99_ms": r["load"]["ok_ms"]["p99"],
+                                          "error_count": r["load"]["requests"] - r["load"]["ok"]}
+            log(f"hostile: {worker_class}: {case}: {summary['rps']:,.0f} req/s, p99 {_ms(summary['p99_ms'])} ms, "
+                f"{summary['error_count']} errors, others {r['cpu']['other_cpu_cores']:.2f} cores"
+                + (" (busy machine: suspect)" if r["cpu"]["other_cpu_cores"] > BUSY else ""))
+    servers.stop(f"service-{worker_class}")
+    return results
+
+
+# --- report -----------------------------------------------------------------------------------------
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f}" if value >= 100 else f"{value:.1f}"
+
+
+def _errors(normal: dict) -> str:
+    parts = [f"{v} {k}" for k, v in normal["errors"].items() if v]
+    return ", ".join(parts) if parts else "0"
+
+
+def _probes(normal: dict) -> str:
+    return f"{normal['probes_ok']}/{normal['probes']}"
+
+
+def _cut_off(waves: list[dict]) -> str:
+    closed = [w["all_closed_s"] for w in waves if w["all_closed_s"] is not None]
+    if not closed:
+        first = [w["first_closed_s"] for w in waves if w["first_closed_s"] is not None]
+        return "never (held to the end)" + (f"; first closed at {first[0]:.0f} s" if first else "")
+    return f"all after {statistics.median(closed):.1f} s ({len(waves)} wave{'s' if len(waves) > 1 else ''})"
+
+
+def _workers(r: dict) -> str:
+    return "replaced" if r["workers_replaced"] else "same"
+
+
+def _counter(r: dict, key: str) -> str:
+    return "-" if not r["counters"] else f"{r['counters'][key]:,.0f}"
+
+
+def report(results: dict[str, dict], factor: float) -> tuple[str, dict]:
+    text, verdict = [], {}
+    rows = []
+    for cls, r in results.items():
+        if "max" in r:
+            m = r["max"]
+            cal = m["h2load_at_90"]
+            rows.append([cls, f"{m['wrk']['rps']:,.0f}", _ms(m["wrk"]["p50_ms"]), _ms(m["wrk"]["p99_ms"]),
+                         m["wrk"]["errors"], f"{cal['offered_rps']:,.0f}", f"{cal['ok_rps']:,.0f}",
+                         f"{cal['shed_503']:,}", f"{cal['no_answer']:,}",
+                         _ms(cal["ok_ms"]["p99"]), f"{m['cpu']['other_cpu_cores']:.2f}"])
+    if rows:
+        text.append("Unloaded maximum (wrk -t1 -c16, closed loop; then h2load open loop at 90 % of that rate, "
+                    "a connection per request):\n\n" + markdown_table(
+                        ["worker class", "wrk req/s", "p50 ms", "p99 ms", "errors", "h2load offered/s", "h2load 2xx/s",
+                         "503", "no answer", "h2load p99 ms", "others' cores"], rows))
+    rows = []
+    for cls, r in results.items():
+        for case in (c for c in SLOW_CASES + ("idle",) if c in r):
+            c, n = r[case], r[case]["normal"]
+            if case == "idle":
+                conn = c["connections"]
+                cut = (f"{conn['closed_by_server']}/{conn['opened']} closed, last at {_ms(conn['all_closed_s'])} s"
+                       if conn["all_closed_s"] is not None else
+                       f"{conn['closed_by_server']}/{conn['opened']} closed by the server")
+                what = f"{conn['opened']:,} idle connections"
+                rss = f"{c['rss_before_mib']:.0f} / {c['rss_peak_mib']:.0f} / {c['rss_after_mib']:.0f}"
+            else:
+                cut, what = _cut_off(c["waves"]), f"{c['slow_connections']} {case}"
+                rss = f"{c['rss_before_mib']:.0f} / - / {c['rss_after_mib']:.0f}"
+            rows.append([cls, what, f"{n['rps']:,.0f}", _ms(n["p99_ms"]), _errors(n), _probes(n), cut,
+                         _counter(c, "client_timeouts"), _workers(c), rss, f"{c['cpu']['other_cpu_cores']:.2f}"])
+    if rows:
+        text.append(f"\nNormal traffic (wrk -t1 -c{NORMAL_CONNECTIONS} --timeout {NORMAL_TIMEOUT:g}s, single-instance "
+                    "JSON) beside slow or idle connections:\n\n" + markdown_table(
+                        ["worker class", "beside", "req/s", "p99 ms", "wrk errors", "probes answered within 2 s",
+                         "slow/idle connections cut off",
+                         "client timeouts", "workers", "RSS MiB before / peak / after", "others' cores"], rows))
+    rows, cpu_rows = [], []
+    for cls, r in results.items():
+        if "overload" in r:
+            o = r["overload"]
+            load, h = o["load"], o["healthz"]
+            stopped = " *" if load["stopped_at_deadline"] else ""
+            late = f" (+{load['late_2xx']:,} later)" if load["late_2xx"] else ""
+            rows.append([cls, f"{load['offered_rps']:,.0f}", f"{load['requests']:,}{stopped}", f"{load['ok']:,}{late}",
+                         f"{load['shed_503']:,} ({o['probe']['shed_with_retry_after']}/{o['probe']['shed']})",
+                         f"{load['no_answer']:,}",
+                         f"{_ms(load['answered_ms']['p99'])} / {_ms(load['answered_ms']['max'])}",
+                         f"{load['ok_rps']:,.0f} ({o['vs_max']:.0%})",
+                         f"{h['within_2s']}/{h['polls']} (max {h['max_s']:.2f} s)", _workers(o),
+                         f"{o['rss_before_mib']:.0f} / {o['rss_after_mib']:.0f}", _counter(o, "shed")])
+            shed_ms = o["server_cpu_ms_per_shed_request"]
+            cpu_rows.append([cls, f"{r['max']['wrk']['server_cores']:.2f}", f"{r['max']['wrk']['wrk_cores']:.2f}",
+                             f"{o['server_cores']:.2f}", f"{o['generator_cores']:.2f}",
+                             f"{o['server_cpu_ms_per_prediction_at_max']:.3f}",
+                             "-" if shed_ms is None else f"{shed_ms:.3f}", f"{o['cpu']['other_cpu_cores']:.2f}"])
+    if rows:
+        text.append(f"\nOverload (h2load: a new connection per request at {factor:g}x the unloaded maximum "
+                    "(wrk's), 2 s timeout each; /healthz polled every 0.5 s):\n\n" + markdown_table(
+                        ["worker class", "offered req/s", "requests", "2xx within 2 s", "503 (probes with Retry-After)",
+                         "no answer (timeout, error, not sent)", "p99 / max ms of answers", "predictions/s (vs max)",
+                         "/healthz 200 within 2 s", "workers", "RSS MiB before / after", "shed counter"], rows))
+        if any(r["overload"]["load"]["stopped_at_deadline"] for r in results.values() if "overload" in r):
+            text.append(f"\n\\* h2load stopped {REQUEST_TIMEOUT + H2LOAD_GRACE} s after its last request was due: "
+                        "its connect()s to a full accept queue would go on for minutes.")
+        text.append("\nWhere the 2 cores went: at the unloaded maximum (wrk) and under overload (h2load); a shed "
+                    "request's server CPU is what the overload cost beyond its predictions at the maximum's cost "
+                    "each:\n\n" + markdown_table(
+                        ["worker class", "server cores at max", "wrk cores", "server cores in overload",
+                         "h2load cores", "server CPU ms per prediction (max)", "ms per shed request (estimate)",
+                         "others' cores"], cpu_rows))
+    if "gevent" in results:
+        verdict = judge(results["gevent"])
+        text.append("\nTargets for the default worker (gevent):\n" + "\n".join(
+            f"- {name}: {'met' if ok else 'MISSED'}" for name, ok in verdict.items()))
+    return "\n".join(text), verdict
+
+
+def judge(r: dict) -> dict[str, bool]:
+    verdict = {}
+    for case in (c for c in SLOW_CASES if c in r):
+        n = r[case]["normal"]
+        verdict[f"{case}: 0 errors, p99 < {TARGET_SLOW_P99_MS} ms, workers kept"] = (
+            n["error_count"] == 0 and n["probes_ok"] == n["probes"] and n["requests"] > 0
+            and n["p99_ms"] < TARGET_SLOW_P99_MS and not r[case]["workers_replaced"])
+    if "idle" in r:
+        i = r["idle"]
+        conn = i["connections"]
+        verdict[f"idle: 0 errors, all closed within {CLIENT_TIMEOUT + CLOSE_MARGIN:g} s, RSS back within 10 %"] = (
+            i["normal"]["error_count"] == 0 and i["normal"]["probes_ok"] == i["normal"]["probes"]
+            and conn["all_closed_s"] is not None
+            and conn["all_closed_s"] <= CLIENT_TIMEOUT + CLOSE_MARGIN
+            and i["rss_after_mib"] <= 1.1 * i["rss_before_mib"])
+    if "overload" in r:
+        o = r["overload"]
+        verdict[f"overload: predictions/s >= {TARGET_OVERLOAD_VS_MAX:.0%} of the maximum"] = (
+            o["vs_max"] >= TARGET_OVERLOAD_VS_MAX)
+        verdict["overload: /healthz all 200 within 2 s, workers kept, 503s carry Retry-After"] = (
+            o["healthz"]["within_2s"] == o["healthz"]["polls"] and not o["workers_replaced"]
+            and o["probe"]["shed_with_retry_after"] == o["probe"]["shed"])
+    return verdict
+
+
+def versions() -> dict:
+    from importlib.metadata import version
+
+    def line(argv: list[str], containing: str = "") -> str | None:
+        """The first line of a tool's output (ANSI colours removed) that contains `containing`."""
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, check=False)
+        except OSError:
+            return None
+        text = re.sub(r"\x1b\[[0-9;]*m", "", done.stdout + done.stderr)
+        return next((x.strip() for x in text.splitlines() if containing in x and x.strip()), None)
+
+    return environment(gunicorn=version("gunicorn"), gevent=version("gevent"), flask=version("flask"),
+                       wrk=(line(["wrk", "--version"]) or "").split(" [")[0], h2load=line(["h2load", "--version"]),
+                       slowhttptest=line(["slowhttptest", "-h"], "version"))
+
+
+# --- main -------------------------------------------------------------------------------------------
+
+def raise_open_files(needed: int) -> None:
+    """Lift the soft limit on open files (inherited by h2load and wrk) towards the hard one."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard == resource.RLIM_INFINITY else min(hard, max(soft, needed))
+    if wanted > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    if wanted < needed:
+        log(f"hostile: only {wanted} open files allowed (ulimit -n); {needed} wanted")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--worker-classes", default=",".join(CLASSES), help=f"comma-separated [{','.join(CLASSES)}]")
+    parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated subset of {','.join(CASES)}")
+    parser.add_argument("--seconds", type=float, default=30,
+                        help="seconds of normal traffic beside slow connections, and of overload [30]")
+    parser.add_argument("--max-seconds", type=float, default=10, help="seconds of wrk for the unloaded maximum [10]")
+    parser.add_argument("--calibration-seconds", type=float, default=5,
+                        help="seconds of h2load at 90 %% of the maximum [5]")
+    parser.add_argument("--idle-seconds", type=float, default=CLIENT_TIMEOUT + CLOSE_MARGIN,
+                        help=f"seconds of normal traffic beside idle connections [{CLIENT_TIMEOUT + CLOSE_MARGIN:g}]")
+    parser.add_argument("--slow-connections", type=int, default=64, help="slow connections [64]")
+    parser.add_argument("--idle-connections", type=int, default=1000, help="idle connections [1000]")
+    parser.add_argument("--overload-factor", type=float, default=2.0, help="offered rate / unloaded maximum [2]")
+    parser.add_argument("--rate-period-ms", type=int, default=100,
+                        help="h2load opens rate x period connections at the start of each period [100]")
+    add_run_arguments(parser)
+    args = parser.parse_args()
+    classes = [c for c in args.worker_classes.split(",") if c]
+    cases = [c for c in CASES if c in args.cases.split(",")]
+    if set(classes) - set(CLASSES) or not classes:
+        parser.error(f"--worker-classes: choose from {','.join(CLASSES)}")
+    if set(args.cases.split(",")) - set(CASES) or not cases:
+        parser.error(f"--cases: choose from {','.join(CASES)}")
+    raise_open_files(args.idle_connections + 16 * 1024)
+
+    if args.wait_quiet > 0:
+        wait_quiet(args.wait_quiet)
+    with session() as servers:
+        try:
+            data_path = mnist_path(args.data)
+            test = load_mnist(data_path).test
+            model_dir = ensure_model(args.model_dir, args.model_name, servers.workdir, data_path)
+            body = servers.workdir / "body-single.json"
+            body.write_text(json.dumps({"instances": [test.images[0].reshape(784).tolist()]}, separators=(",", ":")))
+            results = {cls: measure(servers, cls, model_dir, body, args, cases) for cls in classes}
+        except (RuntimeError, OSError, subprocess.CalledProcessError) as e:
+            log(f"hostile: failed: {e}")
+            return 1
+
+    table, verdict = report(results, args.overload_factor)
+    env = versions()
+    print(f"\nbench/service/run hostile: {WORKERS} server workers each (gthread: {GTHREAD_THREADS} threads), "
+          f"CLIENT_TIMEOUT {CLIENT_TIMEOUT:g} s; {env['date']}, Python {env['python']}, {env['cpus']} CPUs; "
+          f"gunicorn {env['gunicorn']}, gevent {env['gevent']}, {env['wrk']}, {env['h2load']}, "
+          f"{env['slowhttptest']}\n")
+    print(table)
+    write_json(args.json, {"environment": env, "settings": {k: v for k, v in vars(args).items() if k != "json"},
+                           "results": results, "verdict": verdict})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
