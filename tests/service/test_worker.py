@@ -185,3 +185,11 @@ def test_each_worker_does_its_linear_algebra_on_one_thread(model_dir, serve):
     server = serve(model_dir)
     for pid in worker_pids(server):
         assert psutil.Process(pid).environ()["OPENBLAS_NUM_THREADS"] == os.environ.get("OPENBLAS_NUM_THREADS", "1")
+
+
+def test_the_metrics_directory_need_not_exist_yet(model_dir, serve, tmp_path):
+    """As in the image (PROMETHEUS_MULTIPROC_DIR=/tmp/metrics on an empty tmpfs): the worker class,
+    loaded by gunicorn's master before any hook runs, imports the metrics, which open files there."""
+    server = serve(model_dir, PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "not" / "yet" / "metrics"))
+    assert requests.post(server.url + "/v1/predict", data=BODY, timeout=5,
+                         headers={"Content-Type": "application/json"}).status_code == 200

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+from pathlib import Path
 
 from .settings import Settings
 
@@ -24,6 +25,8 @@ def main(argv=None) -> int:
     # that imports it: so the variable is set here, before gunicorn (and its workers) start.
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="mnist-serve-metrics-")
+    # It must exist before gunicorn loads the worker class, which imports the metrics.
+    Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).mkdir(parents=True, exist_ok=True)
     # The workers are the parallelism: one BLAS thread each. With OpenBLAS's default (a thread per
     # core in every worker) batch-8 requests ran 25x slower on 2 cores (docs/reliability.md).
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
