@@ -108,7 +108,8 @@ def write_bodies(test, workdir: Path) -> dict[str, Path]:
 
 def start_bare(servers: Servers, version_dir: Path) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    env = os.environ | {"BARE_MODEL_PATH": str(version_dir)}
+    # One BLAS thread per worker, as mnist-serve sets unless told otherwise: the same forward pass.
+    env = {"OPENBLAS_NUM_THREADS": "1"} | os.environ | {"BARE_MODEL_PATH": str(version_dir)}
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     argv = [str(SERVICE_VENV / "bin/python"), "-m", "gunicorn", "--chdir", str(HERE), "--workers", str(WORKERS),
             "--worker-class", "sync", "--bind", f"127.0.0.1:{port}", "--worker-tmp-dir", "/dev/shm",
