@@ -278,8 +278,8 @@ def start_service(servers: Servers, name: str, model_dir: Path, model_name: str,
         env["WORKER_CLASS"] = worker_class
     if worker_class == "gthread":
         env["THREADS"] = str(GTHREAD_THREADS)
-    # Made here, not left to mnist-serve: with the gevent worker it exits when the directory is missing
-    # (the worker class imports the metrics in the arbiter before gunicorn's on_starting creates it).
+    # Made here too: the trees between d35b212 (the gevent worker) and 02de23f, which `v2 --baseline`
+    # may serve, exit when it is missing (the worker class imports the metrics in gunicorn's arbiter).
     Path(env["PROMETHEUS_MULTIPROC_DIR"]).mkdir(parents=True, exist_ok=True)
     proc = servers.start(name, [str(venv / "bin/mnist-serve"), *gunicorn_args], env, cwd=servers.workdir)
     base = f"http://127.0.0.1:{port}"
