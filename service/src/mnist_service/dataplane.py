@@ -37,6 +37,15 @@ class Route:
     handler: Callable[..., tuple[bytes, list[tuple[str, str]]]]  # (req, context, **parameters) -> body, headers
 
 
+def match_route(routes: list[Route], path: str) -> tuple[Route, dict] | None:
+    """The first route of `routes` that matches `path`, with the parameters it names."""
+    for route in routes:
+        parameters = route.match(path)
+        if parameters is not None:
+            return route, parameters
+    return None
+
+
 class DataPlane:
     """Answers the paths of `routes` (POST only) and hands every other request to `fallback`."""
 
@@ -45,11 +54,10 @@ class DataPlane:
 
     def __call__(self, environ, start_response):
         path = environ.get("PATH_INFO", "")
-        for route in self.routes:
-            parameters = route.match(path)
-            if parameters is not None:
-                return self._answer(route, parameters, path, environ, start_response)
-        return self.fallback(environ, start_response)
+        matched = match_route(self.routes, path)
+        if matched is None:
+            return self.fallback(environ, start_response)
+        return self._answer(*matched, path, environ, start_response)
 
     def _answer(self, route: Route, parameters: dict, path: str, environ, start_response):
         observe.note(environ, route=route.rule)

@@ -9,7 +9,7 @@ import orjson
 from werkzeug.wrappers import Request
 
 from . import codec_v1, codec_v2
-from .dataplane import JSON_HEADER, Context, Route
+from .dataplane import JSON_HEADER, Context, Route, match_route
 from .inference import pick_model, run_model
 from .options import read_options
 
@@ -68,4 +68,5 @@ ROUTES = [  # the hot route first: it is matched by one string comparison
 
 def inference_rule(path: str) -> str | None:
     """The rule of the inference route `path` is for, or None for any other path."""
-    return next((route.rule for route in ROUTES if route.match(path) is not None), None)
+    matched = match_route(ROUTES, path)
+    return matched[0].rule if matched else None
