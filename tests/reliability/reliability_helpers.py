@@ -53,7 +53,8 @@ def log_entries(server, needle: str, offset: int = 0) -> list[dict]:
 
 
 class TotalScraper:
-    """Scrapes sum(mnist_http_requests_total) every 0.1 s in a thread, while the block runs."""
+    """Scrapes sum(mnist_http_requests_total) every 0.1 s in a thread while the block runs, and once
+    more when it ends: a scrape taken while a load generator stops can miss its last answers."""
 
     def __init__(self, url: str):
         self.url, self.totals, self.failures = url, [], []
@@ -62,11 +63,14 @@ class TotalScraper:
 
     def _run(self) -> None:
         while not self.stop.is_set():
-            try:
-                self.totals.append(metric_total(self.url, "mnist_http_requests_total"))
-            except requests.RequestException as e:
-                self.failures.append(repr(e))
+            self._scrape()
             time.sleep(0.1)
+
+    def _scrape(self) -> None:
+        try:
+            self.totals.append(metric_total(self.url, "mnist_http_requests_total"))
+        except requests.RequestException as e:
+            self.failures.append(repr(e))
 
     def __enter__(self) -> TotalScraper:
         self.thread.start()
@@ -75,6 +79,7 @@ class TotalScraper:
     def __exit__(self, *exc) -> None:
         self.stop.set()
         self.thread.join(timeout=10)
+        self._scrape()
 
 
 # -- processes -------------------------------------------------------------------------------------
