@@ -11,7 +11,15 @@ import math
 import numpy as np
 
 
-class SGD:
+class _Decay:
+    """Decoupled weight decay, applied before each step (weights only: `decay_mask`)."""
+
+    def _decay(self, p: np.ndarray, decay: bool, lr: float) -> None:
+        if decay and self.weight_decay:
+            p *= 1.0 - lr * self.weight_decay
+
+
+class SGD(_Decay):
     """SGD with (optionally Nesterov) momentum: v = mu*v + g; p -= lr * (g + mu*v | v)."""
 
     def __init__(self, params, momentum=0.9, nesterov=False, weight_decay=0.0, decay_mask=None):
@@ -25,8 +33,7 @@ class SGD:
     def step(self, grads, lr: float) -> None:
         mu = self.momentum
         for p, g, v, decay in zip(self.params, grads, self.velocity, self.decay_mask):
-            if decay and self.weight_decay:
-                p *= 1.0 - lr * self.weight_decay
+            self._decay(p, decay, lr)
             if mu:
                 v *= mu
                 v += g
@@ -40,7 +47,49 @@ class SGD:
             p += g
 
 
-class Adam:
+class AdaGrad(_Decay):
+    """AdaGrad (Duchi et al. 2011): G += g^2; p -= lr * g / (sqrt(G) + eps). Steps shrink as
+    squared gradients accumulate, per parameter."""
+
+    def __init__(self, params, eps=1e-8, weight_decay=0.0, decay_mask=None):
+        self.params, self.eps, self.weight_decay = params, eps, weight_decay
+        self.decay_mask = decay_mask or [True] * len(params)
+        self.sum_squares = [np.zeros_like(p) for p in params]
+
+    def step(self, grads, lr: float) -> None:
+        for p, g, s, decay in zip(self.params, grads, self.sum_squares, self.decay_mask):
+            self._decay(p, decay, lr)
+            s += g * g
+            _scaled_step(p, g, s, self.eps, lr)
+
+
+class RMSprop(_Decay):
+    """RMSprop (Hinton, Coursera lecture 6e): v = rho*v + (1-rho)*g^2; p -= lr * g / (sqrt(v) + eps).
+    AdaGrad with a moving average in place of the sum, so steps do not vanish."""
+
+    def __init__(self, params, rho=0.9, eps=1e-8, weight_decay=0.0, decay_mask=None):
+        self.params, self.rho, self.eps, self.weight_decay = params, rho, eps, weight_decay
+        self.decay_mask = decay_mask or [True] * len(params)
+        self.mean_squares = [np.zeros_like(p) for p in params]
+
+    def step(self, grads, lr: float) -> None:
+        for p, g, v, decay in zip(self.params, grads, self.mean_squares, self.decay_mask):
+            self._decay(p, decay, lr)
+            v *= self.rho
+            v += (1 - self.rho) * g * g
+            _scaled_step(p, g, v, self.eps, lr)
+
+
+def _scaled_step(p: np.ndarray, g: np.ndarray, squares: np.ndarray, eps: float, lr: float) -> None:
+    """p -= lr * g / (sqrt(squares) + eps), with g as scratch."""
+    denominator = np.sqrt(squares)
+    denominator += eps
+    g /= denominator
+    g *= -lr
+    p += g
+
+
+class Adam(_Decay):
     """Adam (Kingma & Ba) with decoupled weight decay (AdamW)."""
 
     def __init__(self, params, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, decay_mask=None):
@@ -58,8 +107,7 @@ class Adam:
         # Bias corrections folded into the step size (as in the paper's final algorithm).
         step = lr * math.sqrt(1 - b2**self.t) / (1 - b1**self.t)
         for p, g, m, v, decay in zip(self.params, grads, self.m, self.v, self.decay_mask):
-            if decay and self.weight_decay:
-                p *= 1.0 - lr * self.weight_decay
+            self._decay(p, decay, lr)
             m *= b1
             m += (1 - b1) * g
             v *= b2
@@ -73,13 +121,42 @@ class Adam:
             p += g
 
 
+class ExponentialAverage:
+    """An exponential moving average of parameters (Polyak averaging as in TensorFlow's
+    ExponentialMovingAverage): avg = d * avg + (1 - d) * p after every `every`-th step, with
+    d = min(decay ** every, (1 + n) / (10 + n)) after n updates, so that early averages are not
+    dominated by the initial weights. Updating every few steps costs a fraction of the memory
+    traffic of updating every step and averages over the same horizon."""
+
+    def __init__(self, params, decay: float, every: int = 4):
+        self.params, self.decay, self.every = params, decay, every
+        self.average = [p.copy() for p in params]
+        self._scratch = [np.empty_like(p) for p in params]
+        self.steps = self.updates = 0
+
+    def step(self) -> None:
+        self.steps += 1
+        if self.steps % self.every:
+            return
+        self.updates += 1
+        d = min(self.decay**self.every, (1 + self.updates) / (10 + self.updates))
+        for avg, p, scratch in zip(self.average, self.params, self._scratch):
+            np.subtract(p, avg, out=scratch)
+            scratch *= 1 - d
+            avg += scratch
+
+
+ADAPTIVE = {"adam": Adam, "rmsprop": RMSprop, "adagrad": AdaGrad}
+OPTIMIZERS = ("sgd", *ADAPTIVE)
+
+
 def make_optimizer(name: str, params, *, momentum: float, nesterov: bool, weight_decay: float):
     decay_mask = [p.ndim > 1 for p in params]  # decay weights, never biases
     if name == "sgd":
         return SGD(params, momentum, nesterov, weight_decay, decay_mask)
-    if name == "adam":
-        return Adam(params, weight_decay=weight_decay, decay_mask=decay_mask)
-    raise ValueError(f"unknown optimizer {name!r} (expected sgd or adam)")
+    if name in ADAPTIVE:
+        return ADAPTIVE[name](params, weight_decay=weight_decay, decay_mask=decay_mask)
+    raise ValueError(f"unknown optimizer {name!r} (expected {', '.join(OPTIMIZERS)})")
 
 
 def learning_rate(step: int, total_steps: int, *, base_lr: float, warmup_steps: int,
