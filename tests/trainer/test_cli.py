@@ -107,7 +107,7 @@ def test_environment_variables_configure_every_run(tiny_data, tmp_path):
 
 @pytest.mark.parametrize("args, code, message", [
     (["train", "--hidden", "12,x"], 2, "comma-separated integers"),
-    (["train", "--optimizer", "rmsprop"], 2, "optimizer must be sgd or adam"),
+    (["train", "--optimizer", "lbfgs"], 2, "optimizer must be one of sgd, adam, rmsprop, adagrad"),
     (["train", "--dropout", "1.5"], 2, "dropout must be in [0, 1)"),
     (["train", "--data", "/nonexistent/mnist"], 3, "/nonexistent/mnist"),
     (["evaluate", "--name", "nothing"], 4, "no published version"),

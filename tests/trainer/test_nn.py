@@ -39,25 +39,78 @@ def _numeric_gradient(f, p, eps=1e-6):
     return grad
 
 
-@pytest.mark.parametrize("dropout", [0.0, 0.3])
-def test_gradients_match_finite_differences_in_float64(dropout):
-    rng = np.random.default_rng(0)
-    net = Network.initialise([7, 6, 5, 4], rng, dtype=np.float64)
+def _randomise(net: Network, rng: np.random.Generator) -> None:
+    """Biases, scales and shifts away from their initial 0s and 1s, so that every term is exercised."""
     for b in net.biases:
         b[...] = rng.normal(0, 0.1, b.shape)
+    for norm in net.norms:
+        norm.gamma[...] = rng.uniform(0.5, 1.5, norm.gamma.shape)
+        norm.beta[...] = rng.normal(0, 0.1, norm.beta.shape)
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+@pytest.mark.parametrize("batch_norm", [False, True])
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_gradients_match_finite_differences_in_float64(dropout, batch_norm, smoothing):
+    rng = np.random.default_rng(0)
+    net = Network.initialise([7, 6, 5, 4], rng, dtype=np.float64, batch_norm=batch_norm)
+    _randomise(net, rng)
     x = rng.normal(size=(9, 7))
     y = rng.integers(0, 4, 9)
     l2 = 0.1
 
     def loss():  # the same dropout mask on every call: a fresh generator with the same seed
-        return net.loss_and_backward(net.forward(x, dropout, np.random.default_rng(1)), y, l2)
+        logits = net.forward(x, dropout, np.random.default_rng(1), training=True)
+        return net.loss_and_backward(logits, y, l2, smoothing)
 
     loss()
     analytic = [g.copy() for g in net.grads]
     for p, g in zip(net.params, analytic):
         numeric = _numeric_gradient(loss, p)
-        rel = np.abs(numeric - g).max() / max(np.abs(numeric).max(), np.abs(g).max(), 1e-12)
-        assert rel < 1e-6, rel
+        scale = max(np.abs(numeric).max(), np.abs(g).max())
+        if scale < 1e-8:  # a hidden bias under batch norm: it cancels, and its gradient is exactly 0
+            assert batch_norm and not g.any()
+            continue
+        assert np.abs(numeric - g).max() / scale < 1e-6
+
+
+def test_label_smoothing_loss_is_cross_entropy_against_the_smoothed_labels():
+    rng = np.random.default_rng(0)
+    net = Network.initialise([5, 4], rng, dtype=np.float64)
+    x, y = rng.normal(size=(6, 5)), rng.integers(0, 4, 6)
+    logits = net.forward(x).copy()
+    q = np.full((6, 4), 0.2 / 4) + 0.8 * np.eye(4)[y]
+    expected = -(q * log_softmax(logits)).sum(axis=1).mean()
+    assert net.loss_and_backward(logits, y, smoothing=0.2) == pytest.approx(expected, rel=1e-12)
+    np.testing.assert_allclose(net.grad_biases[0], (softmax(logits) - q).mean(axis=0), atol=1e-12)
+
+
+def test_batch_norm_trains_on_batch_statistics_and_infers_with_running_ones():
+    rng = np.random.default_rng(0)
+    net = Network.initialise([6, 5, 3], rng, batch_norm=True)
+    x = (rng.normal(size=(64, 6)) * 3 + 2).astype(np.float32)
+    net.forward(x, training=True)
+    norm = net.norms[0]
+    z = x @ net.weights[0]
+    np.testing.assert_allclose(norm.running_mean, 0.1 * z.mean(axis=0), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(norm.running_var, 0.9 + 0.1 * z.var(axis=0, ddof=1), rtol=1e-4)
+    for _ in range(200):  # the running averages converge to the statistics of this batch
+        net.forward(x, training=True)
+    np.testing.assert_allclose(norm.running_mean, z.mean(axis=0), rtol=1e-3, atol=1e-4)
+    # At inference a row is normalised by the running statistics, alone or in a batch alike.
+    np.testing.assert_allclose(net.logits(x[:1]), net.logits(x)[:1], rtol=1e-5, atol=1e-5)
+
+
+def test_folding_batch_norm_keeps_the_inference_logits():
+    rng = np.random.default_rng(0)
+    net = Network.initialise([8, 7, 6, 3], rng, batch_norm=True)
+    _randomise(net, rng)
+    x = rng.normal(size=(40, 8)).astype(np.float32)
+    for _ in range(5):
+        net.forward(x * rng.uniform(0.5, 2), training=True)  # running statistics unlike a fresh layer's
+    folded = net.folded()
+    assert folded.norms == [] and len(folded.weights) == 3
+    np.testing.assert_allclose(folded.logits(x), net.logits(x), rtol=1e-5, atol=1e-5)
 
 
 def test_chunked_logits_equal_one_forward_pass():

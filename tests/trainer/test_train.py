@@ -3,6 +3,7 @@ import pytest
 
 from mnist_trainer import MLP
 from mnist_trainer.augment import random_affine, random_shift
+from mnist_trainer.nn import Network
 from mnist_trainer.train import Interrupted, TrainConfig, fit, to_input
 
 
@@ -30,8 +31,39 @@ def test_fit_learns_a_learnable_task():
     assert (model.predict(xv) == model.predict_proba(xv).argmax(axis=1)).all()
 
 
+@pytest.mark.parametrize("optimizer, lr", [("sgd", 0.05), ("adam", 1e-3), ("rmsprop", 1e-3), ("adagrad", 0.02)])
+def test_every_optimiser_learns_the_task(optimizer, lr):
+    x, y = learnable_digits(600)
+    xv, yv = learnable_digits(200, seed=1)
+    model = MLP(config=SMALL.replace(optimizer=optimizer, lr=lr)).fit(x, y)
+    assert model.evaluate(xv, yv)["accuracy"] > 0.95, optimizer
+
+
+def test_batch_norm_ema_and_label_smoothing_train_and_publish_plain_layers(tmp_path):
+    x, y = learnable_digits(600)
+    xv, yv = learnable_digits(200, seed=1)
+    config = SMALL.replace(hidden=(32, 16), batch_norm=True, ema=0.99, label_smoothing=0.1, epochs=4)
+    model = MLP(config=config).fit(x, y, validation=(xv, yv))
+    assert model.network.norms and model.evaluate(xv, yv)["accuracy"] > 0.95
+    arrays = model.arrays()
+    assert sorted(arrays) == ["W1", "W2", "W3", "b1", "b2", "b3"]
+    plain = Network([arrays["W1"], arrays["W2"], arrays["W3"]], [arrays["b1"], arrays["b2"], arrays["b3"]])
+    xt = to_input(xv)
+    np.testing.assert_allclose(plain.logits(xt), model.network.logits(xt), rtol=1e-5, atol=1e-5)
+
+
+def test_ema_publishes_the_average_not_the_last_weights():
+    x, y = learnable_digits(300)
+    raw = fit(x, y, SMALL.replace(schedule="constant"))
+    averaged = fit(x, y, SMALL.replace(schedule="constant", ema=0.9))
+    # Same seed, same steps: the averaged weights trail the raw ones, close but not equal.
+    assert not np.array_equal(raw.network.weights[0], averaged.network.weights[0])
+    np.testing.assert_allclose(raw.network.weights[0], averaged.network.weights[0], atol=0.1)
+
+
 @pytest.mark.parametrize("config", [SMALL, SMALL.replace(optimizer="adam", lr=1e-3, dropout=0.2,
-                                                         augment="affine", weight_decay=1e-2, l2=1e-4)])
+                                                         augment="affine", weight_decay=1e-2, l2=1e-4),
+                                    SMALL.replace(batch_norm=True, ema=0.99, label_smoothing=0.1)])
 def test_same_seed_gives_identical_weights(config):
     x, y = learnable_digits(300)
     a = MLP(config=config).fit(x, y).arrays()

@@ -73,17 +73,28 @@ HYPERPARAMETER_FLAGS = {
     "--hidden": ("hidden", _int_list, "hidden layer sizes, e.g. 512,256"),
     "--epochs": ("epochs", _positive_int, "training epochs"),
     "--batch-size": ("batch_size", _positive_int, "mini-batch size"),
-    "--optimizer": ("optimizer", str, "sgd or adam"),
+    "--optimizer": ("optimizer", str, "sgd, adam, rmsprop or adagrad"),
     "--lr": ("lr", float, "peak learning rate"),
     "--momentum": ("momentum", float, "SGD momentum"),
     "--weight-decay": ("weight_decay", float, "decoupled weight decay (weights only)"),
     "--l2": ("l2", float, "L2 penalty added to the loss"),
     "--dropout": ("dropout", float, "dropout rate of hidden units"),
+    "--label-smoothing": ("label_smoothing", float, "label smoothing, e.g. 0.1 (0: off)"),
+    "--ema": ("ema", float, "publish an exponential moving average of the weights with this decay, "
+              "e.g. 0.999 (0: off)"),
     "--schedule": ("schedule", str, "learning-rate schedule: cosine, step or constant"),
     "--warmup-epochs": ("warmup_epochs", float, "linear warm-up length in epochs"),
-    "--augment": ("augment", str, "none, shift (up to 2 px) or affine"),
+    "--augment": ("augment", str, "none, shift (up to 2 px), affine, or elastic (affine + elastic "
+                  "distortions + stroke thickness)"),
     "--patience": ("patience", int, "early stopping after N epochs without improvement (0: off)"),
     "--seed": ("seed", int, "random seed (same seed, same machine: identical weights)"),
+}
+
+
+# Boolean hyperparameters: --flag / --no-flag, the TrainConfig field named like the flag.
+BOOLEAN_FLAGS = {
+    "--nesterov": "Nesterov momentum",
+    "--batch-norm": "batch normalisation of hidden layers (folded into the weights when published)",
 }
 
 
@@ -100,8 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     for flag, (field, type_, help_) in HYPERPARAMETER_FLAGS.items():
         env = "MNIST_" + field.upper()
         _env_flag(train, flag, env, help_, default=None, type=type_)
-    _env_flag(train, "--nesterov", "MNIST_NESTEROV", "Nesterov momentum", default=None,
-              action=argparse.BooleanOptionalAction)
+    for flag, help_ in BOOLEAN_FLAGS.items():
+        _env_flag(train, flag, "MNIST_" + flag[2:].replace("-", "_").upper(), help_, default=None,
+                  action=argparse.BooleanOptionalAction)
     _env_flag(train, "--val-size", "MNIST_VAL_SIZE", "validation images held out of training",
               default=5000, type=int)
     _env_flag(train, "--skip-if-published", "MNIST_SKIP_IF_PUBLISHED",
@@ -132,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
 def train_config(args) -> TrainConfig:
     overrides = {field: getattr(args, flag[2:].replace("-", "_"))
                  for flag, (field, _, _) in HYPERPARAMETER_FLAGS.items()}
-    overrides["nesterov"] = args.nesterov
+    overrides |= {flag[2:].replace("-", "_"): getattr(args, flag[2:].replace("-", "_")) for flag in BOOLEAN_FLAGS}
     config = PRESETS[args.preset].replace(**{k: v for k, v in overrides.items() if v is not None})
     try:
         config.validate()

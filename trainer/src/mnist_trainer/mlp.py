@@ -61,8 +61,9 @@ class MLP:
         return {"accuracy": float((logits.argmax(axis=1) == y).mean()), "loss": cross_entropy(logits, y)}
 
     def arrays(self) -> dict[str, np.ndarray]:
-        """Parameters under the artifact's names (W1, b1, W2, b2, ...)."""
-        return dict(zip(format.weight_names(len(self.network.weights)), self.network.params))
+        """Parameters under the artifact's names (W1, b1, W2, b2, ...), batch norm folded in."""
+        folded = self.network.folded()
+        return dict(zip(format.weight_names(len(folded.weights)), folded.params))
 
     @classmethod
     def from_artifact(cls, path) -> MLP:

@@ -11,7 +11,9 @@ import numpy as np
 
 from . import augment as aug
 from .nn import Network, cross_entropy
-from .optim import learning_rate, make_optimizer
+from .optim import OPTIMIZERS, ExponentialAverage, learning_rate, make_optimizer
+
+STATISTICS_IMAGES = 10_000  # training images that set batch norm's statistics for averaged weights
 
 # Input normalisation, recorded in the manifest: x = (pixel * PIXEL_SCALE - MEAN) / STD.
 PIXEL_SCALE = 1.0 / 255.0
@@ -35,30 +37,36 @@ class TrainConfig:
     hidden: tuple[int, ...] = (256,)
     epochs: int = 10
     batch_size: int = 128
-    optimizer: str = "sgd"  # sgd | adam
+    optimizer: str = "sgd"  # sgd | adam | rmsprop | adagrad
     lr: float = 0.05
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 0.0  # decoupled (AdamW-style), weights only
     l2: float = 0.0  # coupled, part of the loss
     dropout: float = 0.0
+    batch_norm: bool = False  # on hidden layers, folded into the affine layers when published
+    label_smoothing: float = 0.0
+    ema: float = 0.0  # decay of an exponential moving average of the weights, published; 0 = off
     schedule: str = "cosine"  # cosine | step | constant
     warmup_epochs: float = 0.0
     step_epochs: int = 10  # step schedule: multiply lr by step_gamma every step_epochs
     step_gamma: float = 0.1
-    augment: str = "none"  # none | shift | affine
+    augment: str = "none"  # a name in augment.AUGMENTATIONS
     patience: int = 0  # early stopping: epochs without a better validation score; 0 = off
     seed: int = 0
 
     def validate(self) -> None:
         """Raise ValueError naming the first hyperparameter that is out of range."""
         checks = [
-            (self.optimizer in ("sgd", "adam"), f"optimizer must be sgd or adam, got {self.optimizer!r}"),
+            (self.optimizer in OPTIMIZERS,
+             f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}"),
             (self.schedule in ("cosine", "step", "constant"),
              f"schedule must be cosine, step or constant, got {self.schedule!r}"),
             (self.augment in aug.AUGMENTATIONS,
              f"augment must be one of {', '.join(aug.AUGMENTATIONS)}, got {self.augment!r}"),
             (0 <= self.dropout < 1, f"dropout must be in [0, 1), got {self.dropout}"),
+            (0 <= self.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {self.label_smoothing}"),
+            (0 <= self.ema < 1, f"ema must be in [0, 1) (0: off), got {self.ema}"),
             (self.lr > 0, f"lr must be positive, got {self.lr}"),
             (0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}"),
             (self.weight_decay >= 0 and self.l2 >= 0, "weight_decay and l2 must be >= 0"),
@@ -84,7 +92,7 @@ class Interrupted(Exception):
 
 @dataclass
 class TrainResult:
-    network: Network  # holds the best checkpoint's parameters
+    network: Network  # holds the best checkpoint's parameters (the averaged ones with ema)
     history: list[dict]
     best_epoch: int
     seconds: float
@@ -112,14 +120,19 @@ def fit(images: np.ndarray, labels: np.ndarray, config: TrainConfig, *,
         raise ValueError(f"batch size {batch_size} is larger than the training set ({n} images)")
     total_steps = steps_per_epoch * config.epochs
 
-    network = Network.initialise([images[0].size, *config.hidden, 10], init_rng)
+    sizes = [images[0].size, *config.hidden, 10]
+    network = Network.initialise(sizes, init_rng, batch_norm=config.batch_norm)
     optimizer = make_optimizer(config.optimizer, network.params, momentum=config.momentum,
                                nesterov=config.nesterov, weight_decay=config.weight_decay)
+    average = ExponentialAverage(network.params, config.ema) if config.ema else None
+    averaged = _averaged_network(network, average) if average else None
+    published = averaged or network  # what is evaluated, checkpointed and returned
     augment = aug.AUGMENTATIONS[config.augment]
     val_x = to_input(validation[0]) if validation is not None else None
+    statistics_x = to_input(images[:STATISTICS_IMAGES]) if averaged and config.batch_norm else None
     x_batch = np.empty((batch_size, images[0].size), np.float32)
 
-    history, best, best_params, since_best = [], None, None, 0
+    history, best, best_state, since_best = [], None, None, 0
     started = time.perf_counter()
     step = 0
     for epoch in range(1, config.epochs + 1):
@@ -138,9 +151,11 @@ def fit(images: np.ndarray, labels: np.ndarray, config: TrainConfig, *,
                                warmup_steps=int(config.warmup_epochs * steps_per_epoch),
                                schedule=config.schedule, step_every=config.step_epochs * steps_per_epoch,
                                step_gamma=config.step_gamma)
-            logits = network.forward(x_batch, config.dropout, dropout_rng)
-            loss_sum += network.loss_and_backward(logits, labels[idx], config.l2)
+            logits = network.forward(x_batch, config.dropout, dropout_rng, training=True)
+            loss_sum += network.loss_and_backward(logits, labels[idx], config.l2, config.label_smoothing)
             optimizer.step(network.grads, lr)
+            if average is not None:
+                average.step()
             step += 1
             if on_batch is not None:
                 on_batch(i + 1)
@@ -149,8 +164,10 @@ def fit(images: np.ndarray, labels: np.ndarray, config: TrainConfig, *,
                   "val_accuracy": None, "lr": lr,
                   "samples_per_second": steps_per_epoch * batch_size / (time.perf_counter() - epoch_started),
                   "elapsed": 0.0}
+        if statistics_x is not None:
+            averaged.recompute_statistics(statistics_x)
         if val_x is not None:
-            record["val_loss"], record["val_accuracy"] = evaluate(network, val_x, validation[1])
+            record["val_loss"], record["val_accuracy"] = evaluate(published, val_x, validation[1])
         record["elapsed"] = time.perf_counter() - started
         history.append(record)
         if on_epoch is not None:
@@ -158,13 +175,23 @@ def fit(images: np.ndarray, labels: np.ndarray, config: TrainConfig, *,
 
         score = (record["val_accuracy"], -record["val_loss"]) if val_x is not None else (epoch, 0)
         if best is None or score > best:
-            best, best_params, since_best = score, [p.copy() for p in network.params], 0
+            best, best_state, since_best = score, [p.copy() for p in published.state], 0
             best_epoch = epoch
         else:
             since_best += 1
             if config.patience and since_best >= config.patience:
                 break
 
-    for p, saved in zip(network.params, best_params):
+    for p, saved in zip(published.state, best_state):
         p[...] = saved
-    return TrainResult(network, history, best_epoch, time.perf_counter() - started)
+    return TrainResult(published, history, best_epoch, time.perf_counter() - started)
+
+
+def _averaged_network(network: Network, average: ExponentialAverage) -> Network:
+    """A network whose parameters are the average's arrays (params order: W and b of each layer,
+    then gamma and beta of each batch norm), with running statistics of its own."""
+    arrays, n = average.average, len(network.weights)
+    averaged = Network(arrays[0 : 2 * n : 2], arrays[1 : 2 * n : 2], batch_norm=bool(network.norms))
+    for norm, gamma, beta in zip(averaged.norms, arrays[2 * n :: 2], arrays[2 * n + 1 :: 2]):
+        norm.gamma, norm.beta = gamma, beta
+    return averaged
