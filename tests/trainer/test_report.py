@@ -52,6 +52,13 @@ def test_writes_the_three_figures_into_a_new_directory(tmp_path):
         _assert_valid_png(path)
 
 
+def test_the_recipe_heads_the_learning_curves(tmp_path):
+    plain = _write(tmp_path / "plain", _history(3), *_predictions(200, 0.2))[0]
+    titled = _write(tmp_path / "titled", _history(3), *_predictions(200, 0.2),
+                    title="preset best: 784-1024-1024-10, batch norm, elastic augmentation")[0]
+    assert not np.array_equal(imread(titled), imread(plain))  # the same figure size, a title drawn in it
+
+
 def test_misclassified_grid_is_capped(tmp_path):
     few = _write(tmp_path / "few", _history(3), *_predictions(500, 0.2), max_misclassified=8)[2]
     many = _write(tmp_path / "many", _history(3), *_predictions(500, 0.2), max_misclassified=64)[2]

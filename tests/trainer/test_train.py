@@ -132,3 +132,10 @@ def test_affine_with_no_distortion_is_the_identity_and_keeps_shape():
     warped = random_affine(images, np.random.default_rng(0))
     assert warped.shape == images.shape and warped.dtype == np.uint8
     assert not np.array_equal(warped, images)
+
+
+def test_describe_names_the_recipe():
+    text = TrainConfig(hidden=(1024, 1024), batch_norm=True, augment="elastic", ema=0.999).describe()
+    assert text.startswith("784-1024-1024-10, sgd lr 0.05, batch 128, 10 epochs")
+    assert "batch norm" in text and "elastic augmentation" in text and "EMA 0.999" in text
+    assert "dropout" not in TrainConfig().describe()

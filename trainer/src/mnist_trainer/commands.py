@@ -57,7 +57,8 @@ def train(args, config: TrainConfig, log: EventLog, should_stop) -> int:
         proba = model.predict_proba(test.images)
         report.write_report(directory / "report", model.history,
                             metrics.confusion_matrix(test.labels, proba.argmax(axis=1)),
-                            test.images, test.labels, proba.argmax(axis=1), proba)
+                            test.images, test.labels, proba.argmax(axis=1), proba,
+                            title=f"preset {args.preset}: {config.describe()}")
 
     if should_stop():  # a signal after the last batch: still publish nothing
         raise Interrupted("stopped before publishing")

@@ -22,13 +22,14 @@ MIN_GRID_WIDTH = 6.0  # inches: wide enough for the title of a grid with only a 
 
 def write_report(out_dir: Path, history: list[dict], confusion: np.ndarray,
                  images: np.ndarray, labels: np.ndarray, predictions: np.ndarray,
-                 probabilities: np.ndarray, max_misclassified: int = 64) -> list[Path]:
-    """Write learning_curves.png, confusion_matrix.png and misclassified.png; return their paths."""
+                 probabilities: np.ndarray, max_misclassified: int = 64, title: str = "") -> list[Path]:
+    """Write learning_curves.png, confusion_matrix.png and misclassified.png; return their paths.
+    `title` (the preset and its recipe) heads the learning curves."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     # Built lazily so only one figure is alive at a time.
     builders = {
-        "learning_curves.png": lambda: learning_curves_figure(history),
+        "learning_curves.png": lambda: learning_curves_figure(history, title),
         "confusion_matrix.png": lambda: confusion_figure(np.asarray(confusion)),
         "misclassified.png": lambda: misclassified_figure(images, labels, predictions, probabilities,
                                                           max_misclassified),
@@ -62,9 +63,11 @@ def _best_epoch(history: list[dict]) -> dict | None:
     return max(validated, key=lambda r: (r["val_accuracy"], -(r.get("val_loss") or 0.0)))
 
 
-def learning_curves_figure(history: list[dict]) -> Figure:
+def learning_curves_figure(history: list[dict], title: str = "") -> Figure:
     """Losses (left) and accuracy in % (right) against epoch, best validation epoch marked."""
     figure = _new_figure(11, 4.2)
+    if title:
+        figure.suptitle(title)
     loss_axes, accuracy_axes = figure.subplots(1, 2)
     _plot_losses(loss_axes, history)
     _plot_accuracy(accuracy_axes, history)

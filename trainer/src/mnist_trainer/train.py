@@ -77,6 +77,17 @@ class TrainConfig:
             if not ok:
                 raise ValueError(message)
 
+    def describe(self) -> str:
+        """The recipe in one line, e.g. for a report's title."""
+        parts = ["-".join(map(str, (784, *self.hidden, 10))), f"{self.optimizer} lr {self.lr:g}",
+                 f"batch {self.batch_size}", f"{self.epochs} epochs"]
+        optional = [(self.batch_norm, "batch norm"), (self.dropout, f"dropout {self.dropout:g}"),
+                    (self.augment != "none", f"{self.augment} augmentation"),
+                    (self.label_smoothing, f"label smoothing {self.label_smoothing:g}"),
+                    (self.ema, f"EMA {self.ema:g}"), (self.weight_decay, f"weight decay {self.weight_decay:g}"),
+                    (self.l2, f"L2 {self.l2:g}")]
+        return ", ".join(parts + [text for on, text in optional if on])
+
     def replace(self, **changes) -> TrainConfig:
         return dataclasses.replace(self, **changes)
 
