@@ -13,7 +13,9 @@ from . import augment as aug
 from .nn import Network, cross_entropy
 from .optim import OPTIMIZERS, ExponentialAverage, learning_rate, make_optimizer
 
-STATISTICS_IMAGES = 10_000  # training images that set batch norm's statistics for averaged weights
+# Training images, augmented as in training, that set batch norm's statistics for averaged weights:
+# the layer after a batch norm learned to read activations of augmented images, not clean ones.
+STATISTICS_IMAGES = 10_000
 
 # Input normalisation, recorded in the manifest: x = (pixel * PIXEL_SCALE - MEAN) / STD.
 PIXEL_SCALE = 1.0 / 255.0
@@ -123,8 +125,8 @@ def fit(images: np.ndarray, labels: np.ndarray, config: TrainConfig, *,
     """Train a fresh network on uint8 images (N, 28, 28) and labels; select the best epoch on
     `validation` (uint8 images, labels) if given, else keep the last epoch."""
     config.validate()
-    seeds = np.random.SeedSequence(config.seed).spawn(4)
-    init_rng, shuffle_rng, dropout_rng, augment_rng = (np.random.default_rng(s) for s in seeds)
+    seeds = np.random.SeedSequence(config.seed).spawn(5)
+    init_rng, shuffle_rng, dropout_rng, augment_rng, statistics_rng = (np.random.default_rng(s) for s in seeds)
     n, batch_size = len(images), config.batch_size
     steps_per_epoch = n // batch_size  # the last partial batch is dropped, as is common
     if steps_per_epoch == 0:
@@ -140,7 +142,10 @@ def fit(images: np.ndarray, labels: np.ndarray, config: TrainConfig, *,
     published = averaged or network  # what is evaluated, checkpointed and returned
     augment = aug.AUGMENTATIONS[config.augment]
     val_x = to_input(validation[0]) if validation is not None else None
-    statistics_x = to_input(images[:STATISTICS_IMAGES]) if averaged and config.batch_norm else None
+    statistics_x = None
+    if averaged and config.batch_norm:
+        sample = images[statistics_rng.permutation(n)[:STATISTICS_IMAGES]]
+        statistics_x = to_input(augment(sample, statistics_rng) if augment is not None else sample)
     x_batch = np.empty((batch_size, images[0].size), np.float32)
 
     history, best, best_state, since_best = [], None, None, 0
