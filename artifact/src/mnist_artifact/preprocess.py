@@ -1,9 +1,9 @@
 """Pictures of one digit to MNIST-style 28x28 digits: the service and `mnist-train predict` alike.
 
 `prepare` is the whole pipeline: `decode` turns untrusted bytes into a loaded Pillow image (or an
-ImageError); `to_mnist` prepares any picture of one digit the way MNIST was made (20x20 box, centre
-of mass at the centre, white ink on black); `as_is` takes an image that is already 28x28 without
-changing it. `png_data_url` shows a digit back.
+ImageError); `to_mnist` prepares any picture of one digit the way MNIST was made (20x20 box, strokes
+no bolder than MNIST's, centre of mass at the centre, white ink on black); `as_is` takes an image
+that is already 28x28 without changing it. `png_data_url` shows a digit back.
 """
 
 from __future__ import annotations
@@ -24,6 +24,14 @@ BOX = 20  # MNIST fits each digit into a 20x20 box...
 CENTRE = 14.0  # ...and puts its centre of mass here (row and col, pixel indices; measured 13.99, 14.00)
 MIN_CONTRAST = 40.0  # ink must differ from the background by this many levels (of 255), else no_ink
 INK_FRACTION = 0.15  # pixels under this fraction of the peak are noise when finding the ink's bounding box
+# Pen width in MNIST pixels once a digit is fitted to BOX, as stroke_width() measures it. Over MNIST's
+# 60,000 training digits: median 2.37, 80th percentile 3.04, 90th 3.20, 95th 3.86 (7.3 % are over
+# 3.4). A real MNIST test digit drawn on the 280x280 page along its medial path with the page's
+# 20 px brush measures about 2.1 at full size and about 4.5 when drawn in 40 % of the canvas.
+BOLD = 3.4  # strokes bolder than this (clearly bolder than MNIST's) are thinned...
+THIN_TO = 3.0  # ...to this, MNIST's 80th percentile rather than its median: thinning cannot reopen
+# loops a bold pen filled in, and three fast models read small drawings best thinned to 2.8-3.0.
+FINE = 4  # strokes are measured and thinned on the digit fitted to FINE * BOX pixels: quarter-pixel steps
 WIDE_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I", "F"})
 
 
@@ -156,16 +164,80 @@ def _crop(ink: np.ndarray) -> np.ndarray:
     return ink[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
 
 
-def _fit_box(ink: np.ndarray) -> np.ndarray:
-    """Resize so the longer side is BOX pixels, keeping the aspect ratio and the grey edges."""
+def _fit_box(ink: np.ndarray, box: int = BOX) -> np.ndarray:
+    """Resize so the longer side is `box` pixels, keeping the aspect ratio and the grey edges."""
     h, w = ink.shape
-    scale = BOX / max(h, w)
+    scale = box / max(h, w)
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
     # Area averaging when shrinking keeps MNIST's anti-aliased grey edges; bilinear when enlarging.
     resample = Image.Resampling.BOX if scale < 1 else Image.Resampling.BILINEAR
     small = np.asarray(Image.fromarray(ink.astype(np.float32)).resize(size, resample), dtype=np.float64)
     # Thin strokes lose their peak when averaged; MNIST digits all peak at 254-255.
     return small * (255.0 / small.max())
+
+
+def stroke_width(ink: np.ndarray) -> float:
+    """The width in pixels of the pen that drew a grey ink image (0 = paper, 255 = full ink): see _erosions."""
+    return _erosions(ink)[1]
+
+
+def pen_width(img: Image.Image) -> float:
+    """The width of the pen that drew a picture of one digit, in MNIST pixels once the digit is fitted
+    to the 20x20 box: what to_mnist compares with BOLD."""
+    ink = _crop(_ink(_flatten(*_gray_alpha(img))))
+    return stroke_width(_fit_box(ink, FINE * BOX)) / FINE
+
+
+def _erode(ink: np.ndarray, square: bool) -> np.ndarray:
+    """Grey erosion by one pixel: each pixel the minimum of its 3x3 square or its 4-neighbour cross."""
+    h, w = ink.shape
+    padded = np.pad(ink, 1)
+    steps = [(dr, dc) for dr in (-1, 0, 1) for dc in (-1, 0, 1) if square or not (dr and dc)]
+    return np.min([padded[1 + dr:1 + dr + h, 1 + dc:1 + dc + w] for dr, dc in steps], axis=0)
+
+
+def _erosions(ink: np.ndarray) -> tuple[list[np.ndarray], float]:
+    """The ink eroded 0, 1, 2, ... times, and the width of the pen that drew it, in pixels.
+
+    Each erosion takes a one-pixel layer off every edge, alternately with the 4-neighbour cross and
+    the 3x3 square so the pen stays close to round (an octagon). A stroke of width w loses about the
+    same ink, its perimeter's worth, to each erosion until it is gone after w/2 of them. So the width
+    is 1 + twice the number of erosions (interpolated) after which an erosion takes less than half
+    the ink the first one took. Unlike area / perimeter, this ignores blobs (loops a bold pen filled
+    in), which outlast the strokes. Within 13 % for pen lines 4 to 20 px wide at any angle.
+    """
+    layers, lost = [ink], []
+    while True:
+        layers.append(_erode(layers[-1], square=len(layers) % 2 == 0))
+        lost.append(float(layers[-2].sum() - layers[-1].sum()))
+        if lost[-1] < lost[0] / 2 or not layers[-1].any():
+            break
+    if lost[0] <= 0.0:
+        return layers, 0.0  # no ink
+    if lost[-1] >= lost[0] / 2:  # the last erosion took all that was left
+        lost.append(0.0)
+    k = len(lost) - 1  # the first erosion that lost less than half as much ink as the first one
+    crossing = (k - 1) + (lost[k - 1] - lost[0] / 2) / (lost[k - 1] - lost[k])
+    return layers, 2.0 * crossing + 1.0
+
+
+def _unbold(ink: np.ndarray) -> np.ndarray | None:
+    """The cropped ink with its strokes thinned to THIN_TO once fitted to BOX, if they are bolder
+    than BOLD; else None. Thinning shrinks the bounding box too, and refitting that to BOX widens the
+    strokes again, so BOX * (width - THIN_TO) / (BOX - THIN_TO) of the width is taken off."""
+    layers, width = _erosions(_fit_box(ink, FINE * BOX))
+    width /= FINE
+    if width <= BOLD:
+        return None
+    removed = BOX * (width - THIN_TO) / (BOX - THIN_TO)
+    whole, fraction = divmod(removed * FINE / 2.0, 1.0)  # erosions, each one fine pixel off each side
+    while len(layers) < whole + 2:
+        layers.append(_erode(layers[-1], square=len(layers) % 2 == 0))
+    thinned = (1.0 - fraction) * layers[int(whole)] + fraction * layers[int(whole) + 1]
+    peak = float(thinned.max())
+    if peak < MIN_CONTRAST:  # never thin a digit away (strokes as wide as measured cannot be)
+        return None
+    return _crop(thinned * (255.0 / peak))
 
 
 def _centre(digit: np.ndarray) -> np.ndarray:
@@ -186,9 +258,14 @@ def _to_uint8(a: np.ndarray) -> np.ndarray:
 
 
 def to_mnist(img: Image.Image) -> np.ndarray:
-    """A picture of one digit as MNIST has it: uint8 (28, 28), 0 = background, 255 = ink."""
-    ink = _ink(_flatten(*_gray_alpha(img)))
-    return _to_uint8(_centre(_fit_box(_crop(ink))))
+    """A picture of one digit as MNIST has it: uint8 (28, 28), 0 = background, 255 = ink.
+
+    Strokes much bolder than MNIST's once fitted to the 20x20 box (a digit drawn small with a wide
+    brush, a marker) are thinned first, then the thinner digit is fitted to the box.
+    """
+    ink = _crop(_ink(_flatten(*_gray_alpha(img))))
+    thinned = _unbold(ink)
+    return _to_uint8(_centre(_fit_box(ink if thinned is None else thinned)))
 
 
 def as_is(img: Image.Image) -> np.ndarray:
