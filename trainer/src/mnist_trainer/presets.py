@@ -6,11 +6,15 @@ Figures are measured by bench/ on the project's 2-core reference machine (bench/
 from .train import TrainConfig
 
 PRESETS: dict[str, TrainConfig] = {
-    # A smoke test: one small hidden layer, a few epochs.
+    # A smoke test: one small hidden layer, a few epochs (about 5 s).
     "fast": TrainConfig(hidden=(256,), epochs=5, lr=0.05),
-    # >= 98.2 % test accuracy in <= 60 s of training.
-    # One wide layer and random 2-px shifts (measured: 98.9 % in about 40 s under load).
-    "default": TrainConfig(hidden=(512,), epochs=15, lr=0.05, augment="shift"),
-    # >= 98.8 % in <= 20 minutes: wide, dropout, affine distortions (Simard et al. 2003).
-    "best": TrainConfig(hidden=(1024, 1024), epochs=30, lr=0.05, dropout=0.2, augment="affine"),
+    # >= 99.0 % test accuracy in <= 60 s of training; what `docker compose up` trains.
+    # One wide layer, random affine warps, batch norm, label smoothing and a weight average; batches
+    # of 256 (20 % faster an epoch than 128 here) at twice the learning rate.
+    "default": TrainConfig(hidden=(800,), epochs=32, batch_size=256, lr=0.1, augment="affine",
+                           batch_norm=True, label_smoothing=0.1, ema=0.999),
+    # >= 99.35 % in <= 15 minutes: two wide layers and elastic distortions (Simard et al. 2003) with
+    # affine ones and stroke-thickness changes, regenerated every batch, for as many epochs as fit.
+    "best": TrainConfig(hidden=(1024, 1024), epochs=170, batch_size=256, lr=0.1, augment="elastic",
+                        batch_norm=True, label_smoothing=0.1, ema=0.999),
 }
