@@ -84,10 +84,12 @@ def learning_curves_figure(history: list[dict], title: str = "") -> Figure:
 
 def _plot_losses(axes, history: list[dict]) -> None:
     # Markers keep a single-epoch history visible; a one-point line draws nothing.
-    axes.plot(*_series(history, "train_loss"), marker="o", markersize=3, label="train")
+    # The training loss is the objective on augmented batches, with smoothed labels and L2 if set,
+    # so it can sit above the validation loss: say so rather than let the gap read as underfitting.
+    axes.plot(*_series(history, "train_loss"), marker="o", markersize=3, label="train (objective, augmented)")
     val_epochs, val_losses = _series(history, "val_loss")
     if val_epochs:
-        axes.plot(val_epochs, val_losses, marker="o", markersize=3, label="validation")
+        axes.plot(val_epochs, val_losses, marker="o", markersize=3, label="validation (cross-entropy)")
     axes.set_title("Loss")
     axes.set_ylabel("cross-entropy loss")
     axes.legend()
