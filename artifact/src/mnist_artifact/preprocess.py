@@ -184,8 +184,13 @@ def stroke_width(ink: np.ndarray) -> float:
 def pen_width(img: Image.Image) -> float:
     """The width of the pen that drew a picture of one digit, in MNIST pixels once the digit is fitted
     to the 20x20 box: what to_mnist compares with BOLD."""
-    ink = _crop(_ink(_flatten(*_gray_alpha(img))))
-    return stroke_width(_fit_box(ink, FINE * BOX)) / FINE
+    return _fitted_erosions(_crop(_ink(_flatten(*_gray_alpha(img)))))[1]
+
+
+def _fitted_erosions(ink: np.ndarray) -> tuple[list[np.ndarray], float]:
+    """_erosions of the cropped ink fitted to FINE * BOX pixels, the width in MNIST pixels."""
+    layers, width = _erosions(_fit_box(ink, FINE * BOX))
+    return layers, width / FINE
 
 
 def _erode(ink: np.ndarray, square: bool) -> np.ndarray:
@@ -194,6 +199,11 @@ def _erode(ink: np.ndarray, square: bool) -> np.ndarray:
     padded = np.pad(ink, 1)
     steps = [(dr, dc) for dr in (-1, 0, 1) for dc in (-1, 0, 1) if square or not (dr and dc)]
     return np.min([padded[1 + dr:1 + dr + h, 1 + dc:1 + dc + w] for dr, dc in steps], axis=0)
+
+
+def _erode_once_more(layers: list[np.ndarray]) -> None:
+    """Append the last layer eroded once more, the cross and the square in turn (see _erosions)."""
+    layers.append(_erode(layers[-1], square=len(layers) % 2 == 0))
 
 
 def _erosions(ink: np.ndarray) -> tuple[list[np.ndarray], float]:
@@ -208,7 +218,7 @@ def _erosions(ink: np.ndarray) -> tuple[list[np.ndarray], float]:
     """
     layers, lost = [ink], []
     while True:
-        layers.append(_erode(layers[-1], square=len(layers) % 2 == 0))
+        _erode_once_more(layers)
         lost.append(float(layers[-2].sum() - layers[-1].sum()))
         if lost[-1] < lost[0] / 2 or not layers[-1].any():
             break
@@ -225,14 +235,13 @@ def _unbold(ink: np.ndarray) -> np.ndarray | None:
     """The cropped ink with its strokes thinned to THIN_TO once fitted to BOX, if they are bolder
     than BOLD; else None. Thinning shrinks the bounding box too, and refitting that to BOX widens the
     strokes again, so BOX * (width - THIN_TO) / (BOX - THIN_TO) of the width is taken off."""
-    layers, width = _erosions(_fit_box(ink, FINE * BOX))
-    width /= FINE
+    layers, width = _fitted_erosions(ink)
     if width <= BOLD:
         return None
     removed = BOX * (width - THIN_TO) / (BOX - THIN_TO)
     whole, fraction = divmod(removed * FINE / 2.0, 1.0)  # erosions, each one fine pixel off each side
     while len(layers) < whole + 2:
-        layers.append(_erode(layers[-1], square=len(layers) % 2 == 0))
+        _erode_once_more(layers)
     thinned = (1.0 - fraction) * layers[int(whole)] + fraction * layers[int(whole) + 1]
     peak = float(thinned.max())
     if peak < MIN_CONTRAST:  # never thin a digit away (strokes as wide as measured cannot be)

@@ -170,8 +170,9 @@ class Network:
             z *= norm.gamma
             z += norm.beta
         else:  # the folded form, so that folded() and this agree to rounding
-            z *= norm.scale()
-            z += norm.beta - norm.running_mean * norm.scale()
+            scale = norm.scale()
+            z *= scale
+            z += norm.beta - norm.running_mean * scale
 
     def recompute_statistics(self, x: np.ndarray, chunk: int = 1000) -> None:
         """Running statistics set to the average of the batch statistics over x, in chunks: for

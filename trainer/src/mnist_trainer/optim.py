@@ -132,14 +132,14 @@ class ExponentialAverage:
         self.params, self.decay, self.every = params, decay, every
         self.average = [p.copy() for p in params]
         self._scratch = [np.empty_like(p) for p in params]
-        self.steps = self.updates = 0
+        self.steps = 0
 
     def step(self) -> None:
         self.steps += 1
         if self.steps % self.every:
             return
-        self.updates += 1
-        d = min(self.decay**self.every, (1 + self.updates) / (10 + self.updates))
+        n = self.steps // self.every  # updates so far, this one included
+        d = min(self.decay**self.every, (1 + n) / (10 + n))
         for avg, p, scratch in zip(self.average, self.params, self._scratch):
             np.subtract(p, avg, out=scratch)
             scratch *= 1 - d
