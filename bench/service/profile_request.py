@@ -130,7 +130,7 @@ def main() -> int:
     def bare_parse(data, limits, options):
         return np.asarray(orjson.loads(data)["instances"], dtype=np.float32), options
 
-    metric_names = ["IN_FLIGHT", "INFERENCE_LATENCY", "observe_request", "observe_predictions"]
+    metric_names = ["IN_FLIGHT", "observe_request", "observe_inference"]
     real = {name: getattr(metrics, name) for name in metric_names} | {"decode_json": codec_v1.decode_json}
 
     def configure(off: set[str]):

@@ -1,10 +1,12 @@
 """The artifact's format (docs/artifact.md): layout, manifest, and the one reader that verifies both.
 
     MODEL_DIR/<name>/<version>/manifest.json + weights.npz
+    MODEL_DIR/<name>/labels.json                        (optional: version labels, a canary)
 
 `build_manifest` writes the manifest's body, `load` reads a version back and refuses anything the
-format does not allow; `list_versions` and `resolve_version` find versions on disk. Writing a
-version atomically is the publisher's job (the trainer's `publish`).
+format does not allow; `list_versions` and `resolve_version` find versions on disk; `read_labels`
+reads the labels. Writing a version or the labels atomically is the trainer's job (`publish`,
+`promote`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import hashlib
 import json
 import re
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +28,9 @@ SIDE = 28
 PIXELS = SIDE * SIDE
 LABELS = [str(d) for d in range(10)]
 SHA256 = re.compile(r"[0-9a-f]{64}")
+LABELS_FILE = "labels.json"
+LABEL_NAME = re.compile(r"[a-z][a-z0-9-]{0,31}")  # stable, canary, ...: safe in URLs and metrics
+STABLE, CANARY = "stable", "canary"
 
 
 class ArtifactError(Exception):
@@ -69,6 +75,49 @@ def resolve_version(model_dir: Path, name: str, version: int | None = None) -> P
         raise ArtifactError(f"model {name!r} has no version {version} in {model_dir} "
                             f"(available: {', '.join(map(str, versions))})")
     return Path(model_dir) / name / str(version)
+
+
+# -- version labels ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class VersionLabels:
+    """labels.json: label -> version, and the share of unlabelled traffic the canary takes."""
+
+    versions: dict[str, int] = field(default_factory=dict)
+    canary_percent: float = 0.0
+
+    def to_json(self) -> dict:
+        return {"format_version": FORMAT_VERSION, "labels": dict(sorted(self.versions.items())),
+                "canary_percent": self.canary_percent}
+
+
+def read_labels(model_dir: Path, name: str) -> VersionLabels:
+    """The labels of model `name` (none when the file does not exist); ArtifactError when invalid."""
+    path = Path(model_dir) / name / LABELS_FILE
+    try:
+        document = json.loads(path.read_text())
+    except FileNotFoundError:
+        return VersionLabels()
+    except (OSError, ValueError) as e:
+        raise ArtifactError(f"{path}: cannot read labels: {e}") from None
+    return check_labels(document, path)
+
+
+def check_labels(document, path: Path | str = LABELS_FILE) -> VersionLabels:
+    def need(ok: bool, what: str) -> None:
+        if not ok:
+            raise ArtifactError(f"{path}: {what}")
+
+    need(isinstance(document, dict) and document.get("format_version") == FORMAT_VERSION,
+         f"must be a JSON object with format_version {FORMAT_VERSION}")
+    versions, percent = document.get("labels"), document.get("canary_percent", 0)
+    need(isinstance(versions, dict), '"labels" must be an object of label -> version')
+    for label, version in versions.items():
+        need(LABEL_NAME.fullmatch(label) is not None, f"label {label!r} must match {LABEL_NAME.pattern}")
+        need(type(version) is int and version >= 1, f"label {label!r}: version must be a positive integer")
+    need(type(percent) in (int, float) and 0 <= percent < 100, "canary_percent must be a number in [0, 100)")
+    need((CANARY in versions) == (percent > 0), f"canary_percent must be > 0 exactly when there is a {CANARY!r} label")
+    return VersionLabels(dict(versions), float(percent))
 
 
 # -- manifest ----------------------------------------------------------------------------------

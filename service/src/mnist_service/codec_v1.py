@@ -50,6 +50,14 @@ def version_asked(req: Request) -> str | None:
     return asked
 
 
+def label_asked(req: Request) -> str | None:
+    """?label=NAME (stable, canary, ...); 422 beside ?version, which names the model already."""
+    label = req.args.get("label")
+    if label is not None and "version" in req.args:
+        raise ApiError(422, "invalid_request", "ask for a version or a label, not both")
+    return label
+
+
 def _invalid(message: str, index: int | None = None, code: str = "invalid_instance") -> ApiError:
     details = {"instance": index} if index is not None else None
     prefix = f"instance {index}: " if index is not None else ""

@@ -39,15 +39,18 @@ def _summary(model) -> dict:
 @bp.get("/v1/models")
 def models():
     store = _store()
-    model = store.current
+    routing = store.routing
+    model = routing.default if routing else None
     return json_response({"models": [{
         "name": store.name, "serving_version": model.version if model else None, "pinned_version": store.pinned,
-        "versions": store.versions(), "serving": _summary(model) if model else None}]})
+        "versions": store.versions(), "serving": _summary(model) if model else None,
+        "labels": {label: m.version for label, m in routing.labels.items()} if routing else {},
+        "canary_percent": routing.canary_percent if routing else 0.0}]})
 
 
 @bp.get("/v1/models/<name>/versions/<int:version>")
 def model_version(name: str, version: int):
-    return json_response(pick_model(_store(), name, str(version)).manifest)
+    return json_response(pick_model(_store(), name, str(version)).model.manifest)
 
 
 @bp.get("/healthz")

@@ -24,19 +24,27 @@ INFERENCE_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.0
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 CONFIDENCE_BUCKETS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 0.999)
 
-REQUESTS = Counter("mnist_http_requests", "HTTP requests answered.", ["route", "method", "status"])
+# model_version: the version that answered ("" when none did: the request failed before a model was
+# picked), so that dashboards and alerts can put a canary beside the stable version.
+REQUESTS = Counter("mnist_http_requests", "HTTP requests answered.", ["route", "method", "status", "model_version"])
 REQUEST_LATENCY = Histogram("mnist_http_request_duration_seconds", "Time to answer an HTTP request.",
-                            ["route"], buckets=LATENCY_BUCKETS)
+                            ["route", "model_version"], buckets=LATENCY_BUCKETS)
 IN_FLIGHT = Gauge("mnist_http_requests_in_flight", "HTTP requests being answered.",
                   multiprocess_mode="livesum")
 INFERENCE_LATENCY = Histogram("mnist_inference_duration_seconds", "Time of the forward pass of one batch.",
-                              buckets=INFERENCE_BUCKETS)
+                              ["model_version"], buckets=INFERENCE_BUCKETS)
 BATCH_SIZE = Histogram("mnist_batch_size", "Instances per prediction request.", buckets=BATCH_BUCKETS)
-PREDICTIONS = Counter("mnist_predictions", "Predicted labels.", ["label"])
+PREDICTIONS = Counter("mnist_predictions", "Predicted labels.", ["label", "model_version"])
 CONFIDENCE = Histogram("mnist_prediction_confidence", "Probability of the predicted label (a drift signal).",
-                       buckets=CONFIDENCE_BUCKETS)
-MODEL_INFO = Gauge("mnist_model_info", "1 for the model version a worker serves.", ["name", "version", "sha256"],
-                   multiprocess_mode="livemax")
+                       ["model_version"], buckets=CONFIDENCE_BUCKETS)
+MODEL_INFO = Gauge("mnist_model_info", "1 for each model version a worker serves unasked (default and canary).",
+                   ["name", "version", "sha256"], multiprocess_mode="livemax")
+MODEL_LABEL_INFO = Gauge("mnist_model_label_info", "1 for each label and the valid version it points at.",
+                         ["model_label", "model_version"], multiprocess_mode="livemax")
+CANARY_PERCENT = Gauge("mnist_model_canary_percent", "Share of unlabelled requests sent to the canary (percent).",
+                       multiprocess_mode="livemax")
+LABELS_REJECTED = Counter("mnist_model_labels_rejected", "Labels ignored: their version is missing or invalid "
+                          '(model_label="*": labels.json itself is invalid).', ["model_label"])
 SHED = Counter("mnist_http_requests_shed", "Inference requests answered 503 at once: the worker was overloaded "
                "(QUEUE_LIMIT, QUEUE_TIMEOUT). Also counted in mnist_http_requests_total.", ["route"])
 CLIENT_TIMEOUTS = Counter("mnist_client_timeouts", "Connections closed because the client was slower than "
@@ -55,35 +63,61 @@ def exposition() -> tuple[bytes, str]:
 
 
 # Children of labelled metrics, looked up once instead of on every request.
-_PREDICTED = [PREDICTIONS.labels(str(label)) for label in range(10)]
-_REQUESTS: dict[tuple[str, str, int], Counter] = {}
-_LATENCY: dict[str, Histogram] = {}
+_REQUESTS: dict[tuple[str, str, int, str], Counter] = {}
+_LATENCY: dict[tuple[str, str], Histogram] = {}
+_BY_VERSION: dict[str, tuple[Histogram, Histogram, list[Counter]]] = {}  # inference, confidence, predicted
 
 
-def observe_request(route: str, method: str, status: int, seconds: float) -> None:
-    key = (route, method, status)
+def observe_request(route: str, method: str, status: int, seconds: float, version: str = "") -> None:
+    key = (route, method, status, version)
     counter = _REQUESTS.get(key)
     if counter is None:
-        counter = _REQUESTS[key] = REQUESTS.labels(route, method, str(status))
+        counter = _REQUESTS[key] = REQUESTS.labels(route, method, str(status), version)
     counter.inc()
-    histogram = _LATENCY.get(route)
+    histogram = _LATENCY.get((route, version))
     if histogram is None:
-        histogram = _LATENCY[route] = REQUEST_LATENCY.labels(route)
+        histogram = _LATENCY[route, version] = REQUEST_LATENCY.labels(route, version)
     histogram.observe(seconds)
 
 
-def observe_predictions(labels: np.ndarray, confidences: np.ndarray) -> None:
+def _version_metrics(version: str) -> tuple[Histogram, Histogram, list[Counter]]:
+    children = _BY_VERSION.get(version)
+    if children is None:
+        children = _BY_VERSION[version] = (INFERENCE_LATENCY.labels(version), CONFIDENCE.labels(version),
+                                           [PREDICTIONS.labels(str(label), version) for label in range(10)])
+    return children
+
+
+def observe_inference(version: int, seconds: float, labels: np.ndarray, confidences: np.ndarray) -> None:
+    inference, confidence, predicted = _version_metrics(str(version))
+    inference.observe(seconds)
     BATCH_SIZE.observe(len(labels))
     if len(labels) == 1:  # the common case, without numpy's fixed costs
-        _PREDICTED[int(labels[0])].inc()
+        predicted[int(labels[0])].inc()
     else:
         for label, count in enumerate(np.bincount(labels, minlength=10).tolist()):
             if count:
-                _PREDICTED[label].inc(count)
+                predicted[label].inc(count)
     for c in confidences.tolist():
-        CONFIDENCE.observe(c)
+        confidence.observe(c)
+
+
+def show_routing(routing, old) -> None:
+    """The gauges of what serves: model info, labels and the canary's share (old series set to 0)."""
+    if old is not None:
+        for model in (old.default, old.canary):
+            if model is not None:
+                MODEL_INFO.labels(model.name, str(model.version), model.sha256).set(0)
+        for label, model in old.labels.items():
+            MODEL_LABEL_INFO.labels(label, str(model.version)).set(0)
+    for model in (routing.default, routing.canary):
+        if model is not None:
+            MODEL_INFO.labels(model.name, str(model.version), model.sha256).set(1)
+    for label, model in routing.labels.items():
+        MODEL_LABEL_INFO.labels(label, str(model.version)).set(1)
+    CANARY_PERCENT.set(routing.canary_percent)
 
 
 def observe_shed(route: str, method: str) -> None:
     SHED.labels(route).inc()
-    REQUESTS.labels(route, method, "503").inc()  # not in the latency histogram: no request was run
+    REQUESTS.labels(route, method, "503", "").inc()  # not in the latency histogram: no request was run

@@ -19,7 +19,7 @@ NOTES = "mnist.access"  # environ key: the access line's fields a handler adds
 
 
 def note(environ: dict, **fields) -> None:
-    """Add fields (route, batch_size, model_version) to this request's access line and metrics."""
+    """Add fields (route, batch_size, model_version, model_label) to this request's access line and metrics."""
     environ.setdefault(NOTES, {}).update(fields)
 
 
@@ -50,7 +50,9 @@ class ObservedRequests:
             status = int(statuses[-1][:3]) if statuses else 500
             fields = environ.get(NOTES, {})
             route = fields.get("route", "unmatched")
-            metrics.observe_request(route, environ["REQUEST_METHOD"], status, latency)
+            version = fields.get("model_version")
+            metrics.observe_request(route, environ["REQUEST_METHOD"], status, latency,
+                                    "" if version is None else str(version))
             logs.access(request_id=request_id, method=environ["REQUEST_METHOD"], route=route, status=status,
                         latency_ms=round(latency * 1000, 3), batch_size=fields.get("batch_size"),
-                        model_version=fields.get("model_version"))
+                        model_version=version, model_label=fields.get("model_label"))

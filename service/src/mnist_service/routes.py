@@ -8,41 +8,56 @@ import re
 import orjson
 from werkzeug.wrappers import Request
 
-from . import codec_v1, codec_v2
+from . import codec_v1, codec_v2, observe
 from .dataplane import JSON_HEADER, Context, Route, match_route
-from .inference import pick_model, run_model
+from .inference import Picked, pick_model, run_model
 from .options import read_options
 
 JSON = [JSON_HEADER]
 
 
+def _pick(req: Request, context: Context, name: str | None = None, version: str | None = None,
+          label: str | None = None) -> Picked:
+    """The model for this request (a client's X-Client-Id keeps it on one side of a canary split),
+    noted for the access line and the per-version metrics, errors included."""
+    picked = pick_model(context.store, name, version, label, req.headers.get("X-Client-Id"))
+    observe.note(req.environ, model_version=picked.model.version, model_label=picked.label)
+    return picked
+
+
 def predict(req: Request, context: Context) -> tuple[bytes, list]:
     """POST /v1/predict: JSON instances, an image body or multipart files."""
-    model = pick_model(context.store, version=codec_v1.version_asked(req))
+    picked = _pick(req, context, version=codec_v1.version_asked(req), label=codec_v1.label_asked(req))
     pixels, options = codec_v1.decode_predict(req, context.limits)
-    probabilities = run_model(model, pixels, req.environ)
+    probabilities = run_model(picked, pixels, req.environ)
     predictions = codec_v1.prediction_objects(probabilities, pixels if options.include_input else None)
-    return orjson.dumps({"model": {"name": model.name, "version": model.version}, "predictions": predictions},
-                        option=orjson.OPT_SERIALIZE_NUMPY), JSON
+    model = {"name": picked.model.name, "version": picked.model.version}
+    if picked.label:
+        model["label"] = picked.label
+    return orjson.dumps({"model": model, "predictions": predictions},
+                        option=orjson.OPT_SERIALIZE_NUMPY), [JSON_HEADER, *picked.headers()]
 
 
 def infer(req: Request, context: Context, name: str, version: str | None = None) -> tuple[bytes, list]:
     """POST /v2/models/<name>[/versions/<version>]/infer: the Open Inference Protocol."""
-    model = pick_model(context.store, name, version)
+    picked = _pick(req, context, name, version)
     request = codec_v2.InferRequest(req, context.limits)
-    probabilities = run_model(model, request.pixels, req.environ)
-    return codec_v2.encode_response(model, request, probabilities)
+    probabilities = run_model(picked, request.pixels, req.environ)
+    body, headers = codec_v2.encode_response(picked.model, request, probabilities)
+    return body, [*headers, *picked.headers()]
 
 
-def tf_serving_predict(req: Request, context: Context, name: str, version: str | None = None) -> tuple[bytes, list]:
-    """POST /v1/models/<name>[/versions/<v>]:predict: TF Serving's REST predict. A JSON body as
-    /v1/predict takes it (any Content-Type, as TF Serving accepts `curl -d`), answered
+def tf_serving_predict(req: Request, context: Context, name: str, version: str | None = None,
+                       label: str | None = None) -> tuple[bytes, list]:
+    """POST /v1/models/<name>[/versions/<v> | /labels/<label>]:predict: TF Serving's REST predict. A
+    JSON body as /v1/predict takes it (any Content-Type, as TF Serving accepts `curl -d`), answered
     {"predictions": [...]} with /v1/predict's predictions."""
-    model = pick_model(context.store, name, version)
+    picked = _pick(req, context, name, version, label)
     pixels, options = codec_v1.decode_json(req.get_data(cache=False), context.limits, read_options(req.args))
-    probabilities = run_model(model, pixels, req.environ)
+    probabilities = run_model(picked, pixels, req.environ)
     predictions = codec_v1.prediction_objects(probabilities, pixels if options.include_input else None)
-    return orjson.dumps({"predictions": predictions}, option=orjson.OPT_SERIALIZE_NUMPY), JSON
+    body = orjson.dumps({"predictions": predictions}, option=orjson.OPT_SERIALIZE_NUMPY)
+    return body, [JSON_HEADER, *picked.headers()]
 
 
 def _exact(path: str):
@@ -54,15 +69,17 @@ def _pattern(regex: str):
     return lambda candidate: (m.groupdict() if (m := compiled.fullmatch(candidate)) else None)
 
 
-NAME, VERSION = r"(?P<name>[^/]+)", r"(?P<version>[^/]+)"
+NAME, VERSION, TF_NAME = r"(?P<name>[^/]+)", r"(?P<version>[^/]+)", r"(?P<name>[^/:]+)"
 ROUTES = [  # the hot route first: it is matched by one string comparison
     Route("/v1/predict", _exact("/v1/predict"), predict),
     Route("/v2/models/<name>/infer", _pattern(rf"/v2/models/{NAME}/infer"), infer),
     Route("/v2/models/<name>/versions/<version>/infer", _pattern(rf"/v2/models/{NAME}/versions/{VERSION}/infer"),
           infer),
-    Route("/v1/models/<name>:predict", _pattern(r"/v1/models/(?P<name>[^/:]+):predict"), tf_serving_predict),
+    Route("/v1/models/<name>:predict", _pattern(rf"/v1/models/{TF_NAME}:predict"), tf_serving_predict),
     Route("/v1/models/<name>/versions/<int:version>:predict",
-          _pattern(r"/v1/models/(?P<name>[^/:]+)/versions/(?P<version>[0-9]+):predict"), tf_serving_predict),
+          _pattern(rf"/v1/models/{TF_NAME}/versions/(?P<version>[0-9]+):predict"), tf_serving_predict),
+    Route("/v1/models/<name>/labels/<label>:predict",
+          _pattern(rf"/v1/models/{TF_NAME}/labels/(?P<label>[^/:]+):predict"), tf_serving_predict),
 ]
 
 

@@ -1,9 +1,11 @@
 """The model store: finds, verifies and hot-swaps versions under MODEL_DIR/<name>/ (read-only).
 
-Serves the highest valid version (or the pinned one). A version is verified against
-docs/artifact.md by mnist_artifact, the one reader, before it is served; an invalid one is skipped,
-logged and counted, and the version already serving keeps serving. Requests take `store.current`
-once, so each response is computed wholly by the version it reports.
+Unpinned requests go to the version labelled `stable` when there is one, else to the highest valid
+version (or to the pinned one, MODEL_VERSION); a `canary` label takes its share of them. A version is
+verified against docs/artifact.md by mnist_artifact, the one reader, before it is served; an invalid
+one is skipped, logged and counted, and so is a label pointing at one, and what already serves keeps
+serving. Requests take `store.routing` once, so each response is computed wholly by the version it
+reports.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from mnist_artifact import ArtifactError, Model, format
@@ -21,35 +24,120 @@ from . import metrics
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class Routing:
+    """Where requests go; replaced whole on every change."""
+
+    default: Model  # unpinned requests (unless the canary draws them)
+    default_label: str | None = None  # "stable" when `default` is the stable version
+    canary: Model | None = None
+    canary_percent: float = 0.0
+    labels: dict[str, Model] = field(default_factory=dict)  # every label that points at a valid version
+
+    def describe(self) -> dict:
+        return {"default": self.default.version, "canary": self.canary.version if self.canary else None,
+                "canary_percent": self.canary_percent, "labels": {k: m.version for k, m in self.labels.items()}}
+
+
 class ModelStore:
     def __init__(self, model_dir: Path, name: str, pinned: int | None = None, cache_size: int = 4):
         self.root = Path(model_dir) / name
         self.name, self.pinned = name, pinned
-        self.current: Model | None = None
+        self.routing: Routing | None = None
         self.not_ready_reason = "no model loaded yet"
         self._rejected: dict[int, float] = {}  # version -> manifest mtime when it was rejected
         self._cache: OrderedDict[int, Model] = OrderedDict()  # versions asked for by ?version=N
         self._cache_size = cache_size
+        self._labels = format.VersionLabels()  # the last valid labels.json
+        self._labels_stamp: float | None = None
+        self._rejected_labels: set[tuple[str, int]] = set()
         self._lock = threading.Lock()
+
+    @property
+    def current(self) -> Model | None:
+        """The version unpinned requests go to (the canary aside)."""
+        routing = self.routing
+        return routing.default if routing else None
 
     def versions(self) -> list[int]:
         """Version numbers on disk (valid or not), ascending."""
         return format.list_versions(self.root.parent, self.name)
 
     def refresh(self) -> None:
-        """Serve the best valid version on disk, if it differs from the one serving."""
+        """Re-read the labels and versions on disk; swap in a new routing if anything changed."""
         with self._lock:
             on_disk = self.versions()
-            candidates = [v for v in on_disk if v == self.pinned] if self.pinned else on_disk[::-1]
-            for version in candidates:
-                if self.current is not None and version == self.current.version:
-                    return  # nothing better than what is serving
-                model = self._try_load(version)
-                if model is not None:
-                    self._swap(model)
-                    return
-            if self.current is None:
-                self.not_ready_reason = self._no_model_reason(candidates)
+            labels = self._resolve_labels(self._read_labels(), on_disk)
+            default, default_label = self._default(on_disk, labels)
+            if default is None:
+                if self.routing is None:
+                    self.not_ready_reason = self._no_model_reason(on_disk)
+                return
+            canary = labels.get(format.CANARY) if self.pinned is None else None
+            routing = Routing(default, default_label, canary, self._labels.canary_percent if canary else 0.0, labels)
+            if routing != self.routing:
+                self._swap(routing)
+
+    def _read_labels(self) -> format.VersionLabels:
+        """labels.json, re-read when it changes; an invalid one is logged and the last valid one kept."""
+        path = self.root / format.LABELS_FILE
+        try:
+            stamp = path.stat().st_mtime_ns
+        except OSError:
+            stamp = None
+        if stamp != self._labels_stamp:
+            self._labels_stamp = stamp
+            try:
+                self._labels = format.read_labels(self.root.parent, self.name)
+            except ArtifactError as e:
+                metrics.LABELS_REJECTED.labels("*").inc()
+                log.warning("rejected labels file", extra={"model": self.name, "reason": str(e)})
+        return self._labels
+
+    def _resolve_labels(self, labels: format.VersionLabels, on_disk: list[int]) -> dict[str, Model]:
+        resolved = {}
+        for label, version in labels.versions.items():
+            model = self._loaded(version) if version in on_disk else None
+            if model is not None:
+                resolved[label] = model
+                self._rejected_labels.discard((label, version))
+            elif (label, version) not in self._rejected_labels:  # log and count each bad pointer once
+                self._rejected_labels.add((label, version))
+                metrics.LABELS_REJECTED.labels(label).inc()
+                log.warning("ignored label: its version is missing or invalid",
+                            extra={"model": self.name, "label": label, "version": version})
+        return resolved
+
+    def _default(self, on_disk: list[int], labels: dict[str, Model]) -> tuple[Model | None, str | None]:
+        if self.pinned is not None:
+            return (self._loaded(self.pinned) if self.pinned in on_disk else None), None
+        if format.STABLE in labels:
+            return labels[format.STABLE], format.STABLE
+        for version in reversed(on_disk):  # the highest valid version
+            model = self._loaded(version)
+            if model is not None:
+                return model, None
+        return None, None
+
+    def _loaded(self, version: int) -> Model | None:
+        """`version` from what is serving or cached, else loaded and verified (None when invalid)."""
+        routing = self.routing
+        if routing is not None:
+            for model in (routing.default, routing.canary, *routing.labels.values()):
+                if model is not None and model.version == version:
+                    return model
+        if version in self._cache:
+            return self._cache[version]
+        model = self._try_load(version)
+        if model is not None:
+            self._remember(model)
+        return model
+
+    def _remember(self, model: Model) -> None:
+        self._cache[model.version] = model
+        self._cache.move_to_end(model.version)
+        if len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
 
     def _try_load(self, version: int) -> Model | None:
         path = self.root / str(version)
@@ -69,39 +157,37 @@ class ModelStore:
         metrics.MODEL_LOADS.inc()
         return model
 
-    def _swap(self, model: Model) -> None:
-        old, self.current = self.current, model
+    def _swap(self, routing: Routing) -> None:
+        old, self.routing = self.routing, routing
         self.not_ready_reason = ""
-        if old is not None:
-            metrics.MODEL_INFO.labels(old.name, str(old.version), old.sha256).set(0)
-        metrics.MODEL_INFO.labels(model.name, str(model.version), model.sha256).set(1)
-        log.info("serving model version", extra={"model": model.name, "version": model.version,
-                                                 "previous_version": old.version if old else None})
+        metrics.show_routing(routing, old)
+        log.info("serving model version", extra={
+            "model": self.name, "version": routing.default.version,
+            "previous_version": old.default.version if old else None, **routing.describe()})
 
-    def _no_model_reason(self, candidates: list[int]) -> str:
+    def _no_model_reason(self, on_disk: list[int]) -> str:
         if self.pinned:
             return f"pinned version {self.pinned} of model {self.name!r} is missing or invalid in {self.root.parent}"
-        if not candidates:
+        if not on_disk:
             return f"no version of model {self.name!r} in {self.root.parent} yet"
-        return f"no valid version of model {self.name!r} in {self.root.parent} (rejected: {candidates})"
+        return f"no valid version of model {self.name!r} in {self.root.parent} (rejected: {on_disk[::-1]})"
 
     def get(self, version: int) -> Model | None:
         """A specific version on disk (cached), or None when it is absent or invalid."""
-        current = self.current
-        if current is not None and current.version == version:
-            return current
+        routing = self.routing
+        if routing is not None and routing.default.version == version:
+            return routing.default
         with self._lock:
             if version in self._cache:
-                self._cache.move_to_end(version)
                 return self._cache[version]
             if version not in self.versions():
                 return None
-            model = self._try_load(version)
-            if model is not None:
-                self._cache[version] = model
-                if len(self._cache) > self._cache_size:
-                    self._cache.popitem(last=False)
-            return model
+            return self._loaded(version)
+
+    def label(self, label: str) -> Model | None:
+        """The version `label` points at, if it is valid."""
+        routing = self.routing
+        return routing.labels.get(label) if routing else None
 
     def start_polling(self, interval: float) -> threading.Thread:
         def poll():

@@ -1,8 +1,8 @@
-"""`mnist-train`: train and publish, evaluate a published version, predict labels.
+"""`mnist-train`: train and publish, sweep hyper-parameters, promote versions, evaluate, predict.
 
 Every flag can also be set by the environment variable shown in `--help` (flags win).
 Exit codes: 0 ok, 1 unexpected error, 2 usage, 3 data error, 4 model/artifact error,
-130 interrupted (SIGINT), 143 terminated (SIGTERM).
+130 interrupted (SIGINT), 143 terminated (SIGTERM); `sweep` without --index: the number of failed trials.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ from . import __version__
 from .data import DataError
 from .logs import EventLog
 from .presets import PRESETS
+from .promote import LabelError
+from .sweep import Space, SpaceError
 from .train import Interrupted, TrainConfig
 
 EXIT_ERROR, EXIT_USAGE, EXIT_DATA, EXIT_MODEL = 1, 2, 3, 4
@@ -58,6 +60,13 @@ def _positive_int(text: str) -> int:
 def _add_model_flags(p) -> None:
     _env_flag(p, "--model-dir", "MODEL_DIR", "root of published models", default="models", type=Path)
     _env_flag(p, "--name", "MODEL_NAME", "model name", default="mnist")
+
+
+def _add_run_flags(p) -> None:
+    _env_flag(p, "--val-size", "MNIST_VAL_SIZE", "validation images held out of training",
+              default=5000, type=int)
+    _env_flag(p, "--log-format", "LOG_FORMAT", "text or json (JSON lines)", default="text",
+              choices=["text", "json"])
 
 
 def _add_data_flags(p) -> None:
@@ -114,13 +123,35 @@ def build_parser() -> argparse.ArgumentParser:
     for flag, help_ in BOOLEAN_FLAGS.items():
         _env_flag(train, flag, "MNIST_" + flag[2:].replace("-", "_").upper(), help_, default=None,
                   action=argparse.BooleanOptionalAction)
-    _env_flag(train, "--val-size", "MNIST_VAL_SIZE", "validation images held out of training",
-              default=5000, type=int)
+    _add_run_flags(train)
     _env_flag(train, "--skip-if-published", "MNIST_SKIP_IF_PUBLISHED",
               "do nothing when a valid version of --name already exists (for `docker compose up`)",
               default=False, action=argparse.BooleanOptionalAction)
-    _env_flag(train, "--log-format", "LOG_FORMAT", "text or json (JSON lines)", default="text",
-              choices=["text", "json"])
+
+    sweep = sub.add_parser("sweep", help="train the trials of a search space, each published as a candidate version")
+    _add_data_flags(sweep)
+    _add_model_flags(sweep)
+    _add_run_flags(sweep)
+    _env_flag(sweep, "--space", "SWEEP_SPACE", "search space file (TOML or JSON)", type=Path,
+              required="SWEEP_SPACE" not in os.environ)
+    _env_flag(sweep, "--sweep-id", "SWEEP_ID", "the sweep's id, recorded in every trial's manifest "
+              "(default: the space file's name and a hash of its content)", default=None)
+    _env_flag(sweep, "--trials", "SWEEP_TRIALS", "random search: how many trials; grid: at most this many "
+              "(default: the space file's)", default=None, type=_positive_int)
+    _env_flag(sweep, "--parallel", "SWEEP_PARALLEL", "trials run at once, each a process with its share of "
+              "the BLAS threads", default=1, type=_positive_int)
+    _env_flag(sweep, "--index", "JOB_COMPLETION_INDEX", "run trial I only (0-based; a Kubernetes Indexed "
+              "Job sets it)", default=None, type=int)
+
+    promote = sub.add_parser("promote", help="point a label (stable, canary, ...) at a verified version")
+    _add_model_flags(promote)
+    action = promote.add_mutually_exclusive_group(required=True)
+    action.add_argument("--label", help="the label to set, e.g. stable or canary")
+    action.add_argument("--remove", metavar="LABEL", help="remove this label (e.g. canary: all traffic to stable)")
+    which = promote.add_mutually_exclusive_group()
+    which.add_argument("--version", type=_positive_int, help="the version the label points at")
+    which.add_argument("--best", metavar="SWEEP_ID", help="the version of this sweep with the best validation accuracy")
+    promote.add_argument("--percent", type=float, help="canary only: the share of unlabelled requests it takes")
 
     evaluate = sub.add_parser("evaluate", help="test accuracy of a published version")
     _add_data_flags(evaluate)
@@ -156,7 +187,6 @@ def train_config(args) -> TrainConfig:
 class UsageError(Exception):
     pass
 
-
 class _StopFlag:
     """Set by SIGINT/SIGTERM; the training loop checks it at every batch boundary."""
 
@@ -182,10 +212,16 @@ def main(argv=None) -> int:
     try:
         if args.command == "train":
             return commands.train(args, train_config(args), log, stop)
+        if args.command == "sweep":
+            return commands.sweep(args, Space.load(args.space), log, stop)
+        if args.command == "promote":
+            if args.label and (args.version is None) == (args.best is None):
+                raise UsageError("promote --label needs --version N or --best SWEEP_ID")
+            return commands.promote(args)
         if args.command == "evaluate":
             return commands.evaluate(args)
         return commands.predict(args)
-    except UsageError as e:
+    except (UsageError, SpaceError, LabelError) as e:
         parser.error(str(e))
     except Interrupted as e:
         log("interrupted", f"mnist-train: {e} by signal {stop.signum}; nothing was published")

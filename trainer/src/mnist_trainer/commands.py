@@ -16,9 +16,12 @@ from tqdm import tqdm
 from mnist_artifact import format, preprocess
 
 from . import __version__, data, metrics, report
+from .leaderboard import table, write_leaderboard
 from .logs import EventLog
 from .mlp import MLP
+from .promote import best_of_sweep, remove_label, set_label
 from .publish import latest_valid, publish
+from .sweep import Space, SpaceError, run_trials
 from .train import MEAN, PIXEL_SCALE, STD, Interrupted, TrainConfig
 
 
@@ -32,12 +35,20 @@ def train(args, config: TrainConfig, log: EventLog, should_stop) -> int:
         log("skipped", f"{args.name} version {manifest['version']} is already published in {args.model_dir}; "
             "not training (run without --skip-if-published to retrain)", version=manifest["version"])
         return 0
+    train_and_publish(args, config, args.preset, log, should_stop)
+    return 0
+
+
+def train_and_publish(args, config: TrainConfig, preset: str, log: EventLog, should_stop,
+                      sweep: dict | None = None) -> int:
+    """Train, evaluate and publish the next version; `sweep` (id, trial, parameters) goes into its
+    manifest. Prints a one-line JSON summary on stdout and returns the version."""
     tty = sys.stderr.isatty()
     mnist = _load_data(args, progress=tty)
     train_split, val_split = data.split_validation(mnist.train, args.val_size, config.seed)
     log("data", f"data {mnist.source}", train=len(train_split.images), validation=len(val_split.images),
         test=len(mnist.test.images) if mnist.test else 0, sha256=mnist.sha256[:12])
-    log("config", "config", preset=args.preset, **config.as_dict())
+    log("config", "config", preset=preset, **config.as_dict())
 
     model = MLP(config=config)
     validation = (val_split.images, val_split.labels) if len(val_split.images) else None
@@ -50,7 +61,9 @@ def train(args, config: TrainConfig, log: EventLog, should_stop) -> int:
                   on_epoch=on_epoch, on_batch=bar.update_to, should_stop=should_stop)
 
     metrics_ = _metrics(model, validation, mnist.test)
-    manifest = _manifest(args, config, mnist, train_split, val_split, model, metrics_)
+    manifest = _manifest(args, preset, config, mnist, train_split, val_split, model, metrics_)
+    if sweep is not None:
+        manifest["sweep"] = sweep
 
     def write_report(directory: Path) -> None:
         test = mnist.test or val_split  # without a labelled test set, show validation errors
@@ -58,7 +71,7 @@ def train(args, config: TrainConfig, log: EventLog, should_stop) -> int:
         report.write_report(directory / "report", model.history,
                             metrics.confusion_matrix(test.labels, proba.argmax(axis=1)),
                             test.images, test.labels, proba.argmax(axis=1), proba,
-                            title=f"preset {args.preset}: {config.describe()}")
+                            title=f"preset {preset}: {config.describe()}")
 
     if should_stop():  # a signal after the last batch: still publish nothing
         raise Interrupted("stopped before publishing")
@@ -69,8 +82,8 @@ def train(args, config: TrainConfig, log: EventLog, should_stop) -> int:
                "training_seconds": round(model.training_seconds, 2)}
     log("published", f"published {args.name} version {version} at {path}", **{
         k: v for k, v in summary.items() if k not in ("name", "version", "path")})
-    print(json.dumps(summary))
-    return 0
+    print(json.dumps(summary), flush=True)
+    return version
 
 
 def _log_epoch(log: EventLog, r: dict, epochs: int) -> None:
@@ -114,12 +127,12 @@ def _code_version() -> str:
     return f"{__version__}+g{commit}" if commit else __version__
 
 
-def _manifest(args, config, mnist, train_split, val_split, model: MLP, metrics_: dict) -> dict:
+def _manifest(args, preset: str, config, mnist, train_split, val_split, model: MLP, metrics_: dict) -> dict:
     import matplotlib
 
     return format.build_manifest(
         args.name, model.arrays(), scale=PIXEL_SCALE, mean=MEAN, std=STD,
-        training={"preset": args.preset, "hyperparameters": config.as_dict(), "seed": config.seed,
+        training={"preset": preset, "hyperparameters": config.as_dict(), "seed": config.seed,
                   "epochs_run": len(model.history), "best_epoch": model.best_epoch,
                   "training_seconds": round(model.training_seconds, 3), "history": model.history},
         dataset={"source": mnist.source, "sha256": mnist.sha256, "files": mnist.files,
@@ -130,6 +143,66 @@ def _manifest(args, config, mnist, train_split, val_split, model: MLP, metrics_:
         library_versions={"python": platform.python_version(), "numpy": np.__version__,
                           "matplotlib": matplotlib.__version__},
     )
+
+
+def sweep(args, space: Space, log: EventLog, should_stop) -> int:
+    """Run one trial (--index, as a pod of an Indexed Job does) or all of them, `--parallel` at a
+    time; exit code: how many trials failed."""
+    n_trials = space.size(args.trials)
+    sweep_id = args.sweep_id or space.default_id(args.space, n_trials)
+    if args.index is not None:
+        return _sweep_trial(args, space, sweep_id, n_trials, should_stop)
+    if args.data is None:  # download once, before the trials read the cache
+        _load_data(args, progress=sys.stderr.isatty())
+    log("sweep", f"sweep {sweep_id}: {n_trials} trials, {args.parallel} at a time", sweep=sweep_id,
+        trials=n_trials, parallel=args.parallel)
+    failed = run_trials(lambda index: _trial_command(args, sweep_id, n_trials, index), n_trials, args.parallel,
+                        should_stop, log)
+    if should_stop():
+        raise Interrupted("sweep stopped")
+    path, rows = write_leaderboard(args.model_dir, args.name, sweep_id, failed)
+    print(table(rows), flush=True)
+    log("leaderboard", f"sweep {sweep_id}: {len(rows)} trials published, {len(failed)} failed; leaderboard {path}",
+        sweep=sweep_id, failed=failed)
+    return min(len(failed), 125)
+
+
+def _sweep_trial(args, space: Space, sweep_id: str, n_trials: int, should_stop) -> int:
+    if not 0 <= args.index < n_trials:
+        raise SpaceError(f"--index {args.index} is outside this sweep's {n_trials} trials (0 to {n_trials - 1})")
+    parameters = space.trial(args.index)
+    try:
+        config = space.config(parameters)
+    except (TypeError, ValueError) as e:
+        raise SpaceError(f"trial {args.index} {parameters}: {e}") from None
+    log = EventLog(args.log_format, trial=args.index)
+    train_and_publish(args, config, space.preset, log, should_stop, sweep={
+        "id": sweep_id, "trial": args.index, "trials": n_trials, "parameters": parameters,
+        "space": Path(args.space).name})
+    write_leaderboard(args.model_dir, args.name, sweep_id)
+    return 0
+
+
+def _trial_command(args, sweep_id: str, n_trials: int, index: int) -> list[str]:
+    """This program, running trial `index` of the same sweep with the same data and models folder."""
+    command = [sys.executable, "-m", "mnist_trainer.cli", "sweep", "--space", str(args.space),
+               "--sweep-id", sweep_id, "--trials", str(n_trials), "--index", str(index),
+               "--model-dir", str(args.model_dir), "--name", args.name, "--val-size", str(args.val_size),
+               "--log-format", args.log_format]
+    for flag, value in (("--data", args.data), ("--mirror", args.mirror), ("--cache-dir", args.cache_dir)):
+        if value is not None:
+            command += [flag, str(value)]
+    return command
+
+
+def promote(args) -> int:
+    if args.remove:
+        labels = remove_label(args.model_dir, args.name, args.remove)
+    else:
+        version = args.version if args.version is not None else best_of_sweep(args.model_dir, args.name, args.best)
+        labels = set_label(args.model_dir, args.name, args.label, version, args.percent)
+    print(json.dumps(labels.to_json()))
+    return 0
 
 
 def evaluate(args) -> int:

@@ -8,11 +8,13 @@ import time
 
 
 class EventLog:
-    def __init__(self, fmt: str = "text", stream=None):
+    def __init__(self, fmt: str = "text", stream=None, **context):
         self.fmt = fmt
         self.stream = stream or sys.stderr
+        self.context = context  # fields every line carries, e.g. a sweep's trial index
 
     def __call__(self, event: str, message: str = "", **fields) -> None:
+        fields = {**fields, **self.context}
         if self.fmt == "json":
             record = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "event": event,
                       **({"message": message} if message else {}), **fields}

@@ -8,12 +8,14 @@ listing versions) is mnist_artifact.format's.
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -29,10 +31,32 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def _write_manifest(directory: Path, manifest: dict) -> None:
-    path = directory / format.MANIFEST
-    path.write_text(json.dumps(manifest, indent=2) + "\n")
+def _write_json(path: Path, document: dict) -> None:
+    path.write_text(json.dumps(document, indent=2) + "\n")
     _fsync(path)
+
+
+def write_file_atomically(path: Path, document: dict) -> None:
+    """Write JSON beside `path`, fsync, then rename over it: readers see the old file or the new one."""
+    fd, staging = tempfile.mkstemp(prefix=format.TEMP_PREFIX, dir=path.parent)
+    os.close(fd)
+    try:
+        _write_json(Path(staging), document)
+        os.replace(staging, path)
+    except BaseException:
+        Path(staging).unlink(missing_ok=True)
+        raise
+    _fsync(path.parent)
+
+
+@contextlib.contextmanager
+def labels_lock(model_dir: Path, name: str) -> Iterator[None]:
+    """Serialise read-modify-write of labels.json between promoters (an advisory lock file)."""
+    root = Path(model_dir) / name
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".labels.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def publish(model_dir: Path, name: str, arrays: dict[str, np.ndarray], manifest: dict,
@@ -54,7 +78,7 @@ def publish(model_dir: Path, name: str, arrays: dict[str, np.ndarray], manifest:
         while True:
             version = max(format.list_versions(model_dir, name), default=0) + 1
             manifest = {**manifest, "version": version}
-            _write_manifest(staging, manifest)
+            _write_json(staging / format.MANIFEST, manifest)
             _fsync(staging)
             try:
                 os.rename(staging, root / str(version))

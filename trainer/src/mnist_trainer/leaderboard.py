@@ -1,0 +1,75 @@
+"""A sweep's leaderboard: its published trials, best validation accuracy first (never test accuracy:
+the test set is for reporting the winner, not for choosing it).
+
+Built from the manifests on disk, so every trial of a sweep, wherever it ran, is counted, and written
+to MODEL_DIR/<name>/sweeps/<sweep id>.json beside the versions.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mnist_artifact import ArtifactError, format
+
+from .publish import write_file_atomically
+
+SWEEPS = "sweeps"
+
+
+def sweep_trials(model_dir: Path, name: str, sweep_id: str) -> list[dict]:
+    """One row per valid version published by the sweep, sorted by validation accuracy (best first)."""
+    rows = []
+    for version in format.list_versions(model_dir, name):
+        try:
+            manifest = format.load(Path(model_dir) / name / str(version))[0]
+        except ArtifactError:
+            continue  # a corrupt or half-deleted version is no candidate
+        sweep = manifest.get("sweep") or {}
+        if sweep.get("id") != sweep_id:
+            continue
+        validation = manifest.get("metrics", {}).get("validation") or {}
+        rows.append({"version": version, "trial": sweep.get("trial"), "parameters": sweep.get("parameters", {}),
+                     "validation_accuracy": validation.get("accuracy"), "validation_loss": validation.get("loss"),
+                     "training_seconds": manifest.get("training", {}).get("training_seconds")})
+    return sorted(rows, key=lambda r: (-(r["validation_accuracy"] or 0), r["validation_loss"] or 0, r["version"]))
+
+
+def write_leaderboard(model_dir: Path, name: str, sweep_id: str,
+                      failed: list[int] | None = None) -> tuple[Path, list[dict]]:
+    rows = sweep_trials(model_dir, name, sweep_id)
+    directory = Path(model_dir) / name / SWEEPS
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{sweep_id}.json"
+    document = {"sweep": sweep_id, "model": name, "sorted_by": "validation_accuracy", "trials": rows}
+    if failed is not None:
+        document["failed_trials"] = sorted(failed)
+    write_file_atomically(path, document)
+    return path, rows
+
+
+def table(rows: list[dict]) -> str:
+    """The leaderboard as an aligned text table."""
+    header = ["rank", "trial", "version", "val_acc", "val_loss", "seconds", "parameters"]
+    lines = [[str(rank), str(r["trial"]), str(r["version"]), _percent(r["validation_accuracy"]),
+              _number(r["validation_loss"]), _number(r["training_seconds"], ".1f"),
+              " ".join(f"{k}={_value(v)}" for k, v in sorted(r["parameters"].items()))]
+             for rank, r in enumerate(rows, start=1)]
+    widths = [max(len(row[i]) for row in [header, *lines]) for i in range(len(header) - 1)]
+    return "\n".join("  ".join([*(cell.ljust(w) for cell, w in zip(row, widths)), row[-1]]).rstrip()
+                     for row in [header, *lines])
+
+
+def _percent(value) -> str:
+    return "-" if value is None else f"{100 * value:.2f}%"
+
+
+def _number(value, spec: str = ".4f") -> str:
+    return "-" if value is None else f"{value:{spec}}"
+
+
+def _value(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    return str(value)
