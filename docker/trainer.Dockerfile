@@ -25,6 +25,8 @@ RUN useradd --uid 10001 --user-group --no-create-home --home-dir /tmp --shell /u
  && chown mnist:mnist /models /cache
 COPY --from=builder /opt/venv /opt/venv
 COPY docker/trainer-entrypoint.sh /usr/local/bin/trainer-entrypoint
+# Search spaces for `mnist-train sweep --space /sweeps/example.toml` (README: sweeps).
+COPY trainer/sweeps/ /sweeps/
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \

@@ -5,6 +5,7 @@ an ArtifactError naming the problem (never a KeyError or a traceback); the train
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -131,3 +132,41 @@ def test_build_manifest_describes_the_arrays():
         "W2": {"shape": [5, 10], "dtype": "float32"}, "b2": {"shape": [10], "dtype": "float32"}}}
     assert manifest["input"]["scale"] == 0.5 and manifest["training"] == {"seed": 3}
     assert manifest["labels"] == [str(d) for d in range(10)]
+
+
+def test_labels_read_back_and_absent_means_none(tmp_path):
+    assert format.read_labels(tmp_path, "mnist") == format.VersionLabels()
+    labels = format.VersionLabels({"stable": 3, "canary": 5}, 12.5)
+    (tmp_path / "mnist").mkdir()
+    (tmp_path / "mnist" / format.LABELS_FILE).write_text(json.dumps(labels.to_json()))
+    assert format.read_labels(tmp_path, "mnist") == labels
+
+
+@pytest.mark.parametrize("document, message", [
+    ("not json", "cannot read labels"),
+    ([], "JSON object with format_version 1"),
+    ({"format_version": 2, "labels": {}}, "format_version 1"),
+    ({"format_version": 1, "labels": ["stable"]}, "label -> version"),
+    ({"format_version": 1, "labels": {"Stable": 1}}, "must match"),
+    ({"format_version": 1, "labels": {"stable": "1"}}, "positive integer"),
+    ({"format_version": 1, "labels": {"stable": 0}}, "positive integer"),
+    ({"format_version": 1, "labels": {"stable": True}}, "positive integer"),
+    ({"format_version": 1, "labels": {"canary": 2}}, "exactly when there is a 'canary' label"),
+    ({"format_version": 1, "labels": {"stable": 2}, "canary_percent": 5}, "exactly when"),
+    ({"format_version": 1, "labels": {"canary": 2}, "canary_percent": 100}, "[0, 100)"),
+    ({"format_version": 1, "labels": {"canary": 2}, "canary_percent": "5"}, "[0, 100)"),
+])
+def test_invalid_labels_are_refused_with_a_one_line_reason(tmp_path, document, message):
+    (tmp_path / "mnist").mkdir()
+    text = document if isinstance(document, str) else json.dumps(document)
+    (tmp_path / "mnist" / format.LABELS_FILE).write_text(text)
+    with pytest.raises(ArtifactError, match=re.escape(message)) as error:
+        format.read_labels(tmp_path, "mnist")
+    assert "\n" not in str(error.value) and format.LABELS_FILE in str(error.value)
+
+
+def test_labels_and_sweeps_beside_the_versions_are_not_versions(tmp_path):
+    write(tmp_path / "mnist" / "2", _arrays())
+    (tmp_path / "mnist" / format.LABELS_FILE).write_text("{}")
+    (tmp_path / "mnist" / "sweeps").mkdir()
+    assert format.list_versions(tmp_path, "mnist") == [2]

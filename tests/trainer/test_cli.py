@@ -8,18 +8,12 @@ import sys
 
 import numpy as np
 import pytest
+from trainer_helpers import run
 
 from idx_files import write_idx_dataset
 from mnist_artifact import format
 
 TINY = ["--preset", "fast", "--hidden", "16", "--epochs", "2", "--batch-size", "16", "--val-size", "20"]
-
-
-def run(*args, env=None, **kwargs):
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("MNIST_", "MODEL_"))}
-    full_env.update(env or {})
-    return subprocess.run([sys.executable, "-m", "mnist_trainer.cli", *map(str, args)], capture_output=True,
-                          text=True, env=full_env, timeout=120, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -202,3 +196,9 @@ def test_predict_prepares_image_files_as_the_service_does(published, tmp_path):
     unreadable.write_text("not an image")
     bad = run("predict", "--model-dir", models, "--name", "digits", unreadable)
     assert bad.returncode == 3 and len(bad.stderr.strip().splitlines()) == 1 and "notes.png" in bad.stderr
+
+
+def test_a_validation_split_larger_than_the_data_is_a_data_error(tiny_data, tmp_path):
+    result = run("train", "--data", tiny_data, "--model-dir", tmp_path, *TINY, "--val-size", "5000")
+    assert result.returncode == 3 and "Traceback" not in result.stderr
+    assert "validation size must be between 0 and 199" in result.stderr.strip().splitlines()[-1]

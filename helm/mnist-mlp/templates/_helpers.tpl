@@ -133,6 +133,71 @@ Consistency checks the schema cannot express; included by the Deployment.
 {{- if and .Values.ingress.enabled (empty .Values.ingress.hosts) }}
 {{- fail "ingress.enabled needs at least one entry in ingress.hosts" }}
 {{- end }}
+{{- $s := .Values.sweep }}
+{{- if $s.enabled }}
+{{- if semverCompare "<1.29.0-0" .Capabilities.KubeVersion.Version }}
+{{- fail (printf "sweep.enabled needs Kubernetes >= 1.29 (the Indexed Job's backoffLimitPerIndex); this cluster is %s" .Capabilities.KubeVersion.Version) }}
+{{- end }}
+{{- if and (not (kindIs "invalid" $s.maxFailedIndexes)) (gt (int $s.maxFailedIndexes) (int $s.trials)) }}
+{{- fail "sweep.maxFailedIndexes must be <= sweep.trials" }}
+{{- end }}
+{{- if $s.promote.enabled }}
+{{- $canary := eq $s.promote.label "canary" }}
+{{- $percent := gt (float64 $s.promote.canaryPercent) 0.0 }}
+{{- if and $canary (not $percent) }}
+{{- fail "sweep.promote.label canary needs sweep.promote.canaryPercent (0 < P < 100): the share of traffic the canary takes" }}
+{{- end }}
+{{- if and $percent (not $canary) }}
+{{- fail (printf "sweep.promote.canaryPercent is for sweep.promote.label canary only (label is %q)" $s.promote.label) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+Labels of the promotion Job's pods (the sweep's last step): a component of their own, so that the
+trainer NetworkPolicy (MNIST downloads) does not apply to them; they get a deny-all policy instead.
+*/}}
+{{- define "mnist-mlp.promote.selectorLabels" -}}
+{{ include "mnist-mlp.selectorLabels" . }}
+app.kubernetes.io/component: promote
+{{- end }}
+
+{{- define "mnist-mlp.promote.labels" -}}
+{{ include "mnist-mlp.labels" . }}
+app.kubernetes.io/component: promote
+{{- end }}
+
+{{/*
+Sweep id: the same in every pod of one release revision, a new one on each upgrade.
+*/}}
+{{- define "mnist-mlp.sweep.id" -}}
+{{- printf "%s-r%d" .Release.Name (int .Release.Revision) }}
+{{- end }}
+
+{{/*
+Job-level settings shared by the trainer Jobs: deadline, TTL and a pod failure policy that stops
+retrying on the exit codes no retry can fix (`exitCodes`, with `action` FailJob, or FailIndex for
+an Indexed Job with backoffLimitPerIndex) and does not count evictions and preemptions.
+Call with (dict "deadline" N "ttl" N|nil "container" NAME "exitCodes" LIST "action" ACTION "why" COMMENT).
+*/}}
+{{- define "mnist-mlp.trainer.jobPolicy" -}}
+activeDeadlineSeconds: {{ .deadline }}
+{{- if not (kindIs "invalid" .ttl) }}
+ttlSecondsAfterFinished: {{ .ttl }}
+{{- end }}
+podFailurePolicy:
+  rules:
+    # {{ .why }}
+    - action: {{ .action }}
+      onExitCodes:
+        containerName: {{ .container }}
+        operator: In
+        values: {{ toJson .exitCodes }}
+    # Evictions and preemptions do not count against the backoff limit.
+    - action: Ignore
+      onPodConditions:
+        - type: DisruptionTarget
 {{- end }}
 
 {{/*
@@ -141,29 +206,35 @@ Call with (dict "root" $ "skipIfPublished" true|false).
 */}}
 {{- define "mnist-mlp.trainer.jobSpec" -}}
 {{- $root := .root -}}
+{{- $t := $root.Values.training -}}
+backoffLimit: {{ $t.backoffLimit }}
+{{ include "mnist-mlp.trainer.jobPolicy" (dict "deadline" $t.activeDeadlineSeconds "ttl" $t.ttlSecondsAfterFinished "container" "train" "exitCodes" (list 2) "action" "FailJob" "why" "Exit code 2 is a usage error (bad flag or value): retrying cannot help.") }}
+{{- $args := list "train" "--preset" $t.preset }}
+{{- if .skipIfPublished }}
+{{- $args = append $args "--skip-if-published" }}
+{{- end }}
+{{ include "mnist-mlp.trainer.podTemplate" (dict "root" $root "container" "train" "args" (concat $args $t.extraArgs) "resources" $t.resources "data" true) }}
+{{- end }}
+
+{{/*
+Pod template of every pod running the trainer image (`mnist-train`): training, sweep trials and
+promotion. They share the image, security contexts, the models volume (read-write at /models),
+/tmp, the `training.*` pod metadata, scheduling and extraEnv. Call with (dict
+  "root" $  "container" NAME  "args" LIST  "resources" MAP
+  "data" BOOL          mount MNIST (training.data) and the download cache, set MNIST_* (false for promote)
+  "labels" TEMPLATE    labels template name (default "mnist-mlp.trainer.labels")
+  "env" LIST           extra EnvVars (optional)
+  "volumes" LIST       extra volumes, each {name, mountPath, source: a VolumeSource map} (optional, read-only)).
+*/}}
+{{- define "mnist-mlp.trainer.podTemplate" -}}
+{{- $root := .root -}}
 {{- $v := $root.Values -}}
 {{- $t := $v.training -}}
-backoffLimit: {{ $t.backoffLimit }}
-activeDeadlineSeconds: {{ $t.activeDeadlineSeconds }}
-{{- if not (kindIs "invalid" $t.ttlSecondsAfterFinished) }}
-ttlSecondsAfterFinished: {{ $t.ttlSecondsAfterFinished }}
-{{- end }}
-podFailurePolicy:
-  rules:
-    # Exit code 2 is a usage error (bad flag or value): retrying cannot help.
-    - action: FailJob
-      onExitCodes:
-        containerName: train
-        operator: In
-        values: [2]
-    # Evictions and preemptions do not count against backoffLimit.
-    - action: Ignore
-      onPodConditions:
-        - type: DisruptionTarget
+{{- $data := .data -}}
 template:
   metadata:
     labels:
-      {{- include "mnist-mlp.trainer.labels" $root | nindent 6 }}
+      {{- include (.labels | default "mnist-mlp.trainer.labels") $root | nindent 6 }}
       {{- with $t.podLabels }}
       {{- toYaml . | nindent 6 }}
       {{- end }}
@@ -187,17 +258,11 @@ template:
     securityContext:
       {{- toYaml $v.podSecurityContext | nindent 6 }}
     containers:
-      - name: train
+      - name: {{ .container }}
         image: {{ include "mnist-mlp.trainer.image" $root | quote }}
         imagePullPolicy: {{ $t.image.pullPolicy }}
         args:
-          - train
-          - --preset
-          - {{ $t.preset | quote }}
-          {{- if .skipIfPublished }}
-          - --skip-if-published
-          {{- end }}
-          {{- range $t.extraArgs }}
+          {{- range .args }}
           - {{ . | quote }}
           {{- end }}
         env:
@@ -205,6 +270,7 @@ template:
             value: /models
           - name: MODEL_NAME
             value: {{ $v.model.name | quote }}
+          {{- if $data }}
           - name: MNIST_CACHE_DIR
             value: /cache
           {{- if $t.data.existingClaim }}
@@ -215,25 +281,31 @@ template:
           - name: MNIST_MIRRORS
             value: {{ join "," . | quote }}
           {{- end }}
+          {{- end }}
           - name: LOG_FORMAT
             value: {{ $t.logFormat | quote }}
           - name: MPLCONFIGDIR
             value: /tmp/matplotlib
+          {{- with .env }}
+          {{- toYaml . | nindent 10 }}
+          {{- end }}
           {{- with $t.extraEnv }}
           {{- toYaml . | nindent 10 }}
           {{- end }}
         securityContext:
           {{- toYaml $v.securityContext | nindent 10 }}
         resources:
-          {{- toYaml $t.resources | nindent 10 }}
+          {{- toYaml .resources | nindent 10 }}
         volumeMounts:
           - name: models
             mountPath: /models
+          {{- if $data }}
           - name: cache
             mountPath: /cache
+          {{- end }}
           - name: tmp
             mountPath: /tmp
-          {{- if $t.data.existingClaim }}
+          {{- if and $data $t.data.existingClaim }}
           - name: data
             mountPath: /data/mnist
             readOnly: true
@@ -241,10 +313,16 @@ template:
             subPath: {{ . | quote }}
             {{- end }}
           {{- end }}
+          {{- range .volumes }}
+          - name: {{ .name }}
+            mountPath: {{ .mountPath }}
+            readOnly: true
+          {{- end }}
     volumes:
       - name: models
         persistentVolumeClaim:
           claimName: {{ include "mnist-mlp.models.claimName" $root }}
+      {{- if $data }}
       - name: cache
         {{- if $t.cache.existingClaim }}
         persistentVolumeClaim:
@@ -253,14 +331,19 @@ template:
         emptyDir:
           sizeLimit: {{ $t.cache.sizeLimit }}
         {{- end }}
+      {{- end }}
       - name: tmp
         emptyDir:
           sizeLimit: {{ $t.tmpSizeLimit }}
-      {{- if $t.data.existingClaim }}
+      {{- if and $data $t.data.existingClaim }}
       - name: data
         persistentVolumeClaim:
           claimName: {{ $t.data.existingClaim }}
           readOnly: true
+      {{- end }}
+      {{- range .volumes }}
+      - name: {{ .name }}
+        {{- toYaml .source | nindent 8 }}
       {{- end }}
     {{- with $t.nodeSelector }}
     nodeSelector:

@@ -49,7 +49,7 @@ class ModelStore:
         self._cache: OrderedDict[int, Model] = OrderedDict()  # versions asked for by ?version=N
         self._cache_size = cache_size
         self._labels = format.VersionLabels()  # the last valid labels.json
-        self._labels_stamp: float | None = None
+        self._labels_stamp: tuple[int, int, int] | None = None
         self._rejected_labels: set[tuple[str, int]] = set()
         self._lock = threading.Lock()
 
@@ -81,8 +81,9 @@ class ModelStore:
     def _read_labels(self) -> format.VersionLabels:
         """labels.json, re-read when it changes; an invalid one is logged and the last valid one kept."""
         path = self.root / format.LABELS_FILE
-        try:
-            stamp = path.stat().st_mtime_ns
+        try:  # an atomic rewrite is a new inode: two within one mtime tick are still told apart
+            stat = path.stat()
+            stamp = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
         except OSError:
             stamp = None
         if stamp != self._labels_stamp:

@@ -45,7 +45,10 @@ def train_and_publish(args, config: TrainConfig, preset: str, log: EventLog, sho
     manifest. Prints a one-line JSON summary on stdout and returns the version."""
     tty = sys.stderr.isatty()
     mnist = _load_data(args, progress=tty)
-    train_split, val_split = data.split_validation(mnist.train, args.val_size, config.seed)
+    try:
+        train_split, val_split = data.split_validation(mnist.train, args.val_size, config.seed)
+    except ValueError as e:  # --val-size too large for this dataset
+        raise data.DataError(f"data: {mnist.source}: {e}") from None
     log("data", f"data {mnist.source}", train=len(train_split.images), validation=len(val_split.images),
         test=len(mnist.test.images) if mnist.test else 0, sha256=mnist.sha256[:12])
     log("config", "config", preset=preset, **config.as_dict())
@@ -152,8 +155,7 @@ def sweep(args, space: Space, log: EventLog, should_stop) -> int:
     sweep_id = args.sweep_id or space.default_id(args.space, n_trials)
     if args.index is not None:
         return _sweep_trial(args, space, sweep_id, n_trials, should_stop)
-    if args.data is None:  # download once, before the trials read the cache
-        _load_data(args, progress=sys.stderr.isatty())
+    _load_data(args, progress=sys.stderr.isatty())  # one clear error for bad data; one download for all trials
     log("sweep", f"sweep {sweep_id}: {n_trials} trials, {args.parallel} at a time", sweep=sweep_id,
         trials=n_trials, parallel=args.parallel)
     failed = run_trials(lambda index: _trial_command(args, sweep_id, n_trials, index), n_trials, args.parallel,

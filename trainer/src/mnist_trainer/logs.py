@@ -22,7 +22,8 @@ class EventLog:
         else:
             parts = [message or event] + [f"{k} {_text(v)}" for k, v in fields.items()]
             line = "  ".join(parts)
-        print(line, file=self.stream, flush=True)
+        self.stream.write(line + "\n")  # one write: the lines of parallel sweep trials never interleave
+        self.stream.flush()
 
 
 def _text(value) -> str:
