@@ -113,6 +113,41 @@ Name of the models PersistentVolumeClaim.
 {{- end }}
 
 {{/*
+API keys (auth.existingSecret): the Secret's key auth.secretKey mounted as the file
+/etc/mnist-mlp/auth/api-keys, for the service pods and the `helm test` pod alike. Included only
+when auth.existingSecret is set: the env entry, the volumeMount and the volume, each a list item.
+
+A directory mount, never subPath: the kubelet updates a Secret volume in place (a new ..data
+symlink, so a new inode, which the service notices within a second) only when it is mounted as
+a directory; a subPath mount keeps the file of the pod's start for ever. No checksum annotation
+on the pods either: a key rotation must not restart them.
+*/}}
+{{- define "mnist-mlp.auth.env" -}}
+- name: API_KEYS_FILE
+  value: /etc/mnist-mlp/auth/api-keys
+{{- end }}
+
+{{- define "mnist-mlp.auth.volumeMount" -}}
+- name: api-keys
+  mountPath: /etc/mnist-mlp/auth
+  readOnly: true
+{{- end }}
+
+{{- define "mnist-mlp.auth.volume" -}}
+- name: api-keys
+  secret:
+    secretName: {{ .Values.auth.existingSecret }}
+    items:
+      - key: {{ .Values.auth.secretKey | quote }}
+        path: api-keys
+    # Secret files belong to root. With podSecurityContext.fsGroup (10001 by default) the kubelet
+    # gives them that group, which the containers (uid 10001) hold as a supplementary group: 0440
+    # (read for root and the group, nothing for others) is enough. Without an fsGroup they stay
+    # root:root and uid 10001 reads them only as "others": 0444.
+    defaultMode: {{ if .Values.podSecurityContext.fsGroup }}0440{{ else }}0444{{ end }}
+{{- end }}
+
+{{/*
 Number of service pods expected at rest (for the PodDisruptionBudget).
 */}}
 {{- define "mnist-mlp.server.minReplicas" -}}

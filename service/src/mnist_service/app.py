@@ -1,7 +1,8 @@
 """The Flask application factory (gunicorn: `mnist_service.app:create_app()`).
 
 Requests pass, outermost first: observe (request id, metrics, access line) → the chunked-body
-limit → the data plane (inference routes, routes.py) → Flask (the control plane, control.py and web.py).
+limit → CORS (CORS_ORIGINS) → API keys (API_KEYS_FILE) → the data plane (inference routes,
+routes.py) → Flask (the control plane, control.py and web.py).
 """
 
 from __future__ import annotations
@@ -10,13 +11,16 @@ import logging
 from importlib import resources
 
 from flask import Flask, request
+from werkzeug.exceptions import HTTPException
 
 from . import errors, logs, observe, web
+from .auth import ApiKeys, RequireApiKey
 from .body_limit import ChunkedBodyLimit
 from .control import bp
+from .cors import Cors
 from .dataplane import Context, DataPlane
 from .options import Limits
-from .routes import ROUTES
+from .routes import ROUTES, inference_rule
 from .settings import Settings
 from .store import ModelStore
 
@@ -41,8 +45,28 @@ def create_app(settings: Settings | None = None) -> Flask:
         observe.note(request.environ, route=request.url_rule.rule if request.url_rule else "unmatched")
 
     context = Context(store, Limits(max_batch=settings.max_batch, max_image_pixels=settings.max_image_pixels))
-    data_plane = DataPlane(ROUTES, app.wsgi_app, context, settings.max_body_bytes)
-    app.wsgi_app = observe.ObservedRequests(ChunkedBodyLimit(data_plane, settings.max_body_bytes))
+    served = DataPlane(ROUTES, app.wsgi_app, context, settings.max_body_bytes)
+    if settings.api_keys_file:
+        served = RequireApiKey(served, ApiKeys(settings.api_keys_file), _route_namer(app))
+    if settings.cors_origins:
+        served = Cors(served, settings.cors_origins)  # outside the keys: a preflight carries none
+    app.wsgi_app = observe.ObservedRequests(ChunkedBodyLimit(served, settings.max_body_bytes))
     logging.getLogger(__name__).info("app ready", extra={
         "model": settings.model_name, "version": store.current.version if store.current else None})
     return app
+
+
+def _route_namer(app: Flask):
+    """path, method -> the route's rule (as metrics name routes), without running the request."""
+    adapter = app.url_map.bind("localhost")
+
+    def route_of(path: str, method: str) -> str:
+        rule = inference_rule(path)
+        if rule is not None:
+            return rule
+        try:
+            return adapter.match(path, method, return_rule=True)[0].rule
+        except HTTPException:
+            return "unmatched"
+
+    return route_of

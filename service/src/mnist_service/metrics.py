@@ -45,6 +45,8 @@ CANARY_PERCENT = Gauge("mnist_model_canary_percent", "Share of unlabelled reques
                        multiprocess_mode="livemax")
 LABELS_REJECTED = Counter("mnist_model_labels_rejected", "Labels ignored: their version is missing or invalid "
                           '(model_label="*": labels.json itself is invalid).', ["model_label"])
+AUTH_FAILURES = Counter("mnist_auth_failures", "Requests refused 401: no API key, or not a valid one "
+                        "(API_KEYS_FILE).", ["route", "reason"])
 SHED = Counter("mnist_http_requests_shed", "Inference requests answered 503 at once: the worker was overloaded "
                "(QUEUE_LIMIT, QUEUE_TIMEOUT). Also counted in mnist_http_requests_total.", ["route"])
 CLIENT_TIMEOUTS = Counter("mnist_client_timeouts", "Connections closed because the client was slower than "

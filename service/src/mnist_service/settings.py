@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +38,8 @@ class Settings:
     queue_timeout: float = 0.5  # ...or while the event loop runs this many seconds late
     timeout: int = 30  # a worker silent this long is killed and replaced
     graceful_timeout: int = 30  # SIGTERM: in-flight requests get this long to finish
+    api_keys_file: Path | None = None  # set: every route but health, metrics and the page needs a key
+    cors_origins: tuple[str, ...] = ()  # origins whose pages may call the API; empty: same origin only
 
     @classmethod
     def from_env(cls, environ=os.environ) -> Settings:
@@ -62,6 +65,8 @@ class Settings:
             queue_timeout=_number(environ, "QUEUE_TIMEOUT", float, default.queue_timeout, minimum=0.01),
             timeout=_number(environ, "TIMEOUT", int, default.timeout, minimum=1),
             graceful_timeout=_number(environ, "GRACEFUL_TIMEOUT", int, default.graceful_timeout, minimum=1),
+            api_keys_file=_keys_file(environ),
+            cors_origins=_origins(environ),
         )
 
 
@@ -90,3 +95,24 @@ def _choice(environ, name: str, choices: tuple[str, ...], default: str) -> str:
     if text.lower() in choices:
         return text.lower()
     raise ValueError(f"{name}={text!r} must be one of {', '.join(choices)}")
+
+
+ORIGIN = re.compile(r"https?://[^/\s]+")
+
+
+def _keys_file(environ) -> Path | None:
+    text = environ.get("API_KEYS_FILE", "").strip()
+    if not text:
+        return None
+    from .auth import read_keys  # the file must hold at least one key now, not at the first request
+
+    read_keys(Path(text))
+    return Path(text)
+
+
+def _origins(environ) -> tuple[str, ...]:
+    origins = tuple(o.strip().rstrip("/") for o in environ.get("CORS_ORIGINS", "").split(",") if o.strip())
+    for origin in origins:
+        if origin != "*" and not ORIGIN.fullmatch(origin):
+            raise ValueError(f"CORS_ORIGINS: {origin!r} is not an origin like https://example.com:8443 (or *)")
+    return origins

@@ -16,6 +16,9 @@ const seen = document.getElementById("seen");
 const seenImage = document.getElementById("seen-image");
 const status = document.getElementById("status");
 const modelName = document.getElementById("model");
+const keyForm = document.getElementById("key-form");
+const keyInput = document.getElementById("api-key");
+const KEY_STORE = "mnist-mlp-api-key"; // sessionStorage: the tab's session only, never sent elsewhere
 
 let stroke = null; // {last, mid}: the last point and the midpoint the curve has reached
 let hasInk = false;
@@ -98,14 +101,21 @@ async function predict() {
   inFlight = request;
   result.setAttribute("aria-busy", "true");
   try {
+    const headers = { "Content-Type": "application/json" };
+    const key = sessionStorage.getItem(KEY_STORE);
+    if (key) headers.Authorization = `Bearer ${key}`;
     const response = await fetch("/v1/predict", {
       method: "POST",
-      headers: { "Content-Type": "application/json" },
+      headers,
       body: JSON.stringify({ instances: [{ b64: canvas.toDataURL("image/png") }], include_input: true }),
       signal: request.signal,
     });
     const body = await response.json().catch(() => ({}));
     if (request.signal.aborted) return;
+    if (response.status === 401) {
+      askForKey(key ? "That key was refused: try another." : "");
+      return;
+    }
     if (!response.ok) throw new Error(body.error?.message ?? `the server answered ${response.status}`);
     showPrediction(body.model, body.predictions[0]);
   } catch (error) {
@@ -154,6 +164,13 @@ function showPrediction(model, answer) {
   showStatus("");
 }
 
+function askForKey(message) {
+  sessionStorage.removeItem(KEY_STORE);
+  keyForm.hidden = false;
+  showStatus(message);
+  keyInput.focus();
+}
+
 function showStatus(message) {
   status.textContent = message;
 }
@@ -182,6 +199,13 @@ canvas.addEventListener("keydown", (event) => {
     event.preventDefault();
     reset();
   }
+});
+keyForm.addEventListener("submit", (event) => {
+  event.preventDefault();
+  sessionStorage.setItem(KEY_STORE, keyInput.value.trim());
+  keyInput.value = "";
+  keyForm.hidden = true;
+  predict();
 });
 clearButton.addEventListener("click", () => {
   reset();

@@ -1,0 +1,126 @@
+"""API keys (API_KEYS_FILE): every route but health, readiness, metrics, the OpenAPI document and
+the page needs `Authorization: Bearer <key>` or `X-API-Key: <key>`.
+
+The file holds one key per line, in clear or as `sha256:<hex digest of the key>` (so a mounted
+Secret need not hold keys in clear); `#` starts a comment. It is re-read when it changes (rotation
+without a restart: add the new key, move clients, remove the old one). Keys are compared as SHA-256
+digests with hmac.compare_digest against every known digest, so the time taken says nothing about
+which keys exist; a refusal is a 401 that never says more than "missing" or "invalid".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import re
+import threading
+import time
+from pathlib import Path
+
+from . import errors, metrics, observe
+
+log = logging.getLogger(__name__)
+
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json", "/", "/favicon.ico",
+                        "/v2", "/v2/health/live", "/v2/health/ready"})
+OPEN_PREFIXES = ("/static/",)
+DIGEST = re.compile(r"sha256:([0-9a-fA-F]{64})")
+RELOAD_SECONDS = 1.0  # look at the file at most this often
+CHALLENGE = ("WWW-Authenticate", 'Bearer realm="mnist-mlp"')
+
+
+def read_keys(path: Path) -> list[bytes]:
+    """The SHA-256 digests of the keys in `path`; ValueError (one line) when it has none or cannot be read."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"API_KEYS_FILE={path}: cannot read: {getattr(e, 'strerror', None) or e}") from None
+    digests = []
+    for line in lines:
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        hashed = DIGEST.fullmatch(line)
+        digests.append(bytes.fromhex(hashed.group(1)) if hashed else hashlib.sha256(line.encode()).digest())
+    if not digests:
+        raise ValueError(f"API_KEYS_FILE={path}: no keys (one per line, or sha256:<hex digest>)")
+    return digests
+
+
+class ApiKeys:
+    """The keys of API_KEYS_FILE, re-read when the file changes; an unreadable or empty file keeps the last keys."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._digests = read_keys(self.path)
+        self._stamp, self._checked = self._file_stamp(), time.monotonic()
+        self._lock = threading.Lock()
+
+    def _file_stamp(self):
+        try:
+            stat = self.path.stat()
+            return stat.st_ino, stat.st_size, stat.st_mtime_ns
+        except OSError:
+            return None
+
+    def _refresh(self) -> None:
+        now = time.monotonic()
+        if now - self._checked < RELOAD_SECONDS:
+            return
+        with self._lock:
+            self._checked = now
+            stamp = self._file_stamp()
+            if stamp == self._stamp:
+                return
+            self._stamp = stamp
+            try:
+                self._digests = read_keys(self.path)
+                log.info("API keys reloaded", extra={"keys": len(self._digests)})
+            except ValueError as e:
+                log.warning("kept the previous API keys", extra={"reason": str(e)})
+
+    def valid(self, key: str) -> bool:
+        self._refresh()
+        digest = hashlib.sha256(key.encode()).digest()
+        match = False
+        for known in self._digests:  # every digest, always: no early exit
+            match |= hmac.compare_digest(digest, known)
+        return match
+
+
+def presented_key(environ) -> str | None:
+    authorization = environ.get("HTTP_AUTHORIZATION", "")
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    return environ.get("HTTP_X_API_KEY") or None
+
+
+def is_open(path: str) -> bool:
+    return path in OPEN_PATHS or path.startswith(OPEN_PREFIXES)
+
+
+class RequireApiKey:
+    """WSGI middleware: a 401 for any request to a protected path without a valid key."""
+
+    def __init__(self, app, keys: ApiKeys, route_of):
+        self.app, self.keys, self.route_of = app, keys, route_of
+
+    def __call__(self, environ, start_response):
+        path = environ.get("PATH_INFO", "")
+        if is_open(path) or environ["REQUEST_METHOD"] == "OPTIONS":  # a CORS preflight carries no key
+            return self.app(environ, start_response)
+        key = presented_key(environ)
+        if key is not None and self.keys.valid(key):
+            return self.app(environ, start_response)
+        reason = "missing" if key is None else "invalid"
+        route = self.route_of(path, environ["REQUEST_METHOD"])
+        observe.note(environ, route=route)
+        metrics.AUTH_FAILURES.labels(route, reason).inc()
+        log.warning("refused a request without a valid API key", extra={"route": route, "reason": reason})
+        body = errors.error_body_for(path, "unauthorized", f"{reason} API key: send Authorization: Bearer <key> "
+                                     "or X-API-Key: <key>")
+        start_response("401 Unauthorized", [("Content-Type", "application/json"), CHALLENGE,
+                                            ("Content-Length", str(len(body)))])
+        return [body]
