@@ -243,6 +243,28 @@ def test_phone_screen(page, console_errors, mnist_test):
     assert console_errors == []
 
 
+def test_why_shows_the_attributions_over_what_the_model_saw(page, console_errors, mnist_test):
+    draw(page, mnist_test.images[3], *PLACEMENTS["large, centred"])
+    label = answer(page)
+    assert page.is_hidden('[data-testid="why-heatmap"]')
+    with page.expect_request("**/v1/predict") as request:
+        page.click('[data-testid="why"]')
+    assert request.value.post_data_json["explain"] is True
+    page.wait_for_selector('[data-testid="why-heatmap"]', state="visible")
+    heatmap = page.get_attribute('[data-testid="why-heatmap"]', "src")
+    image = Image.open(io.BytesIO(base64.b64decode(heatmap.split(",", 1)[1]))).convert("RGB")
+    pixels = np.asarray(image).reshape(-1, 3).astype(int)
+    reddish = ((pixels[:, 0] - pixels[:, 2]) > 40).sum()  # pixels for the answer
+    assert image.size == (28, 28) and reddish > 10
+    assert page.text_content("#seen-caption").startswith(f"Why {label}")
+    assert page.get_attribute('[data-testid="why"]', "aria-pressed") == "true"
+
+    page.click('[data-testid="why"]')  # off again: no explanation, the plain 28x28
+    assert page.is_hidden('[data-testid="why-heatmap"]')
+    assert page.get_attribute('[data-testid="why"]', "aria-pressed") == "false"
+    assert console_errors == []
+
+
 @pytest.mark.skipif(not os.environ.get("SCREENSHOT"), reason="set SCREENSHOT=path to save a picture of the page")
 def test_screenshot(page, mnist_test):
     page.set_viewport_size({"width": 960, "height": 560})

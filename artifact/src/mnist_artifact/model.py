@@ -27,9 +27,10 @@ class Model:
         """Read and verify MODEL_DIR/<name>/<version>; raises format.ArtifactError."""
         return cls(*format.load(directory))
 
-    def predict_proba(self, pixels: np.ndarray) -> np.ndarray:
-        """Class probabilities (N, 10) for pixels (N, 784) on the 0..255 scale, MNIST polarity."""
-        x = np.multiply(pixels, self.scale, dtype=np.float32)
+    def logits(self, pixels: np.ndarray, active: list | None = None) -> np.ndarray:
+        """The pre-softmax outputs (N, 10) for pixels (N, 784) on the 0..255 scale, MNIST polarity.
+        `active`, if given, receives each hidden layer's mask of units that are on (for gradients)."""
+        x = np.multiply(pixels, self.scale, dtype=np.result_type(self.weights[0], np.float32))
         x -= self.mean
         x /= self.std
         last = len(self.weights) - 1
@@ -38,6 +39,13 @@ class Model:
             x += b
             if l < last:
                 np.maximum(x, 0, out=x)
+                if active is not None:
+                    active.append(x > 0)
+        return x
+
+    def predict_proba(self, pixels: np.ndarray) -> np.ndarray:
+        """Class probabilities (N, 10) for pixels (N, 784) on the 0..255 scale, MNIST polarity."""
+        x = self.logits(pixels)
         x -= x.max(axis=1, keepdims=True)  # softmax = exp(z - logsumexp(z)), stable for any z
         x -= np.log(np.exp(x).sum(axis=1, keepdims=True))
         return np.exp(x, out=x)

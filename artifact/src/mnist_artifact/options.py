@@ -20,3 +20,13 @@ def parse_choice(name: str, value, choices: tuple[str, ...]) -> str:
     if value not in choices:
         raise ValueError(f"{name} must be one of {list(choices)}, got {value!r:.40}")
     return value
+
+
+def parse_int(name: str, value, minimum: int, maximum: int, *, text: bool = True) -> int:
+    """An integer in [minimum, maximum]; from text also its decimal digits. JSON says a number itself
+    (text=False; true and false are not numbers). Anything else is a ValueError naming `name`."""
+    if text and isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
+        value = int(value.strip())
+    if type(value) is not int or not minimum <= value <= maximum:
+        raise ValueError(f"{name} must be an integer from {minimum} to {maximum}, got {value!r:.40}")
+    return value

@@ -287,7 +287,8 @@ def as_is(img: Image.Image) -> np.ndarray:
 
 
 def png_data_url(digit: np.ndarray) -> str:
-    """A uint8 (28, 28) digit as a data:image/png;base64 URL: what a browser's <img src> takes."""
+    """A uint8 (28, 28) digit, or any (H, W) grey or (H, W, 3) RGB image, as a data:image/png;base64 URL:
+    what a browser's <img src> takes."""
     buffer = io.BytesIO()
     Image.fromarray(digit).save(buffer, "PNG")
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")

@@ -4,14 +4,15 @@ the model the same way (inference.py). Served by the data plane (dataplane.py), 
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 import orjson
 from werkzeug.wrappers import Request
 
-from . import codec_v1, codec_v2, observe
+from . import codec_v1, codec_v2, explain, observe
 from .dataplane import JSON_HEADER, Context, Route, match_route
 from .inference import Picked, pick_model, run_model
-from .options import read_options
+from .options import RequestOptions, check_explained, read_options
 
 JSON = [JSON_HEADER]
 
@@ -25,17 +26,37 @@ def _pick(req: Request, context: Context, name: str | None = None, version: str 
     return picked
 
 
-def predict(req: Request, context: Context) -> tuple[bytes, list]:
-    """POST /v1/predict: JSON instances, an image body or multipart files."""
-    picked = _pick(req, context, version=codec_v1.version_asked(req), label=codec_v1.label_asked(req))
-    pixels, options = codec_v1.decode_predict(req, context.limits)
+def _answer(picked: Picked, pixels, options: RequestOptions, req: Request, context: Context) -> tuple[bytes, list]:
+    """Run the model and answer {"model", "predictions"}, each prediction explained if asked."""
+    if options.explain:
+        check_explained(len(pixels), context.limits)
     probabilities = run_model(picked, pixels, req.environ)
     predictions = codec_v1.prediction_objects(probabilities, pixels if options.include_input else None)
+    if options.explain:
+        explanations = explain.explanation_objects(picked.model, pixels, probabilities, options.explain,
+                                                   options.target, options.steps)
+        for prediction, explanation in zip(predictions, explanations):
+            prediction["explanation"] = explanation
     model = {"name": picked.model.name, "version": picked.model.version}
     if picked.label:
         model["label"] = picked.label
     return orjson.dumps({"model": model, "predictions": predictions},
                         option=orjson.OPT_SERIALIZE_NUMPY), [JSON_HEADER, *picked.headers()]
+
+
+def predict(req: Request, context: Context) -> tuple[bytes, list]:
+    """POST /v1/predict: JSON instances, an image body or multipart files; "explain" adds attributions."""
+    picked = _pick(req, context, version=codec_v1.version_asked(req), label=codec_v1.label_asked(req))
+    pixels, options = codec_v1.decode_predict(req, context.limits)
+    return _answer(picked, pixels, options, req, context)
+
+
+def explain_route(req: Request, context: Context, name: str, version: str | None = None) -> tuple[bytes, list]:
+    """POST /v1/models/<name>[/versions/<v>]:explain: the body of :predict, every prediction explained
+    (integrated gradients unless "explain" names another method)."""
+    picked = _pick(req, context, name, version)
+    pixels, options = codec_v1.decode_json(req.get_data(cache=False), context.limits, read_options(req.args))
+    return _answer(picked, pixels, replace(options, explain=options.explain or explain.DEFAULT_METHOD), req, context)
 
 
 def infer(req: Request, context: Context, name: str, version: str | None = None) -> tuple[bytes, list]:
@@ -80,6 +101,9 @@ ROUTES = [  # the hot route first: it is matched by one string comparison
           _pattern(rf"/v1/models/{TF_NAME}/versions/(?P<version>[0-9]+):predict"), tf_serving_predict),
     Route("/v1/models/<name>/labels/<label>:predict",
           _pattern(rf"/v1/models/{TF_NAME}/labels/(?P<label>[^/:]+):predict"), tf_serving_predict),
+    Route("/v1/models/<name>:explain", _pattern(rf"/v1/models/{TF_NAME}:explain"), explain_route),
+    Route("/v1/models/<name>/versions/<int:version>:explain",
+          _pattern(rf"/v1/models/{TF_NAME}/versions/(?P<version>[0-9]+):explain"), explain_route),
 ]
 
 

@@ -1,5 +1,6 @@
 // Draw a digit: smooth strokes on a 280x280 canvas; on pointer-up the drawing goes to /v1/predict
-// as a PNG, and the answer, the top three probabilities and the 28x28 the model saw are shown.
+// as a PNG, and the answer, the top three probabilities and the 28x28 the model saw are shown;
+// "Why?" overlays the pixel attributions (integrated gradients) on that 28x28.
 
 const LINE_WIDTH = 20; // canvas pixels: about 2 MNIST pixels once the digit is fitted to 20x20
 const INK = "#000";
@@ -14,6 +15,9 @@ const confidence = document.getElementById("confidence");
 const bars = document.getElementById("bars");
 const seen = document.getElementById("seen");
 const seenImage = document.getElementById("seen-image");
+const seenCaption = document.getElementById("seen-caption");
+const whyButton = document.getElementById("why");
+const whyImage = document.getElementById("why-image");
 const status = document.getElementById("status");
 const modelName = document.getElementById("model");
 const keyForm = document.getElementById("key-form");
@@ -107,7 +111,8 @@ async function predict() {
     const response = await fetch("/v1/predict", {
       method: "POST",
       headers,
-      body: JSON.stringify({ instances: [{ b64: canvas.toDataURL("image/png") }], include_input: true }),
+      body: JSON.stringify({ instances: [{ b64: canvas.toDataURL("image/png") }], include_input: true,
+                             explain: explaining() }),
       signal: request.signal,
     });
     const body = await response.json().catch(() => ({}));
@@ -160,6 +165,7 @@ function showPrediction(model, answer) {
   bars.replaceChildren(...top.map(({ digit, probability }) => bar(digit, probability)));
   seenImage.src = answer.input;
   seen.hidden = false;
+  showWhy(answer.explanation);
   modelName.textContent = `model ${model.name} v${model.version}`;
   showStatus("");
 }
@@ -169,6 +175,18 @@ function askForKey(message) {
   keyForm.hidden = false;
   showStatus(message);
   keyInput.focus();
+}
+
+function explaining() {
+  return whyButton.getAttribute("aria-pressed") === "true";
+}
+
+function showWhy(explanation) {
+  whyImage.hidden = !explanation;
+  if (explanation) whyImage.src = explanation.heatmap;
+  seenCaption.textContent = explanation
+    ? `Why ${explanation.target}: red pixels pushed toward it, blue ones against`
+    : "What the model saw: 28×28, centred like MNIST";
 }
 
 function showStatus(message) {
@@ -199,6 +217,11 @@ canvas.addEventListener("keydown", (event) => {
     event.preventDefault();
     reset();
   }
+});
+whyButton.addEventListener("click", () => {
+  whyButton.setAttribute("aria-pressed", String(!explaining()));
+  if (explaining() && hasInk) predict(); // ask again, with the explanation
+  else showWhy(null);
 });
 keyForm.addEventListener("submit", (event) => {
   event.preventDefault();
