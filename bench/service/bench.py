@@ -400,6 +400,9 @@ def main() -> int:
         parser.error(f"unknown case(s) {sorted(unknown)}")
     if args.rounds < 1 or args.duration / args.rounds < 1:
         parser.error("--rounds must be >= 1 and leave >= 1 s per slice")
+    if (args.duration / args.rounds) % 1 or args.warmup % 1:
+        parser.error("--duration / --rounds and --warmup must be whole seconds (wrk takes no fractions), "
+                     f"got {args.duration / args.rounds:g} s per slice")
     if args.threads > args.connections:
         parser.error("--threads must not exceed --connections")
 
