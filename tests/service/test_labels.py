@@ -294,3 +294,21 @@ def _check_with_promtool(exposition: str) -> None:
         return  # the rest of the test stands without it
     check = subprocess.run([promtool, "check", "metrics"], input=exposition, capture_output=True, text=True)
     assert check.returncode == 0 and check.stdout.strip() == "" and check.stderr.strip() == "", check
+
+
+def test_versions_asked_for_are_cached_least_recently_used_first(tmp_path):
+    """?version=N keeps the versions clients keep asking for loaded: the least recently used goes."""
+    from mnist_service import metrics
+    from mnist_service.store import ModelStore
+
+    models = versions(tmp_path, 1, 2, 3, 4)
+    store = ModelStore(models, "mnist", cache_size=2)
+    store.refresh()  # serves 4
+    loads = metrics.MODEL_LOADS._value.get()
+    for version in (1, 2, 1, 3):  # 2 is the least recently used when 3 comes in
+        assert store.get(version).version == version
+    assert metrics.MODEL_LOADS._value.get() - loads == 3
+    store.get(1)
+    assert metrics.MODEL_LOADS._value.get() - loads == 3  # still cached
+    store.get(2)
+    assert metrics.MODEL_LOADS._value.get() - loads == 4  # evicted, loaded again

@@ -13,39 +13,20 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-import re
 import threading
 import time
 from pathlib import Path
 
 from . import errors, metrics, observe
+from .files import read_keys, stamp
 
 log = logging.getLogger(__name__)
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json", "/", "/favicon.ico",
                         "/v2", "/v2/health/live", "/v2/health/ready"})
 OPEN_PREFIXES = ("/static/",)
-DIGEST = re.compile(r"sha256:([0-9a-fA-F]{64})")
 RELOAD_SECONDS = 1.0  # look at the file at most this often
 CHALLENGE = ("WWW-Authenticate", 'Bearer realm="mnist-mlp"')
-
-
-def read_keys(path: Path) -> list[bytes]:
-    """The SHA-256 digests of the keys in `path`; ValueError (one line) when it has none or cannot be read."""
-    try:
-        lines = Path(path).read_text().splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise ValueError(f"API_KEYS_FILE={path}: cannot read: {getattr(e, 'strerror', None) or e}") from None
-    digests = []
-    for line in lines:
-        line = line.split("#", 1)[0].strip()
-        if not line:
-            continue
-        hashed = DIGEST.fullmatch(line)
-        digests.append(bytes.fromhex(hashed.group(1)) if hashed else hashlib.sha256(line.encode()).digest())
-    if not digests:
-        raise ValueError(f"API_KEYS_FILE={path}: no keys (one per line, or sha256:<hex digest>)")
-    return digests
 
 
 class ApiKeys:
@@ -54,15 +35,8 @@ class ApiKeys:
     def __init__(self, path: Path):
         self.path = Path(path)
         self._digests = read_keys(self.path)
-        self._stamp, self._checked = self._file_stamp(), time.monotonic()
+        self._stamp, self._checked = stamp(self.path), time.monotonic()
         self._lock = threading.Lock()
-
-    def _file_stamp(self):
-        try:
-            stat = self.path.stat()
-            return stat.st_ino, stat.st_size, stat.st_mtime_ns
-        except OSError:
-            return None
 
     def _refresh(self) -> None:
         now = time.monotonic()
@@ -70,10 +44,10 @@ class ApiKeys:
             return
         with self._lock:
             self._checked = now
-            stamp = self._file_stamp()
-            if stamp == self._stamp:
+            current = stamp(self.path)
+            if current == self._stamp:
                 return
-            self._stamp = stamp
+            self._stamp = current
             try:
                 self._digests = read_keys(self.path)
                 log.info("API keys reloaded", extra={"keys": len(self._digests)})

@@ -13,6 +13,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .files import read_keys
+
 WORKER_CLASSES = ("gevent", "sync", "gthread")  # gevent: worker.Worker; measured in bench/README.md
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -104,9 +106,7 @@ def _keys_file(environ) -> Path | None:
     text = environ.get("API_KEYS_FILE", "").strip()
     if not text:
         return None
-    from .auth import read_keys  # the file must hold at least one key now, not at the first request
-
-    read_keys(Path(text))
+    read_keys(Path(text))  # the file must hold at least one key now, not at the first request
     return Path(text)
 
 

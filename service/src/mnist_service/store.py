@@ -20,6 +20,7 @@ from pathlib import Path
 from mnist_artifact import ArtifactError, Model, format
 
 from . import metrics
+from .files import stamp
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ class ModelStore:
         self.name, self.pinned = name, pinned
         self.routing: Routing | None = None
         self.not_ready_reason = "no model loaded yet"
-        self._rejected: dict[int, float] = {}  # version -> manifest mtime when it was rejected
+        self._rejected: dict[int, tuple | None] = {}  # version -> its manifest's stamp when it was rejected
         self._cache: OrderedDict[int, Model] = OrderedDict()  # versions asked for by ?version=N
         self._cache_size = cache_size
         self._labels = format.VersionLabels()  # the last valid labels.json
@@ -80,14 +81,9 @@ class ModelStore:
 
     def _read_labels(self) -> format.VersionLabels:
         """labels.json, re-read when it changes; an invalid one is logged and the last valid one kept."""
-        path = self.root / format.LABELS_FILE
-        try:  # an atomic rewrite is a new inode: two within one mtime tick are still told apart
-            stat = path.stat()
-            stamp = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
-        except OSError:
-            stamp = None
-        if stamp != self._labels_stamp:
-            self._labels_stamp = stamp
+        current = stamp(self.root / format.LABELS_FILE)
+        if current != self._labels_stamp:
+            self._labels_stamp = current
             try:
                 self._labels = format.read_labels(self.root.parent, self.name)
             except ArtifactError as e:
@@ -96,17 +92,18 @@ class ModelStore:
         return self._labels
 
     def _resolve_labels(self, labels: format.VersionLabels, on_disk: list[int]) -> dict[str, Model]:
-        resolved = {}
+        resolved, rejected = {}, set()
         for label, version in labels.versions.items():
             model = self._loaded(version) if version in on_disk else None
             if model is not None:
                 resolved[label] = model
-                self._rejected_labels.discard((label, version))
-            elif (label, version) not in self._rejected_labels:  # log and count each bad pointer once
-                self._rejected_labels.add((label, version))
-                metrics.LABELS_REJECTED.labels(label).inc()
-                log.warning("ignored label: its version is missing or invalid",
-                            extra={"model": self.name, "label": label, "version": version})
+            else:
+                rejected.add((label, version))
+        for label, version in rejected - self._rejected_labels:  # log and count each bad pointer once
+            metrics.LABELS_REJECTED.labels(label).inc()
+            log.warning("ignored label: its version is missing or invalid",
+                        extra={"model": self.name, "label": label, "version": version})
+        self._rejected_labels = rejected
         return resolved
 
     def _default(self, on_disk: list[int], labels: dict[str, Model]) -> tuple[Model | None, str | None]:
@@ -128,30 +125,24 @@ class ModelStore:
                 if model is not None and model.version == version:
                     return model
         if version in self._cache:
+            self._cache.move_to_end(version)  # least recently used goes first
             return self._cache[version]
         model = self._try_load(version)
         if model is not None:
-            self._remember(model)
+            self._cache[version] = model
+            if len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
         return model
-
-    def _remember(self, model: Model) -> None:
-        self._cache[model.version] = model
-        self._cache.move_to_end(model.version)
-        if len(self._cache) > self._cache_size:
-            self._cache.popitem(last=False)
 
     def _try_load(self, version: int) -> Model | None:
         path = self.root / str(version)
-        try:
-            stamp = (path / "manifest.json").stat().st_mtime
-        except OSError:
-            stamp = None
-        if version in self._rejected and self._rejected[version] == stamp:
+        manifest = stamp(path / format.MANIFEST)
+        if version in self._rejected and self._rejected[version] == manifest:
             return None  # already rejected, unchanged since: do not log it again every poll
         try:
             model = Model.load(path)
         except ArtifactError as e:
-            self._rejected[version] = stamp
+            self._rejected[version] = manifest
             metrics.MODEL_LOAD_FAILURES.inc()
             log.warning("rejected model version", extra={"model": self.name, "version": version, "reason": str(e)})
             return None
@@ -179,9 +170,7 @@ class ModelStore:
         if routing is not None and routing.default.version == version:
             return routing.default
         with self._lock:
-            if version in self._cache:
-                return self._cache[version]
-            if version not in self.versions():
+            if version not in self._cache and version not in self.versions():
                 return None
             return self._loaded(version)
 
