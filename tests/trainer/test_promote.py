@@ -69,6 +69,7 @@ def test_a_corrupt_trial_is_no_candidate(models):
     (["--label", "Stable!", "--version", "1"], 2, "must match"),
     (["--label", "stable"], 2, "needs --version N or --best SWEEP_ID"),
     (["--remove", "beta"], 4, "has no label 'beta'"),
+    (["--remove", "stable", "--version", "2"], 2, "takes no --version, --best or --percent"),
 ])
 def test_refused_promotions_change_nothing(models, args, code, message):
     set_label(models, "mnist", "stable", 1)

@@ -186,14 +186,21 @@ def _get(manifest: dict, section: str, key: str):
 
 # -- reading a version -------------------------------------------------------------------------
 
-def load(directory: Path) -> tuple[dict, dict[str, np.ndarray]]:
-    """Read and verify one version directory (the checks of docs/artifact.md): (manifest, arrays)."""
+def read_manifest(directory: Path) -> dict:
+    """One version's manifest, its fields checked (checks 1 and 2 below), without reading the weights."""
     directory = Path(directory)
     try:
         manifest = json.loads((directory / MANIFEST).read_text())
     except (OSError, ValueError) as e:
         raise ArtifactError(f"{directory / MANIFEST}: cannot read manifest: {e}") from None
     _check_manifest(manifest, directory)
+    return manifest
+
+
+def load(directory: Path) -> tuple[dict, dict[str, np.ndarray]]:
+    """Read and verify one version directory (the checks of docs/artifact.md): (manifest, arrays)."""
+    directory = Path(directory)
+    manifest = read_manifest(directory)
     weights = directory / WEIGHTS
     try:
         if sha256_file(weights) != manifest["weights"]["sha256"]:

@@ -187,6 +187,7 @@ def train_config(args) -> TrainConfig:
 class UsageError(Exception):
     pass
 
+
 class _StopFlag:
     """Set by SIGINT/SIGTERM; the training loop checks it at every batch boundary."""
 
@@ -217,6 +218,8 @@ def main(argv=None) -> int:
         if args.command == "promote":
             if args.label and (args.version is None) == (args.best is None):
                 raise UsageError("promote --label needs --version N or --best SWEEP_ID")
+            if args.remove and (args.version is not None or args.best or args.percent is not None):
+                raise UsageError("promote --remove LABEL takes no --version, --best or --percent")
             return commands.promote(args)
         if args.command == "evaluate":
             return commands.evaluate(args)

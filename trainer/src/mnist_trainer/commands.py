@@ -40,9 +40,9 @@ def train(args, config: TrainConfig, log: EventLog, should_stop) -> int:
 
 
 def train_and_publish(args, config: TrainConfig, preset: str, log: EventLog, should_stop,
-                      sweep: dict | None = None) -> int:
+                      sweep: dict | None = None) -> None:
     """Train, evaluate and publish the next version; `sweep` (id, trial, parameters) goes into its
-    manifest. Prints a one-line JSON summary on stdout and returns the version."""
+    manifest. Prints a one-line JSON summary on stdout."""
     tty = sys.stderr.isatty()
     mnist = _load_data(args, progress=tty)
     try:
@@ -86,7 +86,6 @@ def train_and_publish(args, config: TrainConfig, preset: str, log: EventLog, sho
     log("published", f"published {args.name} version {version} at {path}", **{
         k: v for k, v in summary.items() if k not in ("name", "version", "path")})
     print(json.dumps(summary), flush=True)
-    return version
 
 
 def _log_epoch(log: EventLog, r: dict, epochs: int) -> None:

@@ -20,13 +20,15 @@ def sweep_trials(model_dir: Path, name: str, sweep_id: str) -> list[dict]:
     """One row per valid version published by the sweep, sorted by validation accuracy (best first)."""
     rows = []
     for version in format.list_versions(model_dir, name):
-        try:
-            manifest = format.load(Path(model_dir) / name / str(version))[0]
+        directory = Path(model_dir) / name / str(version)
+        try:  # the manifest says which sweep; only its trials' weights are read and verified
+            manifest = format.read_manifest(directory)
+            sweep = manifest.get("sweep") or {}
+            if sweep.get("id") != sweep_id:
+                continue
+            format.load(directory)
         except ArtifactError:
             continue  # a corrupt or half-deleted version is no candidate
-        sweep = manifest.get("sweep") or {}
-        if sweep.get("id") != sweep_id:
-            continue
         validation = manifest.get("metrics", {}).get("validation") or {}
         rows.append({"version": version, "trial": sweep.get("trial"), "parameters": sweep.get("parameters", {}),
                      "validation_accuracy": validation.get("accuracy"), "validation_loss": validation.get("loss"),
