@@ -36,7 +36,7 @@ SWEEP_TRIALS = 2
 TRAINER_IMAGE = "docker.io/library/mnist-mlp-trainer:latest"  # as `docker compose build` tags it
 
 
-def values(host_port: int) -> list[str]:
+def values() -> list[str]:
     """A local run: the images `docker compose build` made, a claim podman provides (the chart's
     own PVC), MNIST from a named volume, every trainer Job on, the fast preset."""
     return [
@@ -117,9 +117,9 @@ def logs_tail(name: str, lines: int = 15) -> str:
 
 # -- the rendered chart --------------------------------------------------------------------------
 
-def render(host_port: int) -> list[dict]:
+def render() -> list[dict]:
     result = subprocess.run(["helm", "template", RELEASE, str(CHART), "--kube-version", "1.35.0",
-                             *values(host_port)], capture_output=True, text=True)
+                             *values()], capture_output=True, text=True)
     check(result.returncode == 0, f"helm template: {result.stderr.strip()}")
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
@@ -270,7 +270,7 @@ def main() -> int:
 
 def play_everything(ground: Playground, step: Steps, port: int, mnist_dir: Path) -> None:
     step("helm template")
-    objects = render(port)
+    objects = render()
     print("  " + ", ".join(sorted({f"{o['kind']}" for o in objects})))
 
     step("MNIST into a volume (the training.data.existingClaim)")

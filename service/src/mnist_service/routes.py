@@ -14,8 +14,6 @@ from .dataplane import JSON_HEADER, Context, Route, match_route
 from .inference import Picked, pick_model, run_model
 from .options import RequestOptions, check_explained, read_options
 
-JSON = [JSON_HEADER]
-
 
 def _pick(req: Request, context: Context, name: str | None = None, version: str | None = None,
           label: str | None = None) -> Picked:
