@@ -52,14 +52,16 @@ def random_affine(images: np.ndarray, rng: np.random.Generator, *, max_rotation:
 
 
 def random_elastic(images: np.ndarray, rng: np.random.Generator, *, alpha: float = 34.0, sigma: float = 4.0,
-                   max_rotation: float = 12.0, max_scale: float = 0.15, max_shear: float = 0.2,
-                   max_shift: float = 2.0) -> np.ndarray:
+                   max_rotation: float = 6.0, max_scale: float = 0.08, max_shear: float = 0.1,
+                   max_shift: float = 1.5) -> np.ndarray:
     """Random affine map plus elastic displacement: one sampling grid per image, one bilinear gather.
 
     alpha, sigma: the elastic field (elastic_field); 34 and 4 are Simard et al. (2003).
-    max_rotation (degrees), max_scale (each axis on its own), max_shear (a horizontal slant factor):
-    a little milder than Ciresan et al. (2010), who rotate and shear by up to 15 deg (a shear factor
-    of tan 15 deg = 0.27) and scale by 15-20 % per axis. max_shift (pixels): as shift and affine.
+    max_rotation (degrees), max_scale (each axis on its own), max_shear (a horizontal slant factor),
+    max_shift (pixels): about half of Ciresan et al. (2010), who rotate and shear by up to 15 deg
+    (a shear factor of tan 15 deg = 0.27) and scale by 15-20 % per axis over hundreds of epochs. In a
+    15-minute budget the network underfits their ranges: 12 deg, 15 %, 0.2 and 2 px gave 99.00 %
+    validation accuracy after 70 epochs of the `best` network, these 99.08 % (bench/README.md).
     """
     batch = len(images)
     angle = np.deg2rad(rng.uniform(-max_rotation, max_rotation, batch)).astype(np.float32)
