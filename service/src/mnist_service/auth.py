@@ -93,8 +93,5 @@ class RequireApiKey:
         observe.note(environ, route=route)
         metrics.AUTH_FAILURES.labels(route, reason).inc()
         log.warning("refused a request without a valid API key", extra={"route": route, "reason": reason})
-        body = errors.error_body_for(path, "unauthorized", f"{reason} API key: send Authorization: Bearer <key> "
-                                     "or X-API-Key: <key>")
-        start_response("401 Unauthorized", [("Content-Type", "application/json"), CHALLENGE,
-                                            ("Content-Length", str(len(body)))])
-        return [body]
+        return errors.answer_error(start_response, path, 401, "unauthorized", f"{reason} API key: send "
+                                   "Authorization: Bearer <key> or X-API-Key: <key>", [CHALLENGE])

@@ -46,10 +46,8 @@ class Cors:
 
     def _preflight(self, origin: str, path: str, start_response):
         if not self.allowed(origin):
-            body = errors.error_body_for(path, "origin_not_allowed", f"origin {origin[:100]!r} is not in CORS_ORIGINS")
-            start_response("403 Forbidden", [("Content-Type", "application/json"), ("Vary", "Origin"),
-                                              ("Content-Length", str(len(body)))])
-            return [body]
+            return errors.answer_error(start_response, path, 403, "origin_not_allowed",
+                                       f"origin {origin[:100]!r} is not in CORS_ORIGINS", [("Vary", "Origin")])
         start_response("204 No Content", [
             ("Access-Control-Allow-Origin", origin), ("Vary", "Origin"),
             ("Access-Control-Allow-Methods", ALLOW_METHODS), ("Access-Control-Allow-Headers", ALLOW_HEADERS),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from http import HTTPStatus
 
 import orjson
 from flask import Flask, Response, request
@@ -27,6 +28,14 @@ def error_body_for(path: str, code: str, message: str, details=None) -> bytes:
     if path == "/v2" or path.startswith("/v2/"):
         return orjson.dumps({"error": message})
     return error_body(code, message, details)
+
+
+def answer_error(start_response, path: str, status: int, code: str, message: str, headers=()) -> list[bytes]:
+    """Answer an error from WSGI middleware that runs before any route (API keys, CORS)."""
+    body = error_body_for(path, code, message)
+    start_response(f"{status} {HTTPStatus(status).phrase}",
+                   [("Content-Type", "application/json"), *headers, ("Content-Length", str(len(body)))])
+    return [body]
 
 
 # werkzeug's exceptions, under the codes clients see.
