@@ -19,6 +19,7 @@ class Model:
         n_layers = len(manifest["architecture"]["layer_sizes"]) - 1
         self.weights = [arrays[f"W{l}"] for l in range(1, n_layers + 1)]
         self.biases = [arrays[f"b{l}"] for l in range(1, n_layers + 1)]
+        self.dtype = np.result_type(self.weights[0], np.float32)  # float32 as published; float64 if the weights are
         spec = manifest["input"]
         self.scale, self.mean, self.std = (np.float32(spec[k]) for k in ("scale", "mean", "std"))
 
@@ -30,7 +31,7 @@ class Model:
     def logits(self, pixels: np.ndarray, active: list | None = None) -> np.ndarray:
         """The pre-softmax outputs (N, 10) for pixels (N, 784) on the 0..255 scale, MNIST polarity.
         `active`, if given, receives each hidden layer's mask of units that are on (for gradients)."""
-        x = np.multiply(pixels, self.scale, dtype=np.result_type(self.weights[0], np.float32))
+        x = np.multiply(pixels, self.scale, dtype=self.dtype)
         x -= self.mean
         x /= self.std
         last = len(self.weights) - 1

@@ -45,14 +45,13 @@ def logits_and_gradients(model, pixels, targets) -> tuple[np.ndarray, np.ndarray
     At a ReLU kink (pre-activation exactly 0) the derivative taken is 0, as in the forward's max(x, 0).
     """
     pixels, targets = _batch(model, pixels, targets)
-    dtype = np.result_type(model.weights[0], np.float32)  # float32 as served; float64 if the model is
     on = []  # per hidden layer: which units are on (h > 0)
     logits = model.logits(pixels, on)  # the served forward pass itself
     g = model.weights[-1].T[targets]  # dz_target/dh_{L-1} = column `target` of W_L
     for l in range(len(model.weights) - 2, -1, -1):
         g *= on[l]  # through ReLU: dh/da = 1 where the unit is on, else 0
         g = g @ model.weights[l].T  # through the affine layer: da/dh_{l-1} = W_l^T
-    g *= dtype.type(np.float64(model.scale) / np.float64(model.std))  # x0 = (pixel * scale - mean) / std
+    g *= model.dtype.type(np.float64(model.scale) / np.float64(model.std))  # x0 = (pixel * scale - mean) / std
     return logits, g
 
 
@@ -73,7 +72,7 @@ def integrated_gradients(model, pixels, targets, steps: int = DEFAULT_STEPS, bas
     x = pixels.astype(np.float64)
     x_base = np.broadcast_to(np.asarray(baseline, dtype=np.float64), x.shape)
     delta = x - x_base
-    dtype = np.result_type(model.weights[0], np.float32)  # the path in the forward's dtype: half the memory
+    dtype = model.dtype  # the path in the forward's dtype: half the memory of float64
     alphas = ((np.arange(steps) + 0.5) / steps).astype(dtype)
     path = x_base.astype(dtype)[:, None, :] + alphas[None, :, None] * delta.astype(dtype)[:, None, :]
     _, g = logits_and_gradients(model, path.reshape(n * steps, n_in), np.repeat(targets, steps))
