@@ -193,17 +193,19 @@ def _fitted_erosions(ink: np.ndarray) -> tuple[list[np.ndarray], float]:
     return layers, width / FINE
 
 
-def _erode(ink: np.ndarray, square: bool) -> np.ndarray:
-    """Grey erosion by one pixel: each pixel the minimum of its 3x3 square or its 4-neighbour cross."""
-    h, w = ink.shape
-    padded = np.pad(ink, 1)
+def grey_morphology(images: np.ndarray, extreme: np.ufunc, square: bool = False) -> np.ndarray:
+    """Grey dilation (extreme=np.maximum) or erosion (np.minimum) by one pixel over the last two axes:
+    each pixel the extreme of its 4-neighbour cross, or of its 3x3 square; outside reads as background (0).
+    For one image or a batch: the trainer's stroke-thickness augmentation uses it too."""
+    h, w = images.shape[-2:]
+    padded = np.pad(images, [(0, 0)] * (images.ndim - 2) + [(1, 1), (1, 1)])
     steps = [(dr, dc) for dr in (-1, 0, 1) for dc in (-1, 0, 1) if square or not (dr and dc)]
-    return np.min([padded[1 + dr:1 + dr + h, 1 + dc:1 + dc + w] for dr, dc in steps], axis=0)
+    return extreme.reduce([padded[..., 1 + dr:1 + dr + h, 1 + dc:1 + dc + w] for dr, dc in steps])
 
 
 def _erode_once_more(layers: list[np.ndarray]) -> None:
     """Append the last layer eroded once more, the cross and the square in turn (see _erosions)."""
-    layers.append(_erode(layers[-1], square=len(layers) % 2 == 0))
+    layers.append(grey_morphology(layers[-1], np.minimum, square=len(layers) % 2 == 0))
 
 
 def _erosions(ink: np.ndarray) -> tuple[list[np.ndarray], float]:

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from mnist_artifact.preprocess import grey_morphology
+
 SIDE = 28
 
 
@@ -109,10 +111,8 @@ def random_thickness(images: np.ndarray, rng: np.random.Generator, *, thinner: f
     dilation (t > 0) or erosion (t < 0) over the pixel and its 4 neighbours, about 1 px per side.
     Thinning stops at half: a full erosion leaves a median 31 % of a real digit's ink, a faint ghost."""
     t = rng.uniform(-thinner, bolder, len(images)).astype(np.float32)[:, None, None]
-    padded = np.pad(images, ((0, 0), (1, 1), (1, 1)))  # zero border: background
-    plus = [padded[:, 1:-1, 1:-1], padded[:, :-2, 1:-1], padded[:, 2:, 1:-1], padded[:, 1:-1, :-2],
-            padded[:, 1:-1, 2:]]  # centre, up, down, left, right: a disk of radius 1, not a square
-    target = np.where(t > 0, np.maximum.reduce(plus), np.minimum.reduce(plus))
+    # Over the 4-neighbour cross, a disk of radius 1, not the 3x3 square.
+    target = np.where(t > 0, grey_morphology(images, np.maximum), grey_morphology(images, np.minimum))
     out = (1 - np.abs(t)) * images + np.abs(t) * target  # between image and target: stays in 0..255
     return np.rint(out).astype(images.dtype)
 
