@@ -17,6 +17,7 @@ import numpy as np
 from mnist_artifact.preprocess import grey_morphology
 
 SIDE = 28
+CENTRE = (SIDE - 1) / 2  # the centre of rotation, scaling and shear, in pixel coordinates
 
 
 def random_shift(images: np.ndarray, rng: np.random.Generator, max_shift: int = 2) -> np.ndarray:
@@ -45,12 +46,7 @@ def random_affine(images: np.ndarray, rng: np.random.Generator, *, max_rotation:
     cos, sin = np.cos(angle) / scale, np.sin(angle) / scale
     a, b = cos, -sin + shear * cos  # row 1 of rotation @ shear, divided by scale
     c, d = sin, cos + shear * sin  # row 2
-    centre = (SIDE - 1) / 2
-    grid = np.arange(SIDE, dtype=np.float32) - centre
-    y, x = grid[:, None], grid[None, :]
-    src_y = a[:, None, None] * y + b[:, None, None] * x + centre - shift[:, 0, None, None]
-    src_x = c[:, None, None] * y + d[:, None, None] * x + centre - shift[:, 1, None, None]
-    return _bilinear(images, src_y, src_x)
+    return _bilinear(images, *_sampling_grid((a, b, c, d), (CENTRE - shift[:, 0], CENTRE - shift[:, 1])))
 
 
 def random_elastic(images: np.ndarray, rng: np.random.Generator, *, alpha: float = 34.0, sigma: float = 4.0,
@@ -77,12 +73,8 @@ def random_elastic(images: np.ndarray, rng: np.random.Generator, *, alpha: float
     cos, sin = np.cos(angle), np.sin(angle)
     m00, m01 = (cos - sin * shear) * scale_y, -sin * scale_x
     m10, m11 = (sin + cos * shear) * scale_y, cos * scale_x
-    centre = (SIDE - 1) / 2
-    grid = np.arange(SIDE, dtype=np.float32) - centre
-    y, x = grid[:, None], grid[None, :]
-    src_y = m00[:, None, None] * y + m01[:, None, None] * x + (centre + shift_y)[:, None, None] + dy
-    src_x = m10[:, None, None] * y + m11[:, None, None] * x + (centre + shift_x)[:, None, None] + dx
-    return _bilinear(images, src_y, src_x)
+    src_y, src_x = _sampling_grid((m00, m01, m10, m11), (CENTRE + shift_y, CENTRE + shift_x))
+    return _bilinear(images, src_y + dy, src_x + dx)
 
 
 def elastic_field(batch: int, rng: np.random.Generator, *, alpha: float = 34.0, sigma: float = 4.0) -> np.ndarray:
@@ -120,6 +112,16 @@ def random_thickness(images: np.ndarray, rng: np.random.Generator, *, thinner: f
 def random_distortion(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """The "elastic" augmentation: random_elastic, then random_thickness, with their defaults."""
     return random_thickness(random_elastic(images, rng), rng)
+
+
+def _sampling_grid(matrix, offset) -> tuple[np.ndarray, np.ndarray]:
+    """Where each output pixel samples its input, (B, 28, 28) twice: for the per-image 2x2 matrices
+    [[m00, m01], [m10, m11]] (each coefficient of shape (B,)) acting on the output pixel's position
+    relative to CENTRE, plus the per-image offsets (oy, ox) of shape (B,)."""
+    m00, m01, m10, m11 = (m[:, None, None] for m in matrix)
+    grid = np.arange(SIDE, dtype=np.float32) - CENTRE
+    y, x = grid[:, None], grid[None, :]
+    return m00 * y + m01 * x + offset[0][:, None, None], m10 * y + m11 * x + offset[1][:, None, None]
 
 
 def _bilinear(images: np.ndarray, src_y: np.ndarray, src_x: np.ndarray) -> np.ndarray:
