@@ -96,7 +96,6 @@ def main() -> int:
            (lambda k=k: explain.integrated_gradients(model, pixels, target, k), gap(k))
            for k in (steps, 2 * steps, 4 * steps)},
         "heatmap PNG data URL 28x28": (lambda: explain.heatmap_data_url(attributions), ""),
-        "heatmap PNG data URL 280x280": (lambda: explain.heatmap_data_url(attributions, size=280), ""),
     }
     samples: dict[str, list[float]] = {name: [] for name in cases}
     for fn, _ in cases.values():  # warm up

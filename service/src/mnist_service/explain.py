@@ -129,12 +129,6 @@ def heatmap_rgb(attributions) -> np.ndarray:
     return np.rint(rgb).astype(np.uint8)
 
 
-def heatmap_data_url(attributions_28x28, size: int = 28) -> str:
-    """heatmap_rgb as a size x size PNG data: URL (nearest-neighbour upscaling: one block per input pixel)."""
-    a = np.asarray(attributions_28x28).reshape(28, 28)
-    if size < 1:
-        raise ValueError("size must be >= 1")
-    rgb = heatmap_rgb(a)
-    index = np.arange(size) * 28 // size  # nearest neighbour: output pixel -> input pixel
-    rgb = rgb.take(index, axis=0).take(index, axis=1)  # rows then columns: 7x faster than rgb[index[:, None], index]
-    return png_data_url(rgb)
+def heatmap_data_url(attributions_28x28) -> str:
+    """heatmap_rgb as a 28x28 PNG data: URL, one pixel per input pixel (the page scales it up)."""
+    return png_data_url(heatmap_rgb(np.asarray(attributions_28x28).reshape(28, 28)))
