@@ -25,7 +25,18 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from common import BUSY, environment, load_mnist, log, machine_busy_seconds, markdown_table, own_cpu_seconds, write_json
+from common import (
+    BUSY,
+    describe_speed,
+    environment,
+    load_mnist,
+    log,
+    machine_busy_seconds,
+    machine_speed,
+    markdown_table,
+    own_cpu_seconds,
+    write_json,
+)
 
 from mnist_trainer import MLP, data
 from mnist_trainer.augment import AUGMENTATIONS, random_elastic, random_thickness
@@ -220,7 +231,7 @@ def cmd_accuracy(args) -> dict:
         if preset not in PRESETS:
             sys.exit(f"bench: unknown preset {preset!r} (expected one of {', '.join(PRESETS)})")
     mnist = load_mnist(args.data)
-    results, rows = {}, []
+    results, rows, speed_before = {}, [], machine_speed()
     for preset in presets:
         seeds = args.seeds or (3 if preset == "default" else 1)
         runs = []
@@ -247,7 +258,9 @@ def cmd_accuracy(args) -> dict:
                      _verdict(r, target) if target else "-"])
     print("Train on 55,000 images (5,000 held out for validation / best epoch), test on 10,000\n")
     print(markdown_table(["preset", "seeds", "test accuracy (mean ± std)", "training s (mean ± std)", "target"], rows))
-    return {"benchmark": "accuracy", "results": results}
+    speed = {"before": speed_before, "after": machine_speed()}
+    print(f"\n{describe_speed(*speed.values())}")
+    return {"benchmark": "accuracy", "results": results, "machine_speed": speed}
 
 
 def _verdict(result: dict, target: tuple[float, int]) -> str:
@@ -281,7 +294,7 @@ def augment_epoch(images, function, seed: int) -> float:
 
 def cmd_augment(args) -> dict:
     images = load_mnist(args.data).train.images
-    runs = {name: [] for name in AUGMENTERS}
+    runs, speed_before = {name: [] for name in AUGMENTERS}, machine_speed()
     for repeat in range(args.repeats):  # round robin, so that load changes hit every augmentation alike
         for name, function in AUGMENTERS.items():
             other, started = other_cpu_seconds(), time.perf_counter()
@@ -301,11 +314,22 @@ def cmd_augment(args) -> dict:
         [[name, f"{s['seconds']:.2f}", f"{s['best_seconds']:.2f}",
           f"{1e6 * s['seconds'] / (batches * AUGMENT_BATCH):.1f}",
           "OK" if s["seconds"] <= AUGMENT_BUDGET_SECONDS else "OVER"] for name, s in summary.items()]))
+    speed = {"before": speed_before, "after": machine_speed()}
+    print(f"\n{describe_speed(*speed.values())}")
     busy = max(r["other_cores"] for rs in runs.values() for r in rs)
     if busy > BUSY:
         print(f"\nwarning: other processes used up to {busy:.2f} cores during a run: re-run on an idle machine")
     return {"benchmark": "augment", "batch_size": AUGMENT_BATCH, "batches": batches, "repeats": args.repeats,
-            "budget_seconds": AUGMENT_BUDGET_SECONDS, "max_other_cores": busy, "results": summary}
+            "budget_seconds": AUGMENT_BUDGET_SECONDS, "max_other_cores": busy, "results": summary,
+            "machine_speed": speed}
+
+
+# --- machine -----------------------------------------------------------------------------------
+
+def cmd_machine(args) -> dict:
+    speed = machine_speed()
+    print(describe_speed(speed))
+    return {"benchmark": "machine", "machine_speed": speed}
 
 
 # --- command line ------------------------------------------------------------------------------
@@ -339,6 +363,7 @@ def main(argv=None) -> None:
                           help="seeds per preset (default: 3 for default, else 1)")
     augment = command("augment", "seconds per epoch of each data augmentation")
     augment.add_argument("--repeats", type=positive, default=5, help="runs per augmentation (median)")
+    command("machine", "how fast this machine is right now: matrix products and memory (a few seconds)")
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in (*sub.choices, "-h", "--help"):
@@ -347,7 +372,7 @@ def main(argv=None) -> None:
     if args.command == "memory" and args.child:
         return memory_child(args)
     results = {"speed": cmd_speed, "memory": cmd_memory, "accuracy": cmd_accuracy,
-               "augment": cmd_augment}[args.command](args)
+               "augment": cmd_augment, "machine": cmd_machine}[args.command](args)
     import mnist_trainer
 
     write_json(args.json, {**results, "environment": environment(mnist_trainer=mnist_trainer.__version__)})

@@ -12,6 +12,7 @@ import os
 import platform
 import sys
 import time
+import timeit
 from pathlib import Path
 
 import numpy as np
@@ -83,6 +84,35 @@ def wait_quiet(minutes: float, cores: float = 0.2, window: float = 10) -> float:
             log(f"bench: still busy after {minutes:g} minutes (other processes {other:.2f} cores): measuring anyway")
             return other
         log(f"bench: waiting for a quiet machine: other processes {other:.2f} cores")
+
+
+def machine_speed() -> dict:
+    """How fast this machine is right now, for the benchmarks' absolute times (a shared machine's speed
+    changes from day to day): float32 matrix products of the `best` network's shape, 256x1280 @ 1280x1280,
+    in GFLOP/s with the BLAS threads set, which is most of training; and an element-wise add over
+    10 MB arrays (that network's weights) in GB/s, one thread, which is what the optimiser, batch norm
+    and augmentation wait on. A few seconds."""
+    rng = np.random.default_rng(0)
+    x, w = rng.random((256, 1280), np.float32), rng.random((1280, 1280), np.float32)
+    a, b = rng.random(2_621_440, np.float32), rng.random(2_621_440, np.float32)
+    out_mm, out_add = np.empty((256, 1280), np.float32), np.empty_like(a)
+    return {"sgemm_gflops": 2 * x.size * w.shape[1] / _seconds_per_call(lambda: np.matmul(x, w, out=out_mm)) / 1e9,
+            "add_gb_per_s": 3 * a.nbytes / _seconds_per_call(lambda: np.add(a, b, out=out_add)) / 1e9}
+
+
+def _seconds_per_call(function) -> float:
+    """The best of 3 timings, each of as many calls as take at least 0.2 s (timeit's autorange)."""
+    timer = timeit.Timer(function)
+    number, _ = timer.autorange()
+    return min(timer.repeat(repeat=3, number=number)) / number
+
+
+def describe_speed(*probes: dict) -> str:
+    """One line of machine_speed results (e.g. before / after a run) for under a table."""
+    def values(key: str, digits: int) -> str:
+        return " / ".join(f"{probe[key]:.{digits}f}" for probe in probes)
+    return (f"machine speed (machine_speed in bench/common.py{', before / after' if len(probes) > 1 else ''}): "
+            f"float32 matmul {values('sgemm_gflops', 0)} GFLOP/s, element-wise add {values('add_gb_per_s', 1)} GB/s")
 
 
 # --- results -----------------------------------------------------------------------------------
