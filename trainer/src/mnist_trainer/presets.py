@@ -6,7 +6,7 @@ Figures are measured by bench/ on the project's 2-core reference machine (bench/
 from .train import TrainConfig
 
 PRESETS: dict[str, TrainConfig] = {
-    # A smoke test: one small hidden layer, a few epochs (about 5 s).
+    # A smoke test: one small hidden layer, a few epochs (2-5 s).
     "fast": TrainConfig(hidden=(256,), epochs=5, lr=0.05),
     # >= 99.0 % test accuracy in <= 60 s of training; what `docker compose up` trains.
     # One wide layer, random affine warps, batch norm, label smoothing and a weight average; batches
