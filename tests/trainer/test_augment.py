@@ -123,15 +123,24 @@ def test_elastic_shear_slants_a_vertical_line_horizontally():
     assert np.abs(slopes).max() <= 0.3 and np.ptp(slopes) > 0.2  # within max_shear, varying per image
 
 
+def pixel_grid(images, dx=0.0):
+    """Sampling coordinates (y, x) of every pixel of `images`, shifted right by dx."""
+    y, x = np.mgrid[0:28, 0:28].astype(np.float32)
+    return np.stack([np.broadcast_to(y, images.shape), np.broadcast_to(x + dx, images.shape)])
+
+
 def test_bilinear_gathers_from_each_images_own_pixels():
     images = rings(3, seed=1)
-    y, x = np.mgrid[0:28, 0:28].astype(np.float32)
-    shape = images.shape
-    np.testing.assert_array_equal(_bilinear(images, np.broadcast_to(y, shape), np.broadcast_to(x, shape)), images)
-    half = _bilinear(images, np.broadcast_to(y, shape), np.broadcast_to(x + 0.5, shape)).astype(int)
+    np.testing.assert_array_equal(_bilinear(images, pixel_grid(images)), images)
+    half = _bilinear(images, pixel_grid(images, dx=0.5)).astype(int)
     expected = (images[:, :, :-1].astype(int) + images[:, :, 1:]) / 2
     assert np.abs(half[:, :, :-1] - expected).max() <= 0.5
     np.testing.assert_array_equal(half[:, :, -1], np.rint(images[:, :, -1] / 2))  # beyond the edge reads as 0
+
+
+def test_bilinear_reads_the_right_image_in_a_large_batch():
+    images = np.repeat(rings(3, seed=2), 6_300, axis=0)  # 18,900 > 2**24 / 900: float32 indices would be off
+    np.testing.assert_array_equal(_bilinear(images, pixel_grid(images)), images)
 
 
 # --- random_thickness --------------------------------------------------------------------------
