@@ -108,10 +108,13 @@ def random_thickness(images: np.ndarray, rng: np.random.Generator, *, thinner: f
     """Bolder or thinner strokes: per image t in [-thinner, bolder] blends a fraction |t| of the grey
     dilation (t > 0) or erosion (t < 0) over the pixel and its 4 neighbours, about 1 px per side.
     Thinning stops at half: a full erosion leaves a median 31 % of a real digit's ink, a faint ghost."""
-    t = rng.uniform(-thinner, bolder, len(images)).astype(np.float32)[:, None, None]
-    # Over the 4-neighbour cross, a disk of radius 1, not the 3x3 square.
-    target = np.where(t > 0, grey_morphology(images, np.maximum), grey_morphology(images, np.minimum))
-    out = _lerp(images.astype(np.float32), target.astype(np.float32), np.abs(t))  # stays in 0..255
+    t = rng.uniform(-thinner, bolder, len(images)).astype(np.float32)
+    # Over the 4-neighbour cross, a disk of radius 1, not the 3x3 square; each image only the one it needs.
+    bolder_ones = t > 0
+    target = np.empty(images.shape, np.float32)
+    target[bolder_ones] = grey_morphology(images[bolder_ones], np.maximum)
+    target[~bolder_ones] = grey_morphology(images[~bolder_ones], np.minimum)
+    out = _lerp(images.astype(np.float32), target, np.abs(t)[:, None, None])  # stays in 0..255
     return np.rint(out, out=out).astype(images.dtype)
 
 
