@@ -258,9 +258,7 @@ def cmd_accuracy(args) -> dict:
                      _verdict(r, target) if target else "-"])
     print("Train on 55,000 images (5,000 held out for validation / best epoch), test on 10,000\n")
     print(markdown_table(["preset", "seeds", "test accuracy (mean ± std)", "training s (mean ± std)", "target"], rows))
-    speed = {"before": speed_before, "after": machine_speed()}
-    print(f"\n{describe_speed(*speed.values())}")
-    return {"benchmark": "accuracy", "results": results, "machine_speed": speed}
+    return {"benchmark": "accuracy", "results": results, "machine_speed": report_speed(speed_before)}
 
 
 def _verdict(result: dict, target: tuple[float, int]) -> str:
@@ -314,8 +312,7 @@ def cmd_augment(args) -> dict:
         [[name, f"{s['seconds']:.2f}", f"{s['best_seconds']:.2f}",
           f"{1e6 * s['seconds'] / (batches * AUGMENT_BATCH):.1f}",
           "OK" if s["seconds"] <= AUGMENT_BUDGET_SECONDS else "OVER"] for name, s in summary.items()]))
-    speed = {"before": speed_before, "after": machine_speed()}
-    print(f"\n{describe_speed(*speed.values())}")
+    speed = report_speed(speed_before)
     busy = max(r["other_cores"] for rs in runs.values() for r in rs)
     if busy > BUSY:
         print(f"\nwarning: other processes used up to {busy:.2f} cores during a run: re-run on an idle machine")
@@ -325,6 +322,13 @@ def cmd_augment(args) -> dict:
 
 
 # --- machine -----------------------------------------------------------------------------------
+
+def report_speed(before: dict) -> dict:
+    """The machine's speed before a run and now, printed under the run's table; returned for the JSON."""
+    speed = {"before": before, "after": machine_speed()}
+    print(f"\n{describe_speed(*speed.values())}")
+    return speed
+
 
 def cmd_machine(args) -> dict:
     speed = machine_speed()
