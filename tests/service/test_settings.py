@@ -16,7 +16,7 @@ from mnist_service.settings import Settings
 CLEAN = {k: v for k, v in os.environ.items() if k not in {
     "MODEL_DIR", "MODEL_NAME", "MODEL_VERSION", "MODEL_POLL_SECONDS", "MAX_BATCH", "MAX_BODY_BYTES", "MAX_IMAGE_PIXELS",
     "LOG_LEVEL", "HOST", "PORT", "WORKERS", "WORKER_CLASS", "THREADS", "TIMEOUT", "GRACEFUL_TIMEOUT",
-    "WORKER_CONNECTIONS", "CLIENT_TIMEOUT", "QUEUE_LIMIT", "QUEUE_TIMEOUT"}}
+    "WORKER_CONNECTIONS", "CLIENT_TIMEOUT", "QUEUE_LIMIT", "QUEUE_TIMEOUT", "QUEUE_TIMEOUT_MAX", "BACKLOG"}}
 
 
 def test_defaults_and_every_variable():
@@ -26,24 +26,31 @@ def test_defaults_and_every_variable():
         "MAX_BATCH": "8", "MAX_BODY_BYTES": "1000", "MAX_IMAGE_PIXELS": "99", "LOG_LEVEL": "debug",
         "HOST": "127.0.0.1", "PORT": "9000", "WORKERS": "3", "WORKER_CLASS": "GTHREAD", "THREADS": "4",
         "TIMEOUT": "60", "GRACEFUL_TIMEOUT": "45", "WORKER_CONNECTIONS": "50", "CLIENT_TIMEOUT": "2.5",
-        "QUEUE_LIMIT": "16", "QUEUE_TIMEOUT": "0.2"})
+        "QUEUE_TIMEOUT": "0.2", "QUEUE_TIMEOUT_MAX": "1", "BACKLOG": "100"})
     assert settings == Settings(model_dir=Path("/m"), model_name="digits", model_version=3, model_poll_seconds=0.5,
                                 max_batch=8, max_body_bytes=1000, max_image_pixels=99, log_level="DEBUG",
                                 host="127.0.0.1", port=9000, workers=3, worker_class="gthread", threads=4,
                                 timeout=60, graceful_timeout=45, worker_connections=50, client_timeout=2.5,
-                                queue_limit=16, queue_timeout=0.2)
+                                queue_timeout=0.2, queue_timeout_max=1.0, backlog=100)
 
 
 @pytest.mark.parametrize("variable, value", [
     ("WORKERS", "two"), ("WORKERS", "0"), ("PORT", "70000"), ("PORT", "80.5"), ("THREADS", "-1"), ("TIMEOUT", "0"),
     ("GRACEFUL_TIMEOUT", "soon"), ("MODEL_POLL_SECONDS", "nan"), ("MODEL_POLL_SECONDS", "inf"),
     ("MODEL_VERSION", "0"), ("MAX_BATCH", "1e3"), ("WORKER_CLASS", "eventlet"), ("LOG_LEVEL", "loud"),
-    ("CLIENT_TIMEOUT", "0"), ("QUEUE_LIMIT", "0"), ("QUEUE_TIMEOUT", "-1"), ("WORKER_CONNECTIONS", "many"),
+    ("CLIENT_TIMEOUT", "0"), ("QUEUE_TIMEOUT", "-1"), ("QUEUE_TIMEOUT_MAX", "0"), ("BACKLOG", "0"),
+    ("WORKER_CONNECTIONS", "many"),
 ])
 def test_a_bad_value_names_its_variable(variable, value):
     with pytest.raises(ValueError, match=f"^{variable}=") as error:
         Settings.from_env({variable: value})
     assert "\n" not in str(error.value)
+
+
+def test_the_retired_queue_limit_is_refused_rather_than_ignored():
+    with pytest.raises(ValueError, match="^QUEUE_LIMIT is no longer read: .*QUEUE_TIMEOUT"):
+        Settings.from_env({"QUEUE_LIMIT": "128"})
+    assert Settings.from_env({"QUEUE_LIMIT": ""}) == Settings()  # docker-compose.yml passes empty values
 
 
 @pytest.mark.parametrize("command", [
@@ -66,5 +73,7 @@ def test_gunicorn_takes_its_settings_from_the_same_object(monkeypatch):
             config.graceful_timeout) == ("127.0.0.2:8123", 3, "gthread", 2, 40, 12)
     monkeypatch.setenv("WORKER_CLASS", "gevent")
     monkeypatch.setenv("WORKER_CONNECTIONS", "64")
+    monkeypatch.setenv("BACKLOG", "512")
     config = importlib.reload(config)
-    assert (config.worker_class, config.worker_connections, config.keepalive) == ("mnist_service.worker.Worker", 64, 0)
+    assert (config.worker_class, config.worker_connections, config.backlog, config.keepalive) == (
+        "mnist_service.worker.Worker", 64, 512, 0)

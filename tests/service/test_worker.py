@@ -1,6 +1,6 @@
 """worker.py and overload.py through a real mnist-serve: slow and silent clients are cut off after
-CLIENT_TIMEOUT without holding up anyone else, and an overloaded worker answers inference requests
-503 with Retry-After at once while health checks still pass."""
+CLIENT_TIMEOUT without holding up anyone else, and inference requests that waited too long are
+answered 503 with Retry-After before they are parsed, while health checks still pass."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import psutil
 import pytest
 import requests
 
-from mnist_service.overload import QueueMonitor, accept_queue
+from mnist_service.overload import Admission, peek_request, waited_seconds
 from service_helpers import metric_total, wait_for
 
 BODY = json.dumps({"instances": [[0] * 784]}).encode()
@@ -124,10 +124,21 @@ def test_requests_over_the_limits_are_refused(model_dir, serve, request_head, st
 
 # -- overload -----------------------------------------------------------------------------------
 
-def test_an_overloaded_worker_sheds_inference_but_answers_health_checks(model_dir, serve):
-    """The one worker is stopped while requests queue in the kernel: when it resumes, more are
-    waiting than QUEUE_LIMIT and its event loop is late, so inference gets 503 at once."""
-    server = serve(model_dir, workers=1, QUEUE_LIMIT=2, QUEUE_TIMEOUT=0.1)
+def read_answer(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes; a reset (rather than a clean close) fails the test."""
+    sock.settimeout(5)
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    sock.close()
+    return data
+
+
+def test_requests_that_waited_too_long_are_shed_unparsed_while_health_checks_pass(model_dir, serve):
+    """The one worker is stopped while requests queue in the kernel: when it resumes, they have waited
+    longer than QUEUE_TIMEOUT, so every inference request gets 503 with Retry-After and a clean close
+    (no reset, also when its body is still on the way), and the health check is answered."""
+    server = serve(model_dir, workers=1, QUEUE_TIMEOUT=0.1)
     (worker,) = worker_pids(server)
     os.kill(worker, signal.SIGSTOP)
     try:
@@ -135,48 +146,110 @@ def test_an_overloaded_worker_sheds_inference_but_answers_health_checks(model_di
         queued = [socket.create_connection(("127.0.0.1", server.port)) for _ in paths]
         for sock, path in zip(queued, paths):
             sock.sendall(request_bytes(path) if path != "/healthz" else b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
-        time.sleep(0.5)  # the worker's event loop falls half a second behind
+        partial = socket.create_connection(("127.0.0.1", server.port))  # the rest of its body comes later
+        partial.sendall(request_bytes()[:-100])
+        time.sleep(0.5)  # longer than QUEUE_TIMEOUT
     finally:
         os.kill(worker, signal.SIGCONT)
     answers = {}
     for sock, path in zip(queued, paths):
-        sock.settimeout(5)
-        data = b""
-        while chunk := sock.recv(65536):
-            data += chunk
-        sock.close()
-        answers.setdefault(path, []).append(data)
+        answers.setdefault(path, []).append(read_answer(sock))
+    time.sleep(0.2)
+    partial.sendall(request_bytes()[-100:])  # the server answered already and reads on until we close
+    answers["/v1/predict"].append(read_answer(partial))
     assert all(a.startswith(b"HTTP/1.1 200") for a in answers["/healthz"])
-    shed = [a for a in answers["/v1/predict"] + answers["/v2/models/mnist/infer"] if a.startswith(b"HTTP/1.1 503")]
-    assert len(shed) >= 5
+    shed = answers["/v1/predict"] + answers["/v2/models/mnist/infer"]
+    assert len(shed) == 8
     for answer in shed:
         head, body = answer.split(b"\r\n\r\n", 1)
+        assert head.startswith(b"HTTP/1.1 503 ")
         assert b"\r\nRetry-After: 1\r\n" in head and b"Content-Type: application/json" in head
+        assert f"Content-Length: {len(body)}\r\n".encode() in head
         error = json.loads(body)["error"]
         assert error == "the service is overloaded: retry after 1 s" or error["code"] == "overloaded"
+    assert json.loads(answers["/v2/models/mnist/infer"][0].split(b"\r\n\r\n", 1)[1]) == {
+        "error": "the service is overloaded: retry after 1 s"}  # the Open Inference Protocol's error form
     assert metric_total(server.url, "mnist_http_requests_shed_total") == len(shed)
+    assert metric_total(server.url, "mnist_http_requests_shed_total", route="/v2/models/<name>/infer") == 1
     assert metric_total(server.url, "mnist_http_requests_total", status="503") == len(shed)
     assert requests.post(server.url + "/v1/predict", data=BODY, timeout=5,  # back to normal
                          headers={"Content-Type": "application/json"}).status_code == 200
 
 
-def test_queue_monitor_reads_the_accept_queue_and_the_event_loop_lag():
+def test_a_slow_client_that_waited_is_not_shed_for_its_own_slowness(model_dir, serve):
+    """The wait is counted from the request's last bytes: a client that took its time to send them
+    was not kept waiting by the service, and is served."""
+    server = serve(model_dir, workers=1, QUEUE_TIMEOUT=0.1)
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        data = request_bytes()
+        sock.sendall(data[:-10])
+        time.sleep(0.4)
+        sock.sendall(data[-10:])
+        assert read_answer(sock).startswith(b"HTTP/1.1 200")
+
+
+def test_admission_sheds_past_the_budget_and_raises_it_for_a_crowd():
+    now = [0.0]
+    admission = Admission(budget=0.25, ceiling=1.5, window=0.25, hold=5.0, clock=lambda: now[0])
+    assert admission.on_time(0.2) and not admission.on_time(0.3)
+    now[0] = 0.3  # that window had a request on time: shedding drains the queue, the budget stays
+    assert not admission.on_time(1.0)
+    now[0] = 0.6  # a whole window shed: a crowd that shedding cannot shorten
+    assert admission.on_time(1.0) and admission.budget == 1.5
+    assert not admission.on_time(1.6)
+    now[0] = 5.0  # held
+    assert admission.on_time(1.0)
+    now[0] = 5.7  # hold over: back to the normal budget...
+    assert not admission.on_time(1.0)
+    now[0] = 6.0  # ...and up again at once while the crowd is still there
+    assert admission.on_time(1.0)
+    now[0] = 11.0
+    assert admission.on_time(0.01)
+    now[0] = 11.3
+    assert not admission.on_time(0.3) and admission.budget == 0.25
+
+
+@pytest.fixture
+def connected():
+    """(server side, client side) of a loopback TCP connection."""
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
-        listener.listen(64)
-        monitor = QueueMonitor([listener], queue_limit=3, queue_timeout=0.2)
-        clients = [socket.create_connection(listener.getsockname()) for _ in range(3)]
-        assert wait_for(lambda: accept_queue(listener) == 3, timeout=2, interval=0.01)
-        assert not monitor.overloaded()
-        clients.append(socket.create_connection(listener.getsockname()))
-        assert wait_for(monitor.overloaded, timeout=2, interval=0.01)
-        for client in clients:
-            client.close()
-        while accept_queue(listener):
-            listener.accept()[0].close()
-        assert not monitor.overloaded()
-        monitor.due = time.monotonic() - 0.5  # the timer is half a second overdue: the loop is late
-        assert monitor.overloaded()
+        listener.listen(1)
+        client = socket.create_connection(listener.getsockname())
+        server, _ = listener.accept()
+        yield server, client
+        server.close()
+        client.close()
+
+
+@pytest.mark.parametrize("data, expected", [
+    (request_bytes(), ("POST", "/v1/predict", len(request_bytes()))),
+    (request_bytes("/v2/models/mnist/infer?x=1"),
+     ("POST", "/v2/models/mnist/infer", len(request_bytes("/v2/models/mnist/infer?x=1")))),
+    (request_bytes()[:-1], ("POST", "/v1/predict", 0)),  # the body is not all there
+    (request_bytes()[:30], ("POST", "/v1/predict", 0)),  # nor the headers
+    (b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n", ("GET", "/healthz", 34)),
+    (b"POST /v1/predict HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+     ("POST", "/v1/predict", 0)),  # chunked: gunicorn reads it
+    (b"POST /v1/predict HTTP/1.1\r\nCONTENT-LENGTH: 2\r\n\r\n{}", ("POST", "/v1/predict", 50)),
+    (b"POST /v1/pre", None),  # no whole request line yet
+    (b"\x16\x03\x01\x02\x00", None),  # not HTTP/1 (TLS)
+])
+def test_peek_request_reads_the_request_line_and_leaves_the_request_in_place(connected, data, expected):
+    server, client = connected
+    client.sendall(data)
+    time.sleep(0.05)  # on loopback the bytes are there already; this leaves no doubt
+    assert peek_request(server) == expected
+    assert server.recv(len(data), socket.MSG_DONTWAIT) == data  # still there, whole
+
+
+def test_waited_seconds_counts_from_the_last_bytes_received(connected):
+    server, client = connected
+    client.sendall(b"GET / HTTP/1.1\r\n")
+    time.sleep(0.3)
+    assert 0.25 <= waited_seconds(server) < 1
+    client.sendall(b"\r\n")
+    assert wait_for(lambda: waited_seconds(server) < 0.1, timeout=1, interval=0.01)
 
 
 def test_each_worker_does_its_linear_algebra_on_one_thread(model_dir, serve):

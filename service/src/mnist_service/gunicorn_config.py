@@ -1,9 +1,9 @@
 """gunicorn settings for mnist-serve (`gunicorn -c python:mnist_service.gunicorn_config ...`).
 
 Values come from the service's one Settings object (settings.py: HOST, PORT, WORKERS, WORKER_CLASS,
-THREADS, WORKER_CONNECTIONS, TIMEOUT, GRACEFUL_TIMEOUT; worker.py reads CLIENT_TIMEOUT and
-QUEUE_TIMEOUT). PROMETHEUS_MULTIPROC_DIR must already be set in the environment gunicorn starts
-with (mnist-serve sets it).
+THREADS, WORKER_CONNECTIONS, BACKLOG, TIMEOUT, GRACEFUL_TIMEOUT; worker.py reads CLIENT_TIMEOUT,
+QUEUE_TIMEOUT and QUEUE_TIMEOUT_MAX). PROMETHEUS_MULTIPROC_DIR must already be set in the
+environment gunicorn starts with (mnist-serve sets it).
 """
 
 import os
@@ -22,6 +22,7 @@ workers = _settings.workers
 worker_class = {"gevent": "mnist_service.worker.Worker"}.get(_settings.worker_class, _settings.worker_class)
 threads = _settings.threads
 worker_connections = _settings.worker_connections
+backlog = _settings.backlog
 timeout = _settings.timeout
 graceful_timeout = _settings.graceful_timeout
 # One request per connection. With keep-alive, gevent workers did 1.5x the requests per second at

@@ -36,8 +36,9 @@ class Settings:
     threads: int = 1  # gthread only
     worker_connections: int = 1000  # gevent: open connections per worker, idle ones included
     client_timeout: float = 10.0  # gevent: to send a whole request and read the answer
-    queue_limit: int = 128  # gevent: shed while more connections than this wait to be accepted...
-    queue_timeout: float = 0.5  # ...or while the event loop runs this many seconds late
+    queue_timeout: float = 0.25  # gevent: shed an inference request that waited longer than this...
+    queue_timeout_max: float = 1.5  # ...or than this while a crowd keeps every request waiting
+    backlog: int = 8192  # connections the kernel may queue for accept() (capped by net.core.somaxconn)
     timeout: int = 30  # a worker silent this long is killed and replaced
     graceful_timeout: int = 30  # SIGTERM: in-flight requests get this long to finish
     api_keys_file: Path | None = None  # set: every route but health, metrics and the page needs a key
@@ -47,6 +48,9 @@ class Settings:
     def from_env(cls, environ=os.environ) -> Settings:
         """Settings from environment variables; a bad value raises ValueError naming the variable."""
         default = cls()
+        if environ.get("QUEUE_LIMIT", "").strip():
+            raise ValueError("QUEUE_LIMIT is no longer read: requests are shed by how long they waited "
+                             "(QUEUE_TIMEOUT, QUEUE_TIMEOUT_MAX)")
         return cls(
             model_dir=Path(environ.get("MODEL_DIR") or default.model_dir),
             model_name=environ.get("MODEL_NAME") or default.model_name,
@@ -63,8 +67,9 @@ class Settings:
             threads=_number(environ, "THREADS", int, default.threads, minimum=1),
             worker_connections=_number(environ, "WORKER_CONNECTIONS", int, default.worker_connections, minimum=1),
             client_timeout=_number(environ, "CLIENT_TIMEOUT", float, default.client_timeout, minimum=0.1),
-            queue_limit=_number(environ, "QUEUE_LIMIT", int, default.queue_limit, minimum=1),
             queue_timeout=_number(environ, "QUEUE_TIMEOUT", float, default.queue_timeout, minimum=0.01),
+            queue_timeout_max=_number(environ, "QUEUE_TIMEOUT_MAX", float, default.queue_timeout_max, minimum=0.01),
+            backlog=_number(environ, "BACKLOG", int, default.backlog, minimum=1),
             timeout=_number(environ, "TIMEOUT", int, default.timeout, minimum=1),
             graceful_timeout=_number(environ, "GRACEFUL_TIMEOUT", int, default.graceful_timeout, minimum=1),
             api_keys_file=_keys_file(environ),

@@ -5,22 +5,26 @@ trickle their headers stop the service (bench/README.md, "Slow clients and overl
 a waiting client costs a greenlet, not a worker; this class adds the two bounds gevent lacks:
 - CLIENT_TIMEOUT: a connection must deliver its request and take its answer within this many
   seconds, else it is closed (one request per connection: gunicorn_config.py turns keep-alive off);
-- QUEUE_LIMIT and QUEUE_TIMEOUT: while more connections wait to be accepted, or the event loop
-  runs later than that, inference requests are answered 503 with Retry-After at once, without the
-  cost of the app (overload.py); health, metrics and the other routes are always served.
+- QUEUE_TIMEOUT (QUEUE_TIMEOUT_MAX under a crowd): an inference request that waited longer than
+  this before its worker starts it is answered 503 with Retry-After straight from the socket, before
+  gunicorn parses it (overload.py); health, metrics and the other routes are always served.
 """
 
 from __future__ import annotations
 
+import _socket
+import contextlib
+import functools
 import socket
 
 import gevent
 from gevent.server import StreamServer
+from gevent.socket import socket as GeventSocket
 from gunicorn.workers import ggevent
 
 from . import errors, metrics
 from .errors import ClientTimeout
-from .overload import QueueMonitor
+from .overload import Admission, peek_request, waited_seconds
 from .routes import inference_rule
 from .settings import Settings
 
@@ -28,31 +32,17 @@ RETRY_AFTER_SECONDS = 1
 
 
 class Worker(ggevent.GeventWorker):
-    monitor: QueueMonitor | None = None  # one worker per process: the accept loop below asks it
+    admission: Admission | None = None  # one worker per process: the accept loop below asks it
 
     def init_process(self):
         settings = Settings.from_env()
         self.client_timeout = settings.client_timeout
-        # Duplicates of the listening sockets, to read their accept queues: gevent takes the originals over.
-        listeners = [socket.fromfd(listener.fileno(), listener.sock.family, listener.sock.type)
-                     for listener in self.sockets]
-        Worker.monitor = QueueMonitor(listeners, settings.queue_limit, settings.queue_timeout)
+        Worker.admission = Admission(settings.queue_timeout, settings.queue_timeout_max)
         super().init_process()  # patches the standard library for gevent, loads the app, runs
-
-    def run(self):
-        gevent.spawn(self.monitor.run, gevent.sleep)
-        super().run()
 
     def handle(self, listener, client, addr):
         with gevent.Timeout(self.client_timeout, ClientTimeout()):
             super().handle(listener, client, addr)
-
-    def handle_request(self, listener_name, req, sock, addr):
-        rule = inference_rule(req.path) if self.monitor.overloaded() else None
-        if rule is None:
-            return super().handle_request(listener_name, req, sock, addr)
-        _shed(req, sock, rule)
-        raise StopIteration  # gunicorn's way to end a connection after its answer
 
     def handle_error(self, req, client, addr, exc):
         if isinstance(exc, ClientTimeout):
@@ -61,32 +51,71 @@ class Worker(ggevent.GeventWorker):
         super().handle_error(req, client, addr, exc)
 
 
-def _shed(req, sock, rule: str) -> None:
-    """Answer 503 in the protocol's error form, after reading the body: closing a socket with
-    unread data would reset the connection instead of answering it."""
-    while req.body.read(1 << 16):
-        pass
-    body = errors.error_body_for(req.path, "overloaded", "the service is overloaded: retry after "
+class _SheddingServer(StreamServer):
+    """gevent's accept loop, shedding late inference requests as it accepts them: on the plain
+    socket, before a greenlet, a gevent socket or gunicorn's parser is made for them, which would
+    cost more than the rest of the shed (bench/README.md). One call accepts until it finds a
+    connection to serve, so a worker sheds a whole backlog at once but still takes one request to
+    serve per wake-up, which shares the load among the workers as gunicorn intends."""
+
+    def do_read(self):
+        for _ in range(SHED_BATCH):
+            try:
+                fd, address = self.socket._accept()
+            except BlockingIOError:
+                return None
+            client = _socket.socket(self.socket.family, self.socket.type, self.socket.proto, fd)
+            if not _shed_if_late(client, Worker.admission):
+                return GeventSocket(self.socket.family, self.socket.type, self.socket.proto,
+                                    fileno=client.detach()), address
+        return None
+
+
+ggevent.StreamServer = _SheddingServer  # the server class GeventWorker.run builds its listeners with
+
+SHED_BATCH = 256  # connections one wake-up may shed before it lets the event loop run
+
+
+def _shed_if_late(client: _socket.socket, admission: Admission) -> bool:
+    """Answer 503 and close an inference request that waited past the budget, without parsing it.
+    The whole request is taken out of the socket first when it has all arrived (nearly always, after
+    a wait): closing a socket with unread data would reset the connection instead of answering it.
+    Otherwise a greenlet reads what the client still sends until it closes (a lingering close)."""
+    if admission.on_time(waited_seconds(client)):
+        return False
+    request = peek_request(client)
+    rule = request and inference_rule(request[1])
+    if not rule:
+        return False
+    method, path, length = request
+    try:
+        if length:
+            client.recv(length, socket.MSG_DONTWAIT)
+        # MSG_MORE holds the answer back for close() to send it with the FIN, in one segment.
+        client.send(_answer_503(path.startswith("/v2")), socket.MSG_DONTWAIT | (socket.MSG_MORE if length else 0))
+    except OSError:
+        pass  # the client is gone: nothing to answer
+    metrics.observe_shed(rule, method)
+    if length:
+        client.close()
+    else:
+        gevent.spawn(_linger, GeventSocket(fileno=client.detach()))
+    return True
+
+
+def _linger(client) -> None:
+    with contextlib.closing(client), contextlib.suppress(OSError):
+        client.shutdown(socket.SHUT_WR)
+        with gevent.Timeout(RETRY_AFTER_SECONDS, False):
+            while client.recv(1 << 16):
+                pass
+
+
+@functools.cache
+def _answer_503(v2: bool) -> bytes:
+    """The whole 503 answer, in the protocol's error form (/v2 paths, or the service's own)."""
+    body = errors.error_body_for("/v2" if v2 else "/", "overloaded", "the service is overloaded: retry after "
                                  f"{RETRY_AFTER_SECONDS} s", {"retry_after_seconds": RETRY_AFTER_SECONDS})
     head = ("HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(body)}\r\nRetry-After: {RETRY_AFTER_SECONDS}\r\nConnection: close\r\n\r\n")
-    sock.sendall(head.encode() + body)
-    metrics.observe_shed(rule, req.method)
-
-
-class _FairUntilOverloaded(StreamServer):
-    """gunicorn has each worker accept one connection per wake-up when there are several workers,
-    so that they share the load. While overloaded, every waiting connection is accepted instead:
-    shed at once, rather than left in the kernel's queue past the clients' timeouts."""
-
-    @property
-    def max_accept(self) -> int:
-        monitor = Worker.monitor
-        return 100 if monitor is not None and monitor.overloaded() else 1
-
-    @max_accept.setter
-    def max_accept(self, value: int) -> None:
-        pass  # gunicorn sets 1; the property decides
-
-
-ggevent.StreamServer = _FairUntilOverloaded  # the server class GeventWorker.run builds its listeners with
+    return head.encode() + body
