@@ -1,15 +1,22 @@
-"""Slow clients, idle connections and overload against mnist-serve's worker classes (bench/README.md,
-"Slow clients and overload").
+"""Slow clients, idle connections, crowds and overload against mnist-serve's worker classes
+(bench/README.md, "Slow clients and overload").
 
 Run through bench/service/run, which sets up .venv, checks for wrk, h2load and slowhttptest, and
 cleans up after:
 
-    bench/service/run hostile [--worker-classes gevent,sync,gthread] [--cases max,overload]
-                              [--seconds 30] [--model-dir DIR] [--json PATH]
+    bench/service/run hostile [--worker-classes gevent,sync,gthread] [--cases max,crowd,overload]
+                              [--seconds 30] [--overload-factors 2,3,5] [--crowds 256,1000,8000]
+                              [--baseline REF] [--model-dir DIR] [--json PATH]
 
 For each worker class, one `mnist-serve` with 2 workers on 127.0.0.1 (its other settings the
-defaults: CLIENT_TIMEOUT 10, QUEUE_LIMIT 128, QUEUE_TIMEOUT 0.5, keep-alive off), serving a `fast`
-model trained by the run (or --model-dir), measured case after case (--cases):
+defaults: CLIENT_TIMEOUT 10, QUEUE_TIMEOUT 0.25, QUEUE_TIMEOUT_MAX 1.5, BACKLOG 8192, keep-alive
+off), serving a `fast` model trained by the run (or --model-dir), measured case after case (--cases).
+With --baseline REF, REF's mnist-serve (a git worktree with its own venv) is measured too, with
+its own defaults, as "gevent@REF": the same cases, before and after, in one run.
+
+The server runs on one core and every load generator (and this script) on the other (taskset, as
+CONTRIBUTING.md asks of load tests that share the 2 cores), so that what is measured is the server,
+not the generator's share of its cores; --no-pin shares both cores as before.
 
   max           the unloaded maximum: wrk -t1 -c16, closed loop, single-instance JSON (one request per
                 connection, as the server closes each); then h2load at 90 % of that rate, open loop,
@@ -26,22 +33,29 @@ model trained by the run (or --model-dir), measured case after case (--cases):
   idle          1,000 connections opened and left idle while the same normal traffic runs for
                 max(--idle-seconds, CLIENT_TIMEOUT + 3 s): errors, p99, when the server closed them,
                 and the server's RSS (every process of its group) before, at the peak, and after
-  overload      h2load opens one connection per request at --overload-factor (2) x the max's req/s
-                for --seconds, whatever the answers, each request with a 2 s timeout (-T 2); this
-                script asks /healthz, and POSTs one prediction, every 0.5 s meanwhile (2 s timeout)
+  busy          another process burns the server's core (a Python loop) while h2load offers half the
+                max's req/s, open loop, for --seconds: nothing may be shed (no 503) on a busy machine
+  crowd         closed-loop crowds (--crowds): wrk -t2 -cN --timeout 2s for --seconds, every client
+                sending its next request as soon as it has an answer, a 503 included (a retry storm):
+                predictions/s against the maximum, 503s, socket errors and timeouts
+  overload      for each of --overload-factors: h2load opens one connection per request at that
+                factor x the max's req/s for --seconds, whatever the answers, each request with a 2 s
+                timeout (-T 2); this script asks /healthz, and POSTs one prediction, every 0.5 s
+                meanwhile (2 s timeout)
 
 After each case the script waits until /healthz answers again (a worker class that slow clients
 took down recovers once they are gone) and the server is idle. Every case reports the worker pids
 before and after, the server's mnist_client_timeouts_total and mnist_http_requests_shed_total
-counted during it, and the CPU used by the server, the load generators and everything else on the
-machine ("others' cores"). Prints Markdown tables; --json PATH writes everything. The load
-generators share the server's 2 cores: their CPU is reported beside each figure.
+counted during it, the server's RSS, and the CPU used by the server, the load generators and
+everything else on the machine ("others' cores"). Prints Markdown tables; --json PATH writes
+everything.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import json
 import math
 import os
@@ -58,13 +72,18 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import numpy as np
+import psutil
 from servers import (
     GTHREAD_THREADS,
+    SERVICE_VENV,
     WORKERS,
+    Checkout,
     CpuMeter,
     Servers,
     add_run_arguments,
     ensure_model,
+    group_processes,
     group_rss_bytes,
     run_wrk,
     session,
@@ -79,7 +98,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import BUSY, environment, load_mnist, log, markdown_table, mnist_path, wait_quiet, write_json
 
 CLASSES = ("gevent", "sync", "gthread")
-CASES = ("max", "slow-headers", "slow-body", "slow-silent", "idle", "overload")
+CASES = ("max", "slow-headers", "slow-body", "slow-silent", "idle", "busy", "crowd", "overload")
 SLOW_CASES = ("slow-headers", "slow-body", "slow-silent")
 DEFAULTS = Settings()  # the service's defaults, which every server here runs with
 CLIENT_TIMEOUT = DEFAULTS.client_timeout
@@ -90,12 +109,16 @@ REQUEST_TIMEOUT = 2  # h2load -T: seconds a request (= a connection) may take un
 H2LOAD_GRACE = 3  # h2load is stopped this long after its last request's timeout (run_h2load)
 POLL_PERIOD = 0.5
 CALIBRATION = 0.9  # h2load at this fraction of wrk's maximum: the open-loop check of that maximum
+CROWDS = (256, 1000, 8000)
 MiB = 1 << 20
 
 # Targets for the default worker (gevent).
 TARGET_SLOW_P99_MS = 1000
-TARGET_OVERLOAD_VS_MAX = 0.80
-TARGET_HEALTH_S = 2.0
+TARGET_CROWD_VS_MAX = 0.80
+TARGET_CROWD_SOCKET_ERRORS = {256: 0.001, 1000: 0.001, 8000: 0.01}  # share of requests, by crowd
+TARGET_OVERLOAD_VS_MAX = {2: 0.75, 3: 0.50}  # by factor; at any other, only: every request answered
+TARGET_HEALTH_S = 0.5
+TARGET_RSS_GROWTH = 1.10
 
 
 # --- what the server says -----------------------------------------------------------------------
@@ -414,9 +437,8 @@ def _percentiles(values: list[float]) -> dict:
 class Target:
     """One mnist-serve under test, and what every case needs to load it."""
 
-    def __init__(self, servers: Servers, worker_class: str, proc: subprocess.Popen, base: str, body: Path, args):
-        self.servers, self.worker_class, self.proc, self.base, self.body, self.args = (
-            servers, worker_class, proc, base, body, args)
+    def __init__(self, servers: Servers, label: str, proc: subprocess.Popen, base: str, body: Path, args):
+        self.servers, self.label, self.proc, self.base, self.body, self.args = servers, label, proc, base, body, args
         self.url, self.port = base + "/v1/predict", int(base.rsplit(":", 1)[1])
 
     def normal_traffic(self, seconds: float) -> dict:
@@ -449,7 +471,7 @@ def case_max(t: Target) -> dict:
            "server_cores": cpu["server_cpu_s"] / cpu["seconds"], "wrk_cores": cpu["children_cpu_s"] / cpu["seconds"]}
     wait_idle(t.proc.pid)
     calibration = run_h2load(t.servers, t.url, t.body, round(CALIBRATION * r["rps"]), t.args.calibration_seconds,
-                             t.args.rate_period_ms, f"h2load-calibration-{t.worker_class}")
+                             t.args.rate_period_ms, f"h2load-calibration-{t.label}")
     return {"wrk": wrk, "h2load_at_90": calibration} | t.finish(before)
 
 
@@ -465,7 +487,7 @@ def case_slow(t: Target, kind: str) -> dict:
     if kind == "slow-silent":
         attack = SilentWaves(t.port, t.args.slow_connections)
     else:
-        attack = SlowHttpTest(t.servers, f"{kind}-{t.worker_class}", SLOWHTTPTEST_MODES[kind], t.url,
+        attack = SlowHttpTest(t.servers, f"{kind}-{t.label}", SLOWHTTPTEST_MODES[kind], t.url,
                               t.args.slow_connections, seconds + 4)
     attack.start()
     time.sleep(2)  # every slow connection open before the normal traffic starts
@@ -490,7 +512,57 @@ def case_idle(t: Target) -> dict:
     return {"normal": normal, "connections": connections, "rss_peak_mib": rss_peak} | t.finish(before)
 
 
-def case_overload(t: Target, maximum: dict) -> dict:
+BUSY_FACTOR = 0.5
+
+
+def case_busy(t: Target, maximum: dict) -> dict:
+    """Half the maximum, open loop, on a busy machine: a Python loop burns one core's worth of CPU
+    wherever the scheduler puts it, and the server may run on every CPU meanwhile (h2load stays on
+    its own)."""
+    before = Snapshot(t.proc, t.base)
+    every_cpu = sorted(os.sched_getaffinity(t.proc.pid) | set(range(os.cpu_count() or 1)))
+    set_group_cpus(t.proc.pid, every_cpu)
+    hog = t.servers.start(f"busy-loop-{t.label}", ["taskset", "--cpu-list", ",".join(map(str, every_cpu)),
+                                                   sys.executable, "-c", "while True: pass"], os.environ)
+    try:
+        load = run_h2load(t.servers, t.url, t.body, round(BUSY_FACTOR * maximum["rps"]), t.args.seconds,
+                          t.args.rate_period_ms, f"h2load-busy-{t.label}")
+    finally:
+        t.servers.stop(f"busy-loop-{t.label}")
+        if t.args.server_cpu is not None:
+            set_group_cpus(t.proc.pid, [t.args.server_cpu])
+    return {"factor": BUSY_FACTOR, "load": load, "busy_loop_pid": hog.pid} | t.finish(before)
+
+
+def set_group_cpus(pgid: int, cpus: list[int]) -> None:
+    for process in group_processes(pgid):
+        with contextlib.suppress(psutil.Error):
+            process.cpu_affinity(cpus)
+
+
+def case_crowd(t: Target, maximum: dict, connections: int) -> dict:
+    """A closed-loop crowd: `connections` clients, each sending its next request as soon as it has an
+    answer. wrk counts a non-2xx answer as a status error: here that is a shed request (503), which
+    the shed counter confirms."""
+    before = Snapshot(t.proc, t.base)
+    probe = Poller(t.url, REQUEST_TIMEOUT, t.body.read_bytes())
+    probe.start()
+    r = run_wrk(t.servers, t.url, t.body, t.args.seconds, connections, threads=2, timeout=REQUEST_TIMEOUT,
+                name=f"wrk-crowd-{connections}")
+    probes = probe.stop()
+    errors = r["errors"]
+    socket_errors = errors["connect"] + errors["read"] + errors["write"] + errors["timeout"]
+    predictions = r["requests"] - errors["status"]
+    return {"connections": connections, "requests": r["requests"], "predictions": predictions,
+            "shed_503": errors["status"], "socket_errors": socket_errors, "errors": errors,
+            "predictions_per_s": predictions / r["duration_s"],
+            "vs_max": predictions / r["duration_s"] / maximum["rps"],
+            "socket_error_share": socket_errors / max(1, r["requests"] + errors["timeout"]),
+            "p50_ms": r["latency_ms"]["p50"], "p99_ms": r["latency_ms"]["p99"], "max_ms": r["latency_ms"]["max"],
+            "probe": _probe_summary(probes)} | t.finish(before)
+
+
+def case_overload(t: Target, maximum: dict, factor: float) -> dict:
     before = Snapshot(t.proc, t.base)
     health = Poller(t.base + "/healthz", REQUEST_TIMEOUT)
     probe = Poller(t.url, REQUEST_TIMEOUT, t.body.read_bytes())
@@ -498,61 +570,102 @@ def case_overload(t: Target, maximum: dict) -> dict:
     probe.start()
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     max_rps = maximum["rps"]
-    load = run_h2load(t.servers, t.url, t.body, round(t.args.overload_factor * max_rps), t.args.seconds,
-                      t.args.rate_period_ms, f"h2load-overload-{t.worker_class}")
+    load = run_h2load(t.servers, t.url, t.body, round(factor * max_rps), t.args.seconds,
+                      t.args.rate_period_ms, f"h2load-overload-{factor:g}x-{t.label}")
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     load["generator_cpu_s"] = (after.ru_utime + after.ru_stime) - (children.ru_utime + children.ru_stime)
     healthz, probes = health.stop(), probe.stop()
-    shed = [headers for status, _, headers in probes if status == 503]
     result = t.finish(before)
-    # The server's CPU per shed request, if a prediction costs what it did at the unloaded maximum.
-    predictions_cpu_s = load["ok"] * maximum["server_cpu_ms_per_request"] / 1000
-    shed_cpu_ms = ((result["cpu"]["server_cpu_s"] - predictions_cpu_s) * 1000 / load["shed_503"]
-                   if load["shed_503"] else None)
     return {
-        "max_rps": max_rps, "load": load, "vs_max": load["ok_rps"] / max_rps,
+        "factor": factor, "max_rps": max_rps, "load": load, "vs_max": load["ok_rps"] / max_rps,
         "server_cores": result["cpu"]["server_cpu_s"] / result["cpu"]["seconds"],
         "generator_cores": load["generator_cpu_s"] / result["cpu"]["seconds"],
-        "server_cpu_ms_per_prediction_at_max": maximum["server_cpu_ms_per_request"],
-        "server_cpu_ms_per_shed_request": shed_cpu_ms,
+        "predictions": sum(v for k, v in load["status_counts"].items() if k.startswith("2")),
         "healthz": {"polls": len(healthz), "ok": sum(1 for s, _, _ in healthz if s == 200),
-                    "within_2s": sum(1 for s, seconds, _ in healthz if s == 200 and seconds <= TARGET_HEALTH_S),
+                    "within_target": sum(1 for s, seconds, _ in healthz if s == 200 and seconds <= TARGET_HEALTH_S),
                     "max_s": max((seconds for _, seconds, _ in healthz), default=None),
                     "other": dict(collections.Counter(str(s) for s, _, _ in healthz if s != 200))},
-        "probe": {"sent": len(probes), "statuses": dict(collections.Counter(str(s) for s, _, _ in probes)),
-                  "shed_with_retry_after": sum(1 for h in shed if "Retry-After" in h), "shed": len(shed)},
+        "probe": _probe_summary(probes),
     } | result
 
 
-def measure(servers: Servers, worker_class: str, model_dir: Path, body: Path, args, cases: list[str]) -> dict:
-    log(f"hostile: mnist-serve, WORKER_CLASS={worker_class}, {WORKERS} workers")
+def _probe_summary(probes: list[tuple[int | str, float, dict]]) -> dict:
+    shed = [headers for status, _, headers in probes if status == 503]
+    return {"sent": len(probes), "statuses": dict(collections.Counter(str(s) for s, _, _ in probes)),
+            "shed_with_retry_after": sum(1 for h in shed if "Retry-After" in h), "shed": len(shed)}
+
+
+def measure(servers: Servers, target: tuple[str, Path, str], model_dir: Path, body: Path, args,
+            cases: list[str]) -> dict:
+    """Every case against one mnist-serve: `target` is (label, venv, worker class)."""
+    label, venv, worker_class = target
+    log(f"hostile: {label}: mnist-serve of {venv}, WORKER_CLASS={worker_class}, {WORKERS} workers"
+        + (f", on CPU {args.server_cpu}" if args.server_cpu is not None else ""))
     # The service's defaults, also where this process's environment says otherwise.
-    proc, base = start_service(servers, f"service-{worker_class}", model_dir, args.model_name,
-                               worker_class=worker_class, LOG_LEVEL="WARNING", CLIENT_TIMEOUT=str(CLIENT_TIMEOUT),
-                               QUEUE_LIMIT=str(DEFAULTS.queue_limit), QUEUE_TIMEOUT=str(DEFAULTS.queue_timeout))
-    t = Target(servers, worker_class, proc, base, body, args)
+    defaults = {name: "" for name in ("CLIENT_TIMEOUT", "QUEUE_TIMEOUT", "QUEUE_TIMEOUT_MAX", "BACKLOG",
+                                      "QUEUE_LIMIT")}
+    proc, base = start_service(servers, f"service-{label}", model_dir, args.model_name, venv=venv,
+                               worker_class=worker_class, cpus=args.server_cpu, LOG_LEVEL="WARNING", **defaults)
+    t = Target(servers, label, proc, base, body, args)
     get(t.url, 10, body.read_bytes())  # first request: imports and caches warm
     results: dict = {}
     for case in cases:
-        log(f"hostile: {worker_class}: {case} ...")
-        if case == "max" or (case == "overload" and "max" not in results):
+        log(f"hostile: {label}: {case} ...")
+        if case == "max" or (case in ("busy", "crowd", "overload") and "max" not in results):
             results["max"] = case_max(t)
-            log(f"hostile: {worker_class}: max {results['max']['wrk']['rps']:,.0f} req/s (wrk -c{MAX_CONNECTIONS})")
+            log(f"hostile: {label}: max {results['max']['wrk']['rps']:,.0f} req/s (wrk -c{MAX_CONNECTIONS})")
         if case in SLOW_CASES:
             results[case] = case_slow(t, case)
+            _log_normal(label, case, results[case])
         elif case == "idle":
             results[case] = case_idle(t)
+            _log_normal(label, case, results[case])
+        elif case == "busy":
+            b = results[case] = case_busy(t, results["max"]["wrk"])
+            log(f"hostile: {label}: busy core, {b['load']['offered_rps']:,.0f} req/s offered: {b['load']['ok']:,} 2xx, "
+                f"{b['load']['shed_503']:,} 503, {b['load']['no_answer']:,} unanswered")
+        elif case == "crowd":
+            results[case] = {}
+            for connections in args.crowds:
+                c = results[case][str(connections)] = case_crowd(t, results["max"]["wrk"], connections)
+                log(f"hostile: {label}: crowd of {connections:,}: {c['predictions_per_s']:,.0f} predictions/s "
+                    f"({c['vs_max']:.0%} of the max), {c['shed_503']:,} 503, {c['socket_errors']:,} socket errors")
         elif case == "overload":
-            results[case] = case_overload(t, results["max"]["wrk"])
-        if case != "max":
-            r = results[case]
-            summary = r.get("normal") or {"rps": r["load"]["ok_rps"], "p99_ms": r["load"]["ok_ms"]["p99"],
-                                          "error_count": r["load"]["requests"] - r["load"]["ok"]}
-            log(f"hostile: {worker_class}: {case}: {summary['rps']:,.0f} req/s, p99 {_ms(summary['p99_ms'])} ms, "
-                f"{summary['error_count']} errors, others {r['cpu']['other_cpu_cores']:.2f} cores"
-                + (" (busy machine: suspect)" if r["cpu"]["other_cpu_cores"] > BUSY else ""))
-    servers.stop(f"service-{worker_class}")
+            results[case] = {}
+            for factor in args.overload_factors:
+                o = results[case][f"{factor:g}"] = case_overload(t, results["max"]["wrk"], factor)
+                log(f"hostile: {label}: overload {factor:g}x: {o['load']['ok_rps']:,.0f} predictions/s "
+                    f"({o['vs_max']:.0%} of the max), {o['load']['no_answer']:,} unanswered, /healthz max "
+                    f"{o['healthz']['max_s']:.2f} s, others {o['cpu']['other_cpu_cores']:.2f} cores"
+                    + (" (busy machine: suspect)" if o["cpu"]["other_cpu_cores"] > BUSY else ""))
+    servers.stop(f"service-{label}")
+    if cost := shed_cost(results):
+        results["shed_cost"] = cost
+        log(f"hostile: {label}: server CPU per shed request {cost['shed_ms']:.3f} ms, per prediction under load "
+            f"{cost['prediction_ms']:.3f} ms (s = {cost['s']:.3f}; fit over {cost['cases']} cases)")
     return results
+
+
+def shed_cost(results: dict) -> dict | None:
+    """The server's CPU per prediction and per shed request, fitted (least squares) to every crowd and
+    overload case: CPU seconds = predictions x a + sheds x b. Predictions under load cost less than at
+    the unloaded maximum (no idle wake-ups), so the maximum's cost per request cannot stand in for a."""
+    cases = [*results.get("crowd", {}).values(), *results.get("overload", {}).values()]
+    if len(cases) < 2:
+        return None
+    counts = np.array([[c["predictions"], c["shed_503"] if "shed_503" in c else c["load"]["shed_503"]]
+                       for c in cases], dtype=float)
+    cpu = np.array([c["cpu"]["server_cpu_s"] for c in cases])
+    (per_prediction, per_shed), *_ = np.linalg.lstsq(counts, cpu, rcond=None)
+    return {"prediction_ms": per_prediction * 1000, "shed_ms": per_shed * 1000, "s": per_shed / per_prediction,
+            "capacity_per_core": 1 / per_prediction, "cases": len(cases)}
+
+
+def _log_normal(label: str, case: str, r: dict) -> None:
+    n = r["normal"]
+    log(f"hostile: {label}: {case}: {n['rps']:,.0f} req/s, p99 {_ms(n['p99_ms'])} ms, {n['error_count']} errors, "
+        f"others {r['cpu']['other_cpu_cores']:.2f} cores"
+        + (" (busy machine: suspect)" if r["cpu"]["other_cpu_cores"] > BUSY else ""))
 
 
 # --- report -----------------------------------------------------------------------------------------
@@ -586,7 +699,7 @@ def _counter(r: dict, key: str) -> str:
     return "-" if not r["counters"] else f"{r['counters'][key]:,.0f}"
 
 
-def report(results: dict[str, dict], factor: float) -> tuple[str, dict]:
+def report(results: dict[str, dict]) -> tuple[str, dict]:
     text, verdict = [], {}
     rows = []
     for cls, r in results.items():
@@ -624,40 +737,74 @@ def report(results: dict[str, dict], factor: float) -> tuple[str, dict]:
                         ["worker class", "beside", "req/s", "p99 ms", "wrk errors", "probes answered within 2 s",
                          "slow/idle connections cut off",
                          "client timeouts", "workers", "RSS MiB before / peak / after", "others' cores"], rows))
+    rows = []
+    for cls, r in results.items():
+        if b := r.get("busy"):
+            load = b["load"]
+            rows.append([cls, f"{load['offered_rps']:,.0f}", f"{load['requests']:,}", f"{load['ok']:,}",
+                         f"{load['shed_503']:,}", f"{load['no_answer']:,}",
+                         f"{_ms(load['answered_ms']['p50'])} / {_ms(load['answered_ms']['p99'])}", _counter(b, "shed")])
+    if rows:
+        text.append("\nA busy machine (a Python loop burning a core, the server on every core) and h2load at "
+                    f"{BUSY_FACTOR:g}x the maximum, open loop:\n\n" + markdown_table(
+                        ["server", "offered req/s", "requests", "2xx within 2 s", "503", "no answer",
+                         "p50 / p99 ms", "shed counter"], rows))
+    rows = []
+    for cls, r in results.items():
+        for c in r.get("crowd", {}).values():
+            rows.append([cls, f"{c['connections']:,}", f"{c['requests']:,}", f"{c['predictions_per_s']:,.0f} "
+                         f"({c['vs_max']:.0%})", f"{c['shed_503']:,} ({c['probe']['shed_with_retry_after']}/"
+                         f"{c['probe']['shed']})", f"{c['socket_errors']:,} ({c['socket_error_share']:.2%})",
+                         f"{_ms(c['p50_ms'])} / {_ms(c['p99_ms'])}", _workers(c),
+                         f"{c['rss_before_mib']:.0f} / {c['rss_after_mib']:.0f}", _counter(c, "shed"),
+                         f"{c['cpu']['other_cpu_cores']:.2f}"])
+    if rows:
+        text.append(f"\nCrowds (wrk -t2 -cN --timeout {REQUEST_TIMEOUT}s, closed loop: each client sends its next "
+                    "request as soon as it has an answer, 503s included):\n\n" + markdown_table(
+                        ["server", "connections", "requests", "predictions/s (vs max)", "503 (probes with Retry-After)",
+                         "socket errors and timeouts", "p50 / p99 ms", "workers", "RSS MiB before / after",
+                         "shed counter", "others' cores"], rows))
     rows, cpu_rows = [], []
     for cls, r in results.items():
-        if "overload" in r:
-            o = r["overload"]
+        for o in r.get("overload", {}).values():
             load, h = o["load"], o["healthz"]
             stopped = " *" if load["stopped_at_deadline"] else ""
             late = f" (+{load['late_2xx']:,} later)" if load["late_2xx"] else ""
-            rows.append([cls, f"{load['offered_rps']:,.0f}", f"{load['requests']:,}{stopped}", f"{load['ok']:,}{late}",
+            rows.append([cls, f"{o['factor']:g}x", f"{load['offered_rps']:,.0f}", f"{load['requests']:,}{stopped}",
+                         f"{load['ok']:,}{late}",
                          f"{load['shed_503']:,} ({o['probe']['shed_with_retry_after']}/{o['probe']['shed']})",
                          f"{load['no_answer']:,}",
                          f"{_ms(load['answered_ms']['p99'])} / {_ms(load['answered_ms']['max'])}",
                          f"{load['ok_rps']:,.0f} ({o['vs_max']:.0%})",
-                         f"{h['within_2s']}/{h['polls']} (max {h['max_s']:.2f} s)", _workers(o),
+                         f"{h['within_target']}/{h['polls']} (max {h['max_s']:.2f} s)", _workers(o),
                          f"{o['rss_before_mib']:.0f} / {o['rss_after_mib']:.0f}", _counter(o, "shed")])
-            shed_ms = o["server_cpu_ms_per_shed_request"]
-            cpu_rows.append([cls, f"{r['max']['wrk']['server_cores']:.2f}", f"{r['max']['wrk']['wrk_cores']:.2f}",
-                             f"{o['server_cores']:.2f}", f"{o['generator_cores']:.2f}",
-                             f"{o['server_cpu_ms_per_prediction_at_max']:.3f}",
-                             "-" if shed_ms is None else f"{shed_ms:.3f}", f"{o['cpu']['other_cpu_cores']:.2f}"])
+            cpu_rows.append([cls, f"{o['factor']:g}x", f"{r['max']['wrk']['server_cores']:.2f}",
+                             f"{r['max']['wrk']['wrk_cores']:.2f}", f"{o['server_cores']:.2f}",
+                             f"{o['generator_cores']:.2f}", f"{r['max']['wrk']['server_cpu_ms_per_request']:.3f}",
+                             f"{o['cpu']['other_cpu_cores']:.2f}"])
     if rows:
-        text.append(f"\nOverload (h2load: a new connection per request at {factor:g}x the unloaded maximum "
-                    "(wrk's), 2 s timeout each; /healthz polled every 0.5 s):\n\n" + markdown_table(
-                        ["worker class", "offered req/s", "requests", "2xx within 2 s", "503 (probes with Retry-After)",
-                         "no answer (timeout, error, not sent)", "p99 / max ms of answers", "predictions/s (vs max)",
-                         "/healthz 200 within 2 s", "workers", "RSS MiB before / after", "shed counter"], rows))
-        if any(r["overload"]["load"]["stopped_at_deadline"] for r in results.values() if "overload" in r):
+        text.append(f"\nOverload (h2load: a new connection per request at a factor of the unloaded maximum "
+                    f"(wrk's), {REQUEST_TIMEOUT} s timeout each; /healthz polled every {POLL_PERIOD:g} s):\n\n"
+                    + markdown_table(
+                        ["server", "factor", "offered req/s", "requests", "2xx within 2 s",
+                         "503 (probes with Retry-After)", "no answer (timeout, error, not sent)",
+                         "p99 / max ms of answers", "predictions/s (vs max)",
+                         f"/healthz 200 within {TARGET_HEALTH_S:g} s", "workers", "RSS MiB before / after",
+                         "shed counter"], rows))
+        if any(o["load"]["stopped_at_deadline"] for r in results.values() for o in r.get("overload", {}).values()):
             text.append(f"\n\\* h2load stopped {REQUEST_TIMEOUT + H2LOAD_GRACE} s after its last request was due: "
                         "its connect()s to a full accept queue would go on for minutes.")
-        text.append("\nWhere the 2 cores went: at the unloaded maximum (wrk) and under overload (h2load); a shed "
-                    "request's server CPU is what the overload cost beyond its predictions at the maximum's cost "
-                    "each:\n\n" + markdown_table(
-                        ["worker class", "server cores at max", "wrk cores", "server cores in overload",
-                         "h2load cores", "server CPU ms per prediction (max)", "ms per shed request (estimate)",
-                         "others' cores"], cpu_rows))
+        text.append("\nWhere the CPU went, at the unloaded maximum (wrk) and under overload (h2load):\n\n"
+                    + markdown_table(["server", "factor", "server cores at max", "wrk cores",
+                                      "server cores in overload", "h2load cores",
+                                      "server CPU ms per request at max", "others' cores"], cpu_rows))
+    rows = [[cls, f"{c['prediction_ms']:.3f}", f"{c['capacity_per_core']:,.0f}", f"{c['shed_ms']:.3f}",
+             f"{c['s']:.3f}", c["cases"]] for cls, r in results.items() if (c := r.get("shed_cost"))]
+    if rows:
+        text.append("\nWhat a shed request costs: the server's CPU seconds of every crowd and overload case fitted "
+                    "(least squares) as predictions x a + shed requests x b; s = b / a:\n\n" + markdown_table(
+                        ["server", "a: CPU ms per prediction under load", "predictions/s per core (1 / a)",
+                         "b: CPU ms per shed request", "s", "cases"], rows))
     if "gevent" in results:
         verdict = judge(results["gevent"])
         text.append("\nTargets for the default worker (gevent):\n" + "\n".join(
@@ -679,14 +826,28 @@ def judge(r: dict) -> dict[str, bool]:
             i["normal"]["error_count"] == 0 and i["normal"]["probes_ok"] == i["normal"]["probes"]
             and conn["all_closed_s"] is not None
             and conn["all_closed_s"] <= CLIENT_TIMEOUT + CLOSE_MARGIN
-            and i["rss_after_mib"] <= 1.1 * i["rss_before_mib"])
-    if "overload" in r:
-        o = r["overload"]
-        verdict[f"overload: predictions/s >= {TARGET_OVERLOAD_VS_MAX:.0%} of the maximum"] = (
-            o["vs_max"] >= TARGET_OVERLOAD_VS_MAX)
-        verdict["overload: /healthz all 200 within 2 s, workers kept, 503s carry Retry-After"] = (
-            o["healthz"]["within_2s"] == o["healthz"]["polls"] and not o["workers_replaced"]
-            and o["probe"]["shed_with_retry_after"] == o["probe"]["shed"])
+            and i["rss_after_mib"] <= TARGET_RSS_GROWTH * i["rss_before_mib"])
+    if b := r.get("busy"):
+        verdict[f"busy core, {BUSY_FACTOR:g}x the maximum: no 503, every request answered"] = (
+            b["load"]["shed_503"] == 0 and b["load"]["no_answer"] == 0 and b["load"]["ok"] == b["load"]["requests"])
+    for c in r.get("crowd", {}).values():
+        limit = TARGET_CROWD_SOCKET_ERRORS.get(c["connections"], max(TARGET_CROWD_SOCKET_ERRORS.values()))
+        verdict[f"crowd of {c['connections']:,}: predictions/s >= {TARGET_CROWD_VS_MAX:.0%} of the maximum, "
+                f"socket errors and timeouts <= {limit:.1%}, 503s carry Retry-After"] = (
+            c["vs_max"] >= TARGET_CROWD_VS_MAX and c["socket_error_share"] <= limit
+            and c["probe"]["shed_with_retry_after"] == c["probe"]["shed"])
+    for key, o in r.get("overload", {}).items():
+        target = TARGET_OVERLOAD_VS_MAX.get(o["factor"])
+        if target is not None:
+            verdict[f"overload {key}x: predictions/s >= {target:.0%} of the maximum"] = o["vs_max"] >= target
+        load = o["load"]
+        verdict[f"overload {key}x: every request answered within {REQUEST_TIMEOUT} s (a prediction or a 503 with "
+                f"Retry-After), /healthz all 200 within {TARGET_HEALTH_S:g} s, workers kept, RSS within 10 %"] = (
+            load["no_answer"] == 0 and load["answered_ms"]["max"] is not None
+            and load["answered_ms"]["max"] <= REQUEST_TIMEOUT * 1000
+            and o["healthz"]["within_target"] == o["healthz"]["polls"] > 0 and not o["workers_replaced"]
+            and o["probe"]["shed_with_retry_after"] == o["probe"]["shed"]
+            and o["rss_after_mib"] <= TARGET_RSS_GROWTH * o["rss_before_mib"])
     return verdict
 
 
@@ -719,12 +880,56 @@ def raise_open_files(needed: int) -> None:
         log(f"hostile: only {wanted} open files allowed (ulimit -n); {needed} wanted")
 
 
+def numbers(text: str, type_=float) -> list:
+    """A comma-separated list of numbers, for argparse."""
+    try:
+        values = [type_(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from None
+    if not values or min(values) <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give one or more numbers above 0")
+    return values
+
+
+def pin_cpus(pin: bool) -> int | None:
+    """Move this process (and so every load generator it starts) to the first CPU it may use and return
+    the last one, for the server; None (nothing pinned) with --no-pin or a single CPU."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if not pin or len(cpus) < 2:
+        log("hostile: generators and server share the CPUs" + ("" if pin else " (--no-pin)"))
+        return None
+    os.sched_setaffinity(0, {cpus[0]})
+    log(f"hostile: load generators and this script on CPU {cpus[0]}, the server on CPU {cpus[-1]} (taskset)")
+    return cpus[-1]
+
+
+SOMAXCONN = Path("/proc/sys/net/core/somaxconn")
+
+
+def raise_somaxconn(backlog: int) -> int | None:
+    """The kernel's cap on listen backlogs, raised to the service's BACKLOG when it is lower and this
+    runs as root (crowds of thousands of connections need it; README.md's configuration table)."""
+    try:
+        cap = int(SOMAXCONN.read_text())
+        if cap < backlog and os.geteuid() == 0:
+            SOMAXCONN.write_text(str(backlog))
+            log(f"hostile: net.core.somaxconn {cap} -> {backlog}, the service's BACKLOG")
+            cap = backlog
+    except (OSError, ValueError):
+        return None
+    if cap < backlog:
+        log(f"hostile: net.core.somaxconn is {cap}, under the service's BACKLOG {backlog}: crowds larger than "
+            "that wait for SYN retransmissions (run as root to raise it)")
+    return cap
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--worker-classes", default=",".join(CLASSES), help=f"comma-separated [{','.join(CLASSES)}]")
     parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated subset of {','.join(CASES)}")
     parser.add_argument("--seconds", type=float, default=30,
-                        help="seconds of normal traffic beside slow connections, and of overload [30]")
+                        help="seconds of normal traffic beside slow connections, of each crowd and of each overload "
+                             "[30]")
     parser.add_argument("--max-seconds", type=float, default=10, help="seconds of wrk for the unloaded maximum [10]")
     parser.add_argument("--calibration-seconds", type=float, default=5,
                         help="seconds of h2load at 90 %% of the maximum [5]")
@@ -732,9 +937,16 @@ def main() -> int:
                         help=f"seconds of normal traffic beside idle connections [{CLIENT_TIMEOUT + CLOSE_MARGIN:g}]")
     parser.add_argument("--slow-connections", type=int, default=64, help="slow connections [64]")
     parser.add_argument("--idle-connections", type=int, default=1000, help="idle connections [1000]")
-    parser.add_argument("--overload-factor", type=float, default=2.0, help="offered rate / unloaded maximum [2]")
+    parser.add_argument("--crowds", type=lambda t: numbers(t, int), default=list(CROWDS),
+                        help=f"closed-loop crowd sizes, comma-separated [{','.join(map(str, CROWDS))}]")
+    parser.add_argument("--overload-factors", type=numbers, default=[2.0, 3.0, 5.0],
+                        help="offered rates / unloaded maximum, comma-separated [2,3,5]")
     parser.add_argument("--rate-period-ms", type=int, default=100,
                         help="h2load opens rate x period connections at the start of each period [100]")
+    parser.add_argument("--baseline", metavar="REF",
+                        help="also measure REF's mnist-serve (a git worktree with its own venv), gevent, its defaults")
+    parser.add_argument("--no-pin", dest="pin", action="store_false",
+                        help="let the server and the load generators share every CPU (default: one core each)")
     add_run_arguments(parser)
     args = parser.parse_args()
     classes = [c for c in args.worker_classes.split(",") if c]
@@ -743,10 +955,13 @@ def main() -> int:
         parser.error(f"--worker-classes: choose from {','.join(CLASSES)}")
     if set(args.cases.split(",")) - set(CASES) or not cases:
         parser.error(f"--cases: choose from {','.join(CASES)}")
-    raise_open_files(args.idle_connections + 16 * 1024)
+    raise_open_files(max(args.idle_connections, *args.crowds) + 16 * 1024)
+    somaxconn = raise_somaxconn(DEFAULTS.backlog) if "crowd" in cases else None
 
     if args.wait_quiet > 0:
         wait_quiet(args.wait_quiet)
+    args.server_cpu = pin_cpus(args.pin)
+    checkout = None
     with session() as servers:
         try:
             data_path = mnist_path(args.data)
@@ -754,20 +969,31 @@ def main() -> int:
             model_dir = ensure_model(args.model_dir, args.model_name, servers.workdir, data_path)
             body = servers.workdir / "body-single.json"
             body.write_text(json.dumps({"instances": [test.images[0].reshape(784).tolist()]}, separators=(",", ":")))
-            results = {cls: measure(servers, cls, model_dir, body, args, cases) for cls in classes}
+            targets = [(cls, SERVICE_VENV, cls) for cls in classes]
+            if args.baseline:
+                checkout = Checkout(args.baseline, servers.workdir, "baseline").create()
+                targets.append((f"gevent@{checkout.commit}", checkout.venv, "gevent"))
+            results = {label: measure(servers, (label, venv, cls), model_dir, body, args, cases)
+                       for label, venv, cls in targets}
         except (RuntimeError, OSError, subprocess.CalledProcessError) as e:
             log(f"hostile: failed: {e}")
             return 1
+        finally:
+            if checkout:
+                checkout.remove()
 
-    table, verdict = report(results, args.overload_factor)
+    table, verdict = report(results)
     env = versions()
+    pinning = (f"server on CPU {args.server_cpu}, load generators on the other (taskset)"
+               if args.server_cpu is not None else "server and load generators sharing the CPUs")
     print(f"\nbench/service/run hostile: {WORKERS} server workers each (gthread: {GTHREAD_THREADS} threads), "
-          f"CLIENT_TIMEOUT {CLIENT_TIMEOUT:g} s; {env['date']}, Python {env['python']}, {env['cpus']} CPUs; "
-          f"gunicorn {env['gunicorn']}, gevent {env['gevent']}, {env['wrk']}, {env['h2load']}, "
-          f"{env['slowhttptest']}\n")
+          f"CLIENT_TIMEOUT {CLIENT_TIMEOUT:g} s, QUEUE_TIMEOUT {DEFAULTS.queue_timeout:g} s, QUEUE_TIMEOUT_MAX "
+          f"{DEFAULTS.queue_timeout_max:g} s, BACKLOG {DEFAULTS.backlog} (somaxconn {somaxconn}); {pinning}; "
+          f"{env['date']}, Python {env['python']}, {env['cpus']} CPUs; gunicorn {env['gunicorn']}, gevent "
+          f"{env['gevent']}, {env['wrk']}, {env['h2load']}, {env['slowhttptest']}\n")
     print(table)
     write_json(args.json, {"environment": env, "settings": {k: v for k, v in vars(args).items() if k != "json"},
-                           "results": results, "verdict": verdict})
+                           "somaxconn": somaxconn, "results": results, "verdict": verdict})
     return 0
 
 

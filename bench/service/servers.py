@@ -262,12 +262,12 @@ def tail(path: Path, lines: int = 30) -> str:
 # --- mnist-serve ---------------------------------------------------------------------------------
 
 def start_service(servers: Servers, name: str, model_dir: Path, model_name: str, *, venv: Path = SERVICE_VENV,
-                  worker_class: str | None = None, gunicorn_args: tuple[str, ...] = (),
+                  worker_class: str | None = None, gunicorn_args: tuple[str, ...] = (), cpus: int | None = None,
                   **settings: str) -> tuple[subprocess.Popen, str]:
     """`mnist-serve` of `venv` on a free loopback port with WORKERS workers; returns (process, base URL)
     once /readyz answers 200. The worker class is the service's default unless `worker_class` is given
-    (gthread with GTHREAD_THREADS threads); `gunicorn_args` go to gunicorn (`--keep-alive 2`), `settings`
-    are more of its environment variables (LOG_LEVEL=...)."""
+    (gthread with GTHREAD_THREADS threads); `gunicorn_args` go to gunicorn (`--keep-alive 2`), `cpus`
+    pins it to that CPU (taskset), `settings` are more of its environment variables (LOG_LEVEL=...)."""
     port = free_port()
     env = os.environ | settings | {
         "MODEL_DIR": str(model_dir), "MODEL_NAME": model_name, "HOST": "127.0.0.1", "PORT": str(port),
@@ -281,7 +281,8 @@ def start_service(servers: Servers, name: str, model_dir: Path, model_name: str,
     # Made here too: the trees between d35b212 (the gevent worker) and 02de23f, which `v2 --baseline`
     # may serve, exit when it is missing (the worker class imports the metrics in gunicorn's arbiter).
     Path(env["PROMETHEUS_MULTIPROC_DIR"]).mkdir(parents=True, exist_ok=True)
-    proc = servers.start(name, [str(venv / "bin/mnist-serve"), *gunicorn_args], env, cwd=servers.workdir)
+    pin = ["taskset", "--cpu-list", str(cpus)] if cpus is not None else []
+    proc = servers.start(name, [*pin, str(venv / "bin/mnist-serve"), *gunicorn_args], env, cwd=servers.workdir)
     base = f"http://127.0.0.1:{port}"
     wait_ready(proc, base + "/readyz")
     return proc, base

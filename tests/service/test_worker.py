@@ -190,22 +190,21 @@ def test_a_slow_client_that_waited_is_not_shed_for_its_own_slowness(model_dir, s
 
 def test_admission_sheds_past_the_budget_and_raises_it_for_a_crowd():
     now = [0.0]
-    admission = Admission(budget=0.25, ceiling=1.5, window=0.25, hold=5.0, clock=lambda: now[0])
+    admission = Admission(budget=0.25, ceiling=1.0, window=0.25, hold=5.0, clock=lambda: now[0])
     assert admission.on_time(0.2) and not admission.on_time(0.3)
     now[0] = 0.3  # that window had a request on time: shedding drains the queue, the budget stays
-    assert not admission.on_time(1.0)
+    assert not admission.on_time(0.9)
     now[0] = 0.6  # a whole window shed: a crowd that shedding cannot shorten
-    assert admission.on_time(1.0) and admission.budget == 1.5
-    assert not admission.on_time(1.6)
-    now[0] = 5.0  # held
-    assert admission.on_time(1.0)
+    assert admission.on_time(0.9) and admission.budget == 1.0
+    assert not admission.on_time(1.1)
+    now[0] = 5.0  # held while every request waits long
+    assert admission.on_time(0.9)
     now[0] = 5.7  # hold over: back to the normal budget...
-    assert not admission.on_time(1.0)
+    assert not admission.on_time(0.9)
     now[0] = 6.0  # ...and up again at once while the crowd is still there
-    assert admission.on_time(1.0)
-    now[0] = 11.0
-    assert admission.on_time(0.01)
-    now[0] = 11.3
+    assert admission.on_time(0.9)
+    assert admission.on_time(0.1)  # a short wait: the crowd is gone
+    now[0] = 6.3
     assert not admission.on_time(0.3) and admission.budget == 0.25
 
 

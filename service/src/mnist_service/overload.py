@@ -11,13 +11,15 @@ whatever the offered rate.
 A crowd that reconnects as soon as it is answered (a retry storm, a closed-loop load test) keeps
 every connection waiting however fast the excess is shed: shedding cannot shorten that queue, only
 waste the capacity (Little's law: the wait is the crowd over the answers per second). So when a
-whole window goes by in which every inference request was shed, the budget rises to the ceiling:
-the workers serve what they can answer within it and shed only what waited longer. It comes back
-to the normal budget after `hold` seconds, and rises again at once if the crowd is still there.
+whole window goes by in which every request came late, the budget rises to the ceiling: the
+workers serve what they can answer within it and shed only what waited longer. It comes back to
+the normal budget once a request waited less than half of that (the crowd is gone), or after
+`hold` seconds, to see whether the crowd is still there (if so, the next window sends it up again).
 """
 
 from __future__ import annotations
 
+import math
 import re
 import socket
 import struct
@@ -48,11 +50,13 @@ class Admission:
         self.raised_at = 0.0
         self.window_ends = clock() + window
         self.on_time_count = self.late_count = 0
+        self.shortest_wait = math.inf
 
     def on_time(self, waited: float) -> bool:
         now = self.clock()
         if now >= self.window_ends:
             self._adapt(now)
+        self.shortest_wait = min(self.shortest_wait, waited)
         if waited <= self.budget:
             self.on_time_count += 1
             return True
@@ -62,9 +66,10 @@ class Admission:
     def _adapt(self, now: float) -> None:
         if self.late_count and not self.on_time_count:  # shedding does not drain the queue: a crowd
             self.budget, self.raised_at = self.ceiling, now
-        elif self.budget > self.normal and now - self.raised_at >= self.hold:
+        elif self.budget > self.normal and (self.shortest_wait < self.normal / 2 or now - self.raised_at >= self.hold):
             self.budget = self.normal
         self.on_time_count = self.late_count = 0
+        self.shortest_wait = math.inf
         self.window_ends = now + self.window
 
 

@@ -37,7 +37,7 @@ class Settings:
     worker_connections: int = 1000  # gevent: open connections per worker, idle ones included
     client_timeout: float = 10.0  # gevent: to send a whole request and read the answer
     queue_timeout: float = 0.25  # gevent: shed an inference request that waited longer than this...
-    queue_timeout_max: float = 1.5  # ...or than this while a crowd keeps every request waiting
+    queue_timeout_max: float = 1.0  # ...or than this while a crowd keeps every request waiting
     backlog: int = 8192  # connections the kernel may queue for accept() (capped by net.core.somaxconn)
     timeout: int = 30  # a worker silent this long is killed and replaced
     graceful_timeout: int = 30  # SIGTERM: in-flight requests get this long to finish
