@@ -47,6 +47,12 @@ def test_a_bad_value_names_its_variable(variable, value):
     assert "\n" not in str(error.value)
 
 
+@pytest.mark.parametrize("uri", ["s3://models/repo", "gs://bucket", "S3://x"])
+def test_a_model_dir_uri_is_refused_rather_than_served_from_a_local_folder(uri):
+    with pytest.raises(ValueError, match=f"^MODEL_DIR '{uri}' is a URI"):
+        Settings.from_env({"MODEL_DIR": uri})
+
+
 def test_the_retired_queue_limit_is_refused_rather_than_ignored():
     with pytest.raises(ValueError, match="^QUEUE_LIMIT is no longer read: .*QUEUE_TIMEOUT"):
         Settings.from_env({"QUEUE_LIMIT": "128"})

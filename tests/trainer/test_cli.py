@@ -113,6 +113,17 @@ def test_bad_input_is_one_clear_line_and_a_documented_exit_code(args, code, mess
     assert message in last and "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("command", ["train", "sweep", "promote", "evaluate", "predict"])
+@pytest.mark.parametrize("how", ["flag", "environment"])
+def test_a_model_dir_uri_is_refused_not_taken_as_a_local_folder(command, how, tmp_path):
+    """`--model-dir s3://models/repo` once published into ./s3:/models/repo and exited 0."""
+    args, env = (["--model-dir", "s3://models/repo"], None) if how == "flag" else ([], {"MODEL_DIR": "s3://models/repo"})
+    result = run(command, *args, env=env, cwd=tmp_path)
+    assert result.returncode == 2
+    assert "'s3://models/repo' is a URI" in result.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in result.stderr and not any(tmp_path.iterdir())
+
+
 def test_corrupt_data_fails_before_training(tiny_data, tmp_path):
     broken = tmp_path / "broken"
     broken.mkdir()

@@ -13,6 +13,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mnist_artifact.options import parse_model_dir
+
 from .files import read_keys
 
 WORKER_CLASSES = ("gevent", "sync", "gthread")  # gevent: worker.Worker; measured in bench/README.md
@@ -52,7 +54,7 @@ class Settings:
             raise ValueError("QUEUE_LIMIT is no longer read: requests are shed by how long they waited "
                              "(QUEUE_TIMEOUT, QUEUE_TIMEOUT_MAX)")
         return cls(
-            model_dir=Path(environ.get("MODEL_DIR") or default.model_dir),
+            model_dir=parse_model_dir("MODEL_DIR", environ.get("MODEL_DIR") or str(default.model_dir)),
             model_name=environ.get("MODEL_NAME") or default.model_name,
             model_version=_number(environ, "MODEL_VERSION", int, None, minimum=1),
             model_poll_seconds=_number(environ, "MODEL_POLL_SECONDS", float, default.model_poll_seconds, minimum=0),

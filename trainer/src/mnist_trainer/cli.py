@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from mnist_artifact import ArtifactError
-from mnist_artifact.options import parse_bool
+from mnist_artifact.options import parse_bool, parse_model_dir
 from mnist_artifact.preprocess import PREPROCESS
 
 from . import __version__
@@ -50,6 +50,13 @@ def _int_list(text: str) -> tuple[int, ...]:
     return sizes
 
 
+def _model_dir(text: str) -> Path:
+    try:
+        return parse_model_dir("--model-dir", text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -58,7 +65,8 @@ def _positive_int(text: str) -> int:
 
 
 def _add_model_flags(p) -> None:
-    _env_flag(p, "--model-dir", "MODEL_DIR", "root of published models", default="models", type=Path)
+    _env_flag(p, "--model-dir", "MODEL_DIR", "root of published models (a local directory)", default="models",
+              type=_model_dir)
     _env_flag(p, "--name", "MODEL_NAME", "model name", default="mnist")
 
 
