@@ -68,8 +68,10 @@ HERE = Path(__file__).resolve().parent
 MLSERVER_VENV = REPO / ".bench-mlserver-venv"
 BATCH = 256
 
-TARGET_VS_BARE = 0.85  # service req/s >= 0.85 x the bare ceiling
-TARGET_VS_MLSERVER = 2.0  # service req/s >= 2 x MLServer
+# The gevent worker's ~0.07 ms a request is the price of surviving slow clients (bench/README.md):
+# 0.80x bare, not the sync worker's 0.85x, and no trading that safety for throughput.
+TARGET_VS_BARE = 0.80  # service req/s >= 0.80 x the bare ceiling
+TARGET_VS_MLSERVER = 2.5  # service req/s >= 2.5 x MLServer
 TARGET_P99_MS = 10.0  # service p99 latency
 
 

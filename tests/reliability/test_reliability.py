@@ -254,10 +254,11 @@ def test_slow_clients_idle_connections_and_overload(trained, figures, tmp_path):
     trickling headers, trickling bodies, or silent, and 1,000 idle connections, while normal traffic
     runs (0 errors, p99 < 1 s, every slow connection cut off, no worker lost, memory flat); then
     open-loop overloads at 2x and 3x the measured maximum, the server on one core and h2load on the
-    other (every request answered within 2 s, a prediction or a 503 with Retry-After; predictions at
-    >= 75 % and >= 50 % of the maximum; /healthz answering 200 within 0.5 s throughout; workers kept,
-    memory flat). Broken clients (vanishing mid-request, a request line or headers over the limits)
-    are tests/service/test_worker.py's."""
+    other (every request answered within 2 s, a prediction or a 503 with Retry-After; /healthz
+    answering 200 within Kubernetes' default probe timeout, 1 s, throughout; workers kept, memory
+    flat). The share of predictions and /healthz within 0.5 s are figures here, targets in
+    bench/service/run hostile: speed belongs in benchmarks. Broken clients (vanishing mid-request, a
+    request line or headers over the limits) are tests/service/test_worker.py's."""
     report = tmp_path / "hostile.json"
     done = subprocess.run([sys.executable, str(HOSTILE), "--worker-classes", "gevent", "--model-dir", str(trained),
                            "--cases", "max,slow-headers,slow-body,slow-silent,idle,overload",
@@ -283,7 +284,7 @@ def test_slow_clients_idle_connections_and_overload(trained, figures, tmp_path):
     figures.add("6 idle", "RSS MiB before / peak / after",
                 f"{idle['rss_before_mib']:.0f} / {idle['rss_peak_mib']:.0f} / {idle['rss_after_mib']:.0f}")
     assert idle["connections"]["all_closed_s"] is not None and idle["rss_after_mib"] <= 1.1 * idle["rss_before_mib"]
-    for factor, share in (("2", 0.75), ("3", 0.50)):
+    for factor in ("2", "3"):
         overload = r["overload"][factor]
         load, health = overload["load"], overload["healthz"]
         case = f"6 overload {factor}x"
@@ -294,8 +295,7 @@ def test_slow_clients_idle_connections_and_overload(trained, figures, tmp_path):
         figures.add(case, "/healthz 200 within 0.5 s (slowest s)",
                     f"{health['within_target']}/{health['polls']} ({health['max_s']:.2f})")
         assert load["no_answer"] == 0 and load["answered_ms"]["max"] <= 2000
-        assert overload["vs_max"] >= share
-        assert health["within_target"] == health["polls"] > 0
+        assert health["ok"] == health["polls"] > 0 and health["max_s"] <= 1.0
         assert overload["probe"]["shed_with_retry_after"] == overload["probe"]["shed"]
         assert not overload["workers_replaced"]
         assert overload["rss_after_mib"] <= 1.1 * overload["rss_before_mib"]
