@@ -39,8 +39,8 @@ def waited_seconds(sock: socket.socket) -> float:
 
 
 class Admission:
-    """One worker's shedding budget: `on_time(waited)` says whether a request that waited that long
-    is started (True) or shed, unless it is not an inference request (False)."""
+    """One worker's shedding budget. `on_time(waited)`: whether a request that waited that long may
+    still be started; a late inference request is shed (worker.py)."""
 
     def __init__(self, budget: float, ceiling: float, window: float = 0.25, hold: float = 5.0,
                  clock=time.monotonic):

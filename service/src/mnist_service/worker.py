@@ -29,6 +29,7 @@ from .routes import inference_rule
 from .settings import Settings
 
 RETRY_AFTER_SECONDS = 1
+SHED_BATCH = 256  # connections one wake-up may shed before it lets the event loop run
 
 
 class Worker(ggevent.GeventWorker):
@@ -72,8 +73,6 @@ class _SheddingServer(StreamServer):
 
 
 ggevent.StreamServer = _SheddingServer  # the server class GeventWorker.run builds its listeners with
-
-SHED_BATCH = 256  # connections one wake-up may shed before it lets the event loop run
 
 
 def _shed_if_late(client: _socket.socket, admission: Admission) -> bool:
