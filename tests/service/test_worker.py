@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import threading
@@ -174,6 +175,29 @@ def test_requests_that_waited_too_long_are_shed_unparsed_while_health_checks_pas
     assert metric_total(server.url, "mnist_http_requests_total", status="503") == len(shed)
     assert requests.post(server.url + "/v1/predict", data=BODY, timeout=5,  # back to normal
                          headers={"Content-Type": "application/json"}).status_code == 200
+
+
+def test_a_request_that_waited_on_a_kept_alive_connection_is_shed_too(model_dir, serve):
+    """With gunicorn's --keep-alive, a connection's second request is never accepted: it is checked
+    against the same budget once its head is parsed."""
+    server = serve(model_dir, workers=1, QUEUE_TIMEOUT=0.1, GUNICORN_CMD_ARGS="--keep-alive 5")
+    (worker,) = worker_pids(server)
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.settimeout(5)
+        sock.sendall(request_bytes())
+        reader = sock.makefile("rb")
+        head = b"".join(iter(reader.readline, b"\r\n"))
+        assert head.startswith(b"HTTP/1.1 200") and b"Connection: close" not in head
+        reader.read(int(re.search(rb"Content-Length: (\d+)", head)[1]))  # the whole first answer
+        os.kill(worker, signal.SIGSTOP)
+        try:
+            sock.sendall(request_bytes())
+            time.sleep(0.5)
+        finally:
+            os.kill(worker, signal.SIGCONT)
+        second = reader.read()  # to the server's close
+    assert second.startswith(b"HTTP/1.1 503") and b"\r\nRetry-After: 1\r\n" in second
+    assert metric_total(server.url, "mnist_http_requests_shed_total") == 1
 
 
 def test_a_slow_client_that_waited_is_not_shed_for_its_own_slowness(model_dir, serve):

@@ -7,7 +7,8 @@ a waiting client costs a greenlet, not a worker; this class adds the two bounds 
   seconds, else it is closed (one request per connection: gunicorn_config.py turns keep-alive off);
 - QUEUE_TIMEOUT (QUEUE_TIMEOUT_MAX under a crowd): an inference request that waited longer than
   this before its worker starts it is answered 503 with Retry-After straight from the socket, before
-  gunicorn parses it (overload.py); health, metrics and the other routes are always served.
+  gunicorn parses it (a later request on a kept-alive connection: once its head is parsed;
+  overload.py); health, metrics and the other routes are always served.
 """
 
 from __future__ import annotations
@@ -44,6 +45,18 @@ class Worker(ggevent.GeventWorker):
     def handle(self, listener, client, addr):
         with gevent.Timeout(self.client_timeout, ClientTimeout()):
             super().handle(listener, client, addr)
+
+    def handle_request(self, listener_name, req, sock, addr):
+        """A later request on a kept-alive connection (only with gunicorn's --keep-alive) was not
+        seen at accept: the same budget applies to it once its head is parsed."""
+        rule = req.req_number > 1 and inference_rule(req.path)
+        if rule and not self.admission.on_time(waited_seconds(sock)):
+            while req.body.read(1 << 16):  # unread data would reset the connection instead
+                pass
+            sock.sendall(_answer_503(req.path.startswith("/v2")))
+            metrics.observe_shed(rule, req.method)
+            raise StopIteration  # gunicorn's way to end a connection after its answer
+        return super().handle_request(listener_name, req, sock, addr)
 
     def handle_error(self, req, client, addr, exc):
         if isinstance(exc, ClientTimeout):
