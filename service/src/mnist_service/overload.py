@@ -3,7 +3,7 @@
 Under overload requests wait in the listening socket's accept queue (shared by the workers) and in
 a gevent worker that has accepted them but not yet started them. The kernel knows how long each
 one waited: TCP_INFO's tcpi_last_data_recv, the time since the request's last bytes arrived, read
-with one system call when the worker is about to start it. A request that waited longer than the
+with one system call when the worker accepts it. A request that waited longer than the
 budget is answered 503 with Retry-After straight from the socket (worker.py), which costs a small
 fraction of a prediction; the rest are served. The queue therefore stays about one budget long,
 whatever the offered rate.
