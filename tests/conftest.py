@@ -18,3 +18,23 @@ def mnist_dir() -> Path:
     if os.environ.get("CI"):
         pytest.fail(message)
     pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """One S3 server on loopback for the whole session (tests/s3_server.py)."""
+    from s3_server import S3Server
+
+    server = S3Server()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_uri(s3_server, monkeypatch) -> str:
+    """s3://<a new bucket>/models, with this process's AWS_* variables pointing at the server."""
+    for key, value in s3_server.env().items():
+        monkeypatch.setenv(key, value)
+    for key in ("AWS_PROFILE", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(key, raising=False)
+    return f"s3://{s3_server.new_bucket()}/models"

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from mnist_artifact.repository import LocalRepository
 from mnist_trainer.promote import set_label
 from service_helpers import digit, metric_total, wait_for, write_version
 
@@ -70,7 +71,7 @@ def versions(tmp_path: Path, *numbers: int) -> Path:
 def test_a_stable_label_routes_unpinned_requests_and_can_be_asked_for(tmp_path, serve):
     """stable, not the highest version, answers by default; versions and labels can still be asked for."""
     models = versions(tmp_path, 1, 2, 3)
-    set_label(models, "mnist", "stable", 2)
+    set_label(LocalRepository(models), "mnist", "stable", 2)
     server = serve(models)
 
     for _ in range(6):  # both workers
@@ -100,8 +101,8 @@ def test_a_stable_label_routes_unpinned_requests_and_can_be_asked_for(tmp_path, 
 def test_the_canary_takes_its_share_of_unpinned_requests(tmp_path, serve):
     """20 % of anonymous requests go to the canary, split on its own by each worker."""
     models = versions(tmp_path, 1, 2)
-    set_label(models, "mnist", "stable", 1)
-    set_label(models, "mnist", "canary", 2, percent=20)
+    set_label(LocalRepository(models), "mnist", "stable", 1)
+    set_label(LocalRepository(models), "mnist", "canary", 2, percent=20)
     server = serve(models)
 
     session, seen = requests.Session(), Counter()
@@ -116,8 +117,8 @@ def test_the_canary_takes_its_share_of_unpinned_requests(tmp_path, serve):
 def test_a_client_id_keeps_a_client_on_one_side_of_the_split(tmp_path, serve):
     """X-Client-Id decides the side, in every worker: a user does not flip between versions."""
     models = versions(tmp_path, 1, 2)
-    set_label(models, "mnist", "stable", 1)
-    set_label(models, "mnist", "canary", 2, percent=20)
+    set_label(LocalRepository(models), "mnist", "stable", 1)
+    set_label(LocalRepository(models), "mnist", "canary", 2, percent=20)
     server = serve(models)
 
     session, sides = requests.Session(), {}
@@ -134,8 +135,8 @@ def test_rollback_of_a_canary_under_load_fails_no_request(tmp_path, serve):
     """Promoting and removing the canary with the CLI while clients send requests: no request fails,
     and once every worker follows the new labels, no request goes to an old version."""
     models = versions(tmp_path, 1, 2, 3)
-    set_label(models, "mnist", "stable", 1)
-    set_label(models, "mnist", "canary", 2, percent=50)
+    set_label(LocalRepository(models), "mnist", "stable", 1)
+    set_label(LocalRepository(models), "mnist", "canary", 2, percent=50)
     server = serve(models)
     answers, errors, stop = [], [], threading.Event()  # answers: (sent at, status, version)
 
@@ -211,7 +212,7 @@ def test_labels_pointing_at_missing_or_corrupt_versions_are_ignored(tmp_path, se
 def test_an_invalid_labels_file_keeps_the_last_valid_labels(tmp_path, serve):
     """A broken labels.json must not send traffic elsewhere: the last valid labels keep routing."""
     models = versions(tmp_path, 1, 2)
-    set_label(models, "mnist", "stable", 1)
+    set_label(LocalRepository(models), "mnist", "stable", 1)
     server = serve(models)
     assert all(answered_by(predict(server.url)) == (1, "stable") for _ in range(4))
 
@@ -235,7 +236,7 @@ def test_a_labels_change_with_an_unchanged_mtime_is_followed(tmp_path, serve):
     some network file systems: a second) leave labels.json with the same mtime: the second must
     still be seen."""
     models = versions(tmp_path, 1, 2)
-    set_label(models, "mnist", "stable", 1)
+    set_label(LocalRepository(models), "mnist", "stable", 1)
     server = serve(models)
     assert all(answered_by(predict(server.url)) == (1, "stable") for _ in range(4))
 
@@ -248,8 +249,8 @@ def test_metrics_are_per_version_and_show_the_labels(tmp_path, serve):
     """Dashboards put the canary beside stable: every inference metric carries model_version, and the
     label gauges show where each label points (0 once it points elsewhere)."""
     models = versions(tmp_path, 1, 2)
-    set_label(models, "mnist", "stable", 1)
-    set_label(models, "mnist", "canary", 2, percent=25)
+    set_label(LocalRepository(models), "mnist", "stable", 1)
+    set_label(LocalRepository(models), "mnist", "canary", 2, percent=25)
     server = serve(models)
 
     for path, times in (("/v1/predict?version=1", 5), ("/v1/predict?version=2", 3), ("/v1/predict?label=canary", 1),
@@ -277,7 +278,7 @@ def test_metrics_are_per_version_and_show_the_labels(tmp_path, serve):
     assert total("mnist_model_canary_percent") == 25
     _check_with_promtool(requests.get(server.url + "/metrics", timeout=5).text)
 
-    set_label(models, "mnist", "stable", 2)
+    set_label(LocalRepository(models), "mnist", "stable", 2)
     promote(models, "--remove", "canary")
     assert wait_for(lambda: routed(server, default=2, canary=None))
     assert total("mnist_model_label_info", model_label="stable", model_version="2") == 1
@@ -302,7 +303,7 @@ def test_versions_asked_for_are_cached_least_recently_used_first(tmp_path):
     from mnist_service.store import ModelStore
 
     models = versions(tmp_path, 1, 2, 3, 4)
-    store = ModelStore(models, "mnist", cache_size=2)
+    store = ModelStore(LocalRepository(models), "mnist", cache_size=2)
     store.refresh()  # serves 4
     loads = metrics.MODEL_LOADS._value.get()
     for version in (1, 2, 1, 3):  # 2 is the least recently used when 3 comes in

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from mnist_artifact.repository import S3Location
 from mnist_service.settings import Settings
 
 CLEAN = {k: v for k, v in os.environ.items() if k not in {
@@ -47,10 +48,15 @@ def test_a_bad_value_names_its_variable(variable, value):
     assert "\n" not in str(error.value)
 
 
-@pytest.mark.parametrize("uri", ["s3://models/repo", "gs://bucket", "S3://x"])
-def test_a_model_dir_uri_is_refused_rather_than_served_from_a_local_folder(uri):
-    with pytest.raises(ValueError, match=f"^MODEL_DIR '{uri}' is a URI"):
+@pytest.mark.parametrize("uri", ["gs://bucket", "S3://x", "s3:/models/repo", "az://container/models"])
+def test_an_unsupported_uri_is_refused_rather_than_served_from_a_local_folder(uri):
+    with pytest.raises(ValueError, match=f"^MODEL_DIR '{uri}': unsupported scheme"):
         Settings.from_env({"MODEL_DIR": uri})
+
+
+def test_a_bucket_is_a_model_dir():
+    settings = Settings.from_env({"MODEL_DIR": "s3://models/prod/", "MODEL_CACHE_DIR": "/cache"})
+    assert settings.model_dir == S3Location("models", "prod") and settings.model_cache_dir == Path("/cache")
 
 
 def test_the_retired_queue_limit_is_refused_rather_than_ignored():

@@ -115,13 +115,57 @@ def test_bad_input_is_one_clear_line_and_a_documented_exit_code(args, code, mess
 
 @pytest.mark.parametrize("command", ["train", "sweep", "promote", "evaluate", "predict"])
 @pytest.mark.parametrize("how", ["flag", "environment"])
-def test_a_model_dir_uri_is_refused_not_taken_as_a_local_folder(command, how, tmp_path):
-    """`--model-dir s3://models/repo` once published into ./s3:/models/repo and exited 0."""
-    args, env = (["--model-dir", "s3://models/repo"], None) if how == "flag" else ([], {"MODEL_DIR": "s3://models/repo"})
+@pytest.mark.parametrize("uri", ["gs://models/repo", "s3:/models/repo"])
+def test_an_unsupported_uri_is_refused_not_taken_as_a_local_folder(command, how, uri, tmp_path):
+    """`--model-dir s3://models/repo` once published into ./s3:/models/repo and exited 0; other
+    schemes and typos must not either."""
+    args, env = (["--model-dir", uri], None) if how == "flag" else ([], {"MODEL_DIR": uri})
     result = run(command, *args, env=env, cwd=tmp_path)
     assert result.returncode == 2
-    assert "'s3://models/repo' is a URI" in result.stderr.strip().splitlines()[-1]
+    assert f"{uri!r}: unsupported scheme" in result.stderr.strip().splitlines()[-1]
     assert "Traceback" not in result.stderr and not any(tmp_path.iterdir())
+
+
+def test_every_command_works_on_a_bucket(tiny_data, s3_uri, s3_server, tmp_path):
+    """train, sweep, promote, evaluate and predict with --model-dir s3://... on a real S3 server."""
+    result = run("train", "--data", tiny_data, "--model-dir", s3_uri, *TINY)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["version"] == 1 and summary["path"] == f"{s3_uri}/mnist/1"
+    space = tmp_path / "space.toml"
+    space.write_text('preset = "fast"\nmethod = "grid"\n[parameters]\nhidden = [[8], [12]]\nepochs = [1]\n')
+    result = run("sweep", "--space", space, "--data", tiny_data, "--model-dir", s3_uri, "--val-size", "20",
+                 "--sweep-id", "s1")
+    assert result.returncode == 0, result.stderr
+    bucket, prefix = s3_uri.removeprefix("s3://").split("/", 1)
+    keys = {o["Key"] for o in s3_server.client().list_objects_v2(Bucket=bucket, Prefix=prefix)["Contents"]}
+    assert {f"{prefix}/mnist/{v}/manifest.json" for v in (1, 2, 3)} <= keys
+    assert f"{prefix}/mnist/1/report/confusion_matrix.png" in keys and f"{prefix}/mnist/sweeps/s1.json" in keys
+    result = run("promote", "--model-dir", s3_uri, "--label", "canary", "--best", "s1", "--percent", "10")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["labels"]["canary"] in (2, 3)
+    result = run("promote", "--model-dir", s3_uri, "--label", "stable", "--version", "9")
+    assert result.returncode == 4 and "has no version 9" in result.stderr
+    result = run("evaluate", "--data", tiny_data, "--model-dir", s3_uri, "--model-version", "1")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["matches_manifest"] is True
+    image = tmp_path / "digit.png"
+    from PIL import Image, ImageDraw
+
+    picture = Image.new("L", (28, 28))
+    ImageDraw.Draw(picture).ellipse((8, 5, 20, 23), outline=255, width=3)
+    picture.save(image)
+    result = run("predict", "--model-dir", s3_uri, image)
+    assert result.returncode == 0 and json.loads(result.stdout)["file"] == str(image)
+
+
+@pytest.mark.parametrize("command", ["train", "promote", "evaluate"])
+def test_a_missing_bucket_is_one_clear_line(command, s3_uri, tiny_data):
+    args = {"train": ["--data", tiny_data, *TINY], "promote": ["--label", "stable", "--version", "1"],
+            "evaluate": ["--data", tiny_data]}[command]
+    result = run(command, "--model-dir", "s3://no-such-bucket/models", *args)
+    assert result.returncode == 4 and "Traceback" not in result.stderr
+    assert "bucket 'no-such-bucket' does not exist" in result.stderr.strip().splitlines()[-1]
 
 
 def test_corrupt_data_fails_before_training(tiny_data, tmp_path):

@@ -8,8 +8,8 @@ from trainer_helpers import run
 
 from artifact_files import random_arrays
 from mnist_artifact import format
+from mnist_artifact.repository import LocalRepository
 from mnist_trainer.promote import best_of_sweep, remove_label, set_label
-from mnist_trainer.publish import publish
 
 
 def _publish(model_dir, validation_accuracy, sweep_id=None, trial=None):
@@ -18,7 +18,7 @@ def _publish(model_dir, validation_accuracy, sweep_id=None, trial=None):
                                      metrics={"validation": {"accuracy": validation_accuracy, "loss": 1.0}})
     if sweep_id:
         manifest["sweep"] = {"id": sweep_id, "trial": trial, "parameters": {"lr": 0.1 * (trial + 1)}}
-    return publish(model_dir, "mnist", arrays, manifest)[0]
+    return LocalRepository(model_dir).publish("mnist", arrays, manifest)
 
 
 @pytest.fixture
@@ -47,7 +47,7 @@ def test_promote_sets_moves_and_removes_labels(models):
 
 
 def test_best_of_a_sweep_is_chosen_by_validation_accuracy(models):
-    assert best_of_sweep(models, "mnist", "s1") == 2  # 0.95; version 4 (0.99) is not in the sweep
+    assert best_of_sweep(LocalRepository(models), "mnist", "s1") == 2  # 0.95; version 4 (0.99) is not in the sweep
     result = run("promote", "--model-dir", models, "--label", "canary", "--best", "s1", "--percent", "5")
     assert result.returncode == 0, result.stderr
     assert format.read_labels(models, "mnist").versions == {"canary": 2}
@@ -58,7 +58,7 @@ def test_best_of_a_sweep_is_chosen_by_validation_accuracy(models):
 def test_a_corrupt_trial_is_no_candidate(models):
     weights = models / "mnist" / "2" / format.WEIGHTS
     weights.write_bytes(weights.read_bytes()[:-10])
-    assert best_of_sweep(models, "mnist", "s1") == 3
+    assert best_of_sweep(LocalRepository(models), "mnist", "s1") == 3
 
 
 @pytest.mark.parametrize("args, code, message", [
@@ -72,7 +72,7 @@ def test_a_corrupt_trial_is_no_candidate(models):
     (["--remove", "stable", "--version", "2"], 2, "takes no --version, --best or --percent"),
 ])
 def test_refused_promotions_change_nothing(models, args, code, message):
-    set_label(models, "mnist", "stable", 1)
+    set_label(LocalRepository(models), "mnist", "stable", 1)
     before = labels_file(models).read_bytes()
     result = run("promote", "--model-dir", models, *args)
     assert result.returncode == code and message in result.stderr
@@ -89,11 +89,12 @@ def test_a_corrupt_version_cannot_be_promoted(models):
 
 def test_promoters_at_once_lose_no_label(models):
     """Each promote reads, changes and rewrites the file under a lock: no update is lost."""
-    threads = [threading.Thread(target=set_label, args=(models, "mnist", f"l{i}", 1 + i % 4)) for i in range(20)]
+    repository = LocalRepository(models)
+    threads = [threading.Thread(target=set_label, args=(repository, "mnist", f"l{i}", 1 + i % 4)) for i in range(20)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     assert format.read_labels(models, "mnist").versions == {f"l{i}": 1 + i % 4 for i in range(20)}
-    remove_label(models, "mnist", "l0")
+    remove_label(LocalRepository(models), "mnist", "l0")
     assert "l0" not in format.read_labels(models, "mnist").versions

@@ -5,8 +5,8 @@
 
 `build_manifest` writes the manifest's body, `load` reads a version back and refuses anything the
 format does not allow; `list_versions` and `resolve_version` find versions on disk; `read_labels`
-reads the labels. Writing a version or the labels atomically is the trainer's job (`publish`,
-`promote`).
+reads the labels. Where versions live (a directory, a bucket) and how they are written atomically
+is repository.py's.
 """
 
 from __future__ import annotations
@@ -55,12 +55,13 @@ def sha256_file(path: Path) -> str:
 def list_versions(model_dir: Path, name: str) -> list[int]:
     """Version numbers on disk (valid or not), ascending. Other names (staging directories) are not versions."""
     try:
-        return sorted(int(p.name) for p in (Path(model_dir) / name).iterdir() if _is_version(p.name) and p.is_dir())
+        return sorted(int(p.name) for p in (Path(model_dir) / name).iterdir() if is_version(p.name) and p.is_dir())
     except OSError:
         return []
 
 
-def _is_version(name: str) -> bool:
+def is_version(name: str) -> bool:
+    """A version's name: a positive integer without leading zeros."""
     return name.isascii() and name.isdigit() and name[0] != "0"
 
 
@@ -149,18 +150,20 @@ def layer_sizes(arrays: dict[str, np.ndarray]) -> list[int]:
     return [weights[0].shape[0]] + [w.shape[1] for w in weights]
 
 
-def _check_manifest(manifest, directory: Path) -> None:
-    """The fields a reader relies on, with their types: a wrong one is an ArtifactError, never a KeyError."""
+def _check_manifest(manifest, directory: str) -> None:
+    """The fields a reader relies on, with their types: a wrong one is an ArtifactError, never a KeyError.
+    `directory` is the version's place (a path or a URI), named in messages."""
     def need(ok: bool, what: str) -> None:
         if not ok:
-            raise ArtifactError(f"{directory / MANIFEST}: {what}")
+            raise ArtifactError(f"{directory}/{MANIFEST}: {what}")
 
     need(isinstance(manifest, dict), "is not a JSON object")
     need(manifest.get("format_version") == FORMAT_VERSION,
          f"unsupported format_version {manifest.get('format_version')!r} (this reader knows {FORMAT_VERSION})")
-    if _is_version(directory.name):
-        need(manifest.get("version") == int(directory.name),
-             f"manifest says version {manifest.get('version')!r}, the directory {directory.name}")
+    folder = directory.rstrip("/").rsplit("/", 1)[-1]
+    if is_version(folder):
+        need(manifest.get("version") == int(folder),
+             f"manifest says version {manifest.get('version')!r}, the directory {folder}")
     need(isinstance(manifest.get("name"), str), '"name" must be a string')
     sizes = _get(manifest, "architecture", "layer_sizes")
     need(isinstance(sizes, list) and len(sizes) >= 2 and all(type(n) is int and n >= 1 for n in sizes),
@@ -190,9 +193,18 @@ def read_manifest(directory: Path) -> dict:
     """One version's manifest, its fields checked (checks 1 and 2 below), without reading the weights."""
     directory = Path(directory)
     try:
-        manifest = json.loads((directory / MANIFEST).read_text())
-    except (OSError, ValueError) as e:
+        data = (directory / MANIFEST).read_bytes()
+    except OSError as e:
         raise ArtifactError(f"{directory / MANIFEST}: cannot read manifest: {e}") from None
+    return parse_manifest(data, str(directory))
+
+
+def parse_manifest(data: bytes, directory: str) -> dict:
+    """A manifest's bytes, parsed and checked; `directory` (a path or a URI) is named in messages."""
+    try:
+        manifest = json.loads(data)
+    except ValueError as e:
+        raise ArtifactError(f"{directory}/{MANIFEST}: cannot read manifest: {e}") from None
     _check_manifest(manifest, directory)
     return manifest
 

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
-
 TRUE, FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
 
 
@@ -33,15 +30,3 @@ def parse_int(name: str, value, minimum: int, maximum: int, *, text: bool = True
     if type(value) is not int or not minimum <= value <= maximum:
         raise ValueError(f"{name} must be an integer from {minimum} to {maximum}, got {value!r:.40}")
     return value
-
-
-URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
-
-
-def parse_model_dir(name: str, value: str) -> Path:
-    """A model repository: a local directory. A URI (s3://bucket/prefix, gs://...) is refused rather than
-    taken as a relative path, which would publish into, or serve from, a local folder named `s3:`."""
-    if URI.match(value):
-        raise ValueError(f"{name} {value!r} is a URI: model repositories in object storage are not supported "
-                         "yet; give a local directory (a mounted volume works)")
-    return Path(value)

@@ -13,7 +13,9 @@ from importlib import resources
 from flask import Flask, request
 from werkzeug.exceptions import HTTPException
 
-from . import errors, logs, observe, web
+from mnist_artifact.repository import open_repository
+
+from . import errors, logs, metrics, observe, web
 from .auth import ApiKeys, RequireApiKey
 from .body_limit import ChunkedBodyLimit
 from .control import bp
@@ -30,7 +32,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     logs.configure(settings.log_level)
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
-    store = ModelStore(settings.model_dir, settings.model_name, settings.model_version)
+    repository = open_repository(settings.model_dir, cache_dir=settings.model_cache_dir,
+                                 on_request=lambda operation: metrics.REPOSITORY_REQUESTS.labels(operation).inc())
+    store = ModelStore(repository, settings.model_name, settings.model_version)
     store.refresh()
     if settings.model_poll_seconds > 0:
         store.start_polling(settings.model_poll_seconds)

@@ -17,8 +17,10 @@ import threading
 import time
 from pathlib import Path
 
+from mnist_artifact.repository import stamp
+
 from . import errors, metrics, observe
-from .files import read_keys, stamp
+from .files import read_keys
 
 log = logging.getLogger(__name__)
 

@@ -1,26 +1,14 @@
-"""Files the service re-reads while it runs (labels.json, manifests, API_KEYS_FILE): how to tell that
-one changed, and the keys file's format. Light on imports: settings.py, and so the container's
+"""The API keys file's format (API_KEYS_FILE). Light on imports: settings.py, and so the container's
 healthcheck, read the keys file through here.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 from pathlib import Path
 
 DIGEST = re.compile(r"sha256:([0-9a-fA-F]{64})")
-
-
-def stamp(path: Path) -> tuple[int, int, int] | None:
-    """(inode, size, mtime) of `path`, None when it cannot be stat'ed. An atomic rewrite (a new file
-    renamed over the old) is a new inode: two rewrites within one mtime tick are still told apart."""
-    try:
-        stat = os.stat(path)
-    except OSError:
-        return None
-    return stat.st_ino, stat.st_size, stat.st_mtime_ns
 
 
 def read_keys(path: Path) -> list[bytes]:

@@ -55,6 +55,10 @@ CLIENT_TIMEOUTS = Counter("mnist_client_timeouts", "Connections closed because t
                           "CLIENT_TIMEOUT to send its request or read the answer.")
 MODEL_LOADS = Counter("mnist_model_loads", "Model versions loaded and verified.")
 MODEL_LOAD_FAILURES = Counter("mnist_model_load_failures", "Model versions rejected as invalid.")
+REPOSITORY_REQUESTS = Counter("mnist_model_repository_requests", "Requests sent to an S3 model repository, "
+                              "by S3 operation (ListObjectsV2, GetObject).", ["operation"])
+REPOSITORY_ERRORS = Counter("mnist_model_repository_errors", "Failed reads of the model repository (unreachable, "
+                            "denied, throttled); what serves keeps serving.", ["operation"])
 
 
 def exposition() -> tuple[bytes, str]:

@@ -10,10 +10,11 @@ from __future__ import annotations
 import math
 import os
 import re
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mnist_artifact.options import parse_model_dir
+from mnist_artifact.repository import S3Location, parse_location
 
 from .files import read_keys
 
@@ -23,7 +24,8 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 @dataclass(frozen=True)
 class Settings:
-    model_dir: Path = Path("models")
+    model_dir: Path | S3Location = Path("models")  # a directory or s3://bucket/prefix
+    model_cache_dir: Path = Path(tempfile.gettempdir()) / "mnist-model-cache"  # versions downloaded from a bucket
     model_name: str = "mnist"
     model_version: int | None = None  # pin one version; None serves the highest valid one
     model_poll_seconds: float = 10.0  # 0 turns polling off
@@ -54,7 +56,8 @@ class Settings:
             raise ValueError("QUEUE_LIMIT is no longer read: requests are shed by how long they waited "
                              "(QUEUE_TIMEOUT, QUEUE_TIMEOUT_MAX)")
         return cls(
-            model_dir=parse_model_dir("MODEL_DIR", environ.get("MODEL_DIR") or str(default.model_dir)),
+            model_dir=parse_location("MODEL_DIR", environ.get("MODEL_DIR") or str(default.model_dir)),
+            model_cache_dir=Path(environ.get("MODEL_CACHE_DIR") or default.model_cache_dir),
             model_name=environ.get("MODEL_NAME") or default.model_name,
             model_version=_number(environ, "MODEL_VERSION", int, None, minimum=1),
             model_poll_seconds=_number(environ, "MODEL_POLL_SECONDS", float, default.model_poll_seconds, minimum=0),

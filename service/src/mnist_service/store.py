@@ -1,4 +1,5 @@
-"""The model store: finds, verifies and hot-swaps versions under MODEL_DIR/<name>/ (read-only).
+"""The model store: finds, verifies and hot-swaps versions of MODEL_DIR/<name>/ (read-only), a
+directory or a bucket (mnist_artifact.repository).
 
 Unpinned requests go to the version labelled `stable` when there is one, else to the highest valid
 version (or to the pinned one, MODEL_VERSION); a `canary` label takes its share of them. A version is
@@ -6,6 +7,10 @@ verified against docs/artifact.md by mnist_artifact, the one reader, before it i
 one is skipped, logged and counted, and so is a label pointing at one, and what already serves keeps
 serving. Requests take `store.routing` once, so each response is computed wholly by the version it
 reports.
+
+A repository that cannot be read (a bucket unreachable, denied, throttled) changes nothing: what
+serves keeps serving, the failure is counted, one line is logged per streak of failed polls, and
+the next poll tries again.
 """
 
 from __future__ import annotations
@@ -15,12 +20,11 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from mnist_artifact import ArtifactError, Model, format
+from mnist_artifact.repository import LocalRepository, Repository, RepositoryError, Snapshot
 
 from . import metrics
-from .files import stamp
 
 log = logging.getLogger(__name__)
 
@@ -41,17 +45,19 @@ class Routing:
 
 
 class ModelStore:
-    def __init__(self, model_dir: Path, name: str, pinned: int | None = None, cache_size: int = 4):
-        self.root = Path(model_dir) / name
+    def __init__(self, repository: Repository, name: str, pinned: int | None = None, cache_size: int = 4):
+        self.repository = repository
         self.name, self.pinned = name, pinned
         self.routing: Routing | None = None
         self.not_ready_reason = "no model loaded yet"
-        self._rejected: dict[int, tuple | None] = {}  # version -> its manifest's stamp when it was rejected
+        self._snapshot = Snapshot({}, None)  # what the last poll saw
+        self._rejected: dict[int, object] = {}  # version -> its manifest's token when it was rejected
         self._cache: OrderedDict[int, Model] = OrderedDict()  # versions asked for by ?version=N
         self._cache_size = cache_size
         self._labels = format.VersionLabels()  # the last valid labels.json
-        self._labels_stamp: tuple[int, int, int] | None = None
+        self._labels_token: object = None
         self._rejected_labels: set[tuple[str, int]] = set()
+        self._failed_polls = 0  # the current streak of polls the repository failed
         self._lock = threading.Lock()
 
     @property
@@ -61,40 +67,64 @@ class ModelStore:
         return routing.default if routing else None
 
     def versions(self) -> list[int]:
-        """Version numbers on disk (valid or not), ascending."""
-        return format.list_versions(self.root.parent, self.name)
+        """Published version numbers (valid or not), ascending: a directory is listed now, a bucket
+        as the last poll saw it (a listing is a request to the store)."""
+        if isinstance(self.repository, LocalRepository):
+            return self.repository.versions(self.name)
+        return sorted(self._snapshot.versions)
 
     def refresh(self) -> None:
-        """Re-read the labels and versions on disk; swap in a new routing if anything changed."""
+        """Re-read the labels and versions; swap in a new routing if anything changed."""
         with self._lock:
-            on_disk = self.versions()
-            labels = self._resolve_labels(self._read_labels(), on_disk)
-            default, default_label = self._default(on_disk, labels)
+            try:
+                self._snapshot = self.repository.snapshot(self.name)
+                labels = self._resolve_labels(self._read_labels(), self._snapshot.versions)
+                default, default_label = self._default(sorted(self._snapshot.versions), labels)
+            except RepositoryError as e:
+                self._poll_failed(e)
+                return
+            self._poll_succeeded()
             if default is None:
                 if self.routing is None:
-                    self.not_ready_reason = self._no_model_reason(on_disk)
+                    self.not_ready_reason = self._no_model_reason(sorted(self._snapshot.versions))
                 return
             canary = labels.get(format.CANARY) if self.pinned is None else None
             routing = Routing(default, default_label, canary, self._labels.canary_percent if canary else 0.0, labels)
             if routing != self.routing:
                 self._swap(routing)
 
+    def _poll_failed(self, error: RepositoryError) -> None:
+        metrics.REPOSITORY_ERRORS.labels(error.operation).inc()
+        self._failed_polls += 1
+        if self.routing is None:
+            self.not_ready_reason = str(error)
+        if self._failed_polls == 1:  # one line per streak, not one per poll
+            serving = self.routing.default.version if self.routing else None
+            log.error("model repository unavailable; retrying every poll", extra={
+                "model": self.name, "operation": error.operation, "reason": str(error), "serving_version": serving})
+
+    def _poll_succeeded(self) -> None:
+        if self._failed_polls:
+            log.info("model repository available again", extra={"model": self.name, "failed_polls": self._failed_polls})
+            self._failed_polls = 0
+
     def _read_labels(self) -> format.VersionLabels:
         """labels.json, re-read when it changes; an invalid one is logged and the last valid one kept."""
-        current = stamp(self.root / format.LABELS_FILE)
-        if current != self._labels_stamp:
-            self._labels_stamp = current
+        if self._snapshot.labels != self._labels_token:
             try:
-                self._labels = format.read_labels(self.root.parent, self.name)
+                self._labels = self.repository.read_labels(self.name)
+            except RepositoryError:
+                raise
             except ArtifactError as e:
                 metrics.LABELS_REJECTED.labels("*").inc()
                 log.warning("rejected labels file", extra={"model": self.name, "reason": str(e)})
+            self._labels_token = self._snapshot.labels
         return self._labels
 
-    def _resolve_labels(self, labels: format.VersionLabels, on_disk: list[int]) -> dict[str, Model]:
+    def _resolve_labels(self, labels: format.VersionLabels, published) -> dict[str, Model]:
         resolved, rejected = {}, set()
         for label, version in labels.versions.items():
-            model = self._loaded(version) if version in on_disk else None
+            model = self._loaded(version) if version in published else None
             if model is not None:
                 resolved[label] = model
             else:
@@ -106,12 +136,12 @@ class ModelStore:
         self._rejected_labels = rejected
         return resolved
 
-    def _default(self, on_disk: list[int], labels: dict[str, Model]) -> tuple[Model | None, str | None]:
+    def _default(self, published: list[int], labels: dict[str, Model]) -> tuple[Model | None, str | None]:
         if self.pinned is not None:
-            return (self._loaded(self.pinned) if self.pinned in on_disk else None), None
+            return (self._loaded(self.pinned) if self.pinned in published else None), None
         if format.STABLE in labels:
             return labels[format.STABLE], format.STABLE
-        for version in reversed(on_disk):  # the highest valid version
+        for version in reversed(published):  # the highest valid version
             model = self._loaded(version)
             if model is not None:
                 return model, None
@@ -135,12 +165,14 @@ class ModelStore:
         return model
 
     def _try_load(self, version: int) -> Model | None:
-        path = self.root / str(version)
-        manifest = stamp(path / format.MANIFEST)
+        """Load and verify `version`; None when it is invalid. RepositoryError when it cannot be read."""
+        manifest = self._snapshot.versions.get(version)
         if version in self._rejected and self._rejected[version] == manifest:
             return None  # already rejected, unchanged since: do not log it again every poll
         try:
-            model = Model.load(path)
+            model = Model(*self.repository.load(self.name, version))
+        except RepositoryError:
+            raise
         except ArtifactError as e:
             self._rejected[version] = manifest
             metrics.MODEL_LOAD_FAILURES.inc()
@@ -157,22 +189,29 @@ class ModelStore:
             "model": self.name, "version": routing.default.version,
             "previous_version": old.default.version if old else None, **routing.describe()})
 
-    def _no_model_reason(self, on_disk: list[int]) -> str:
+    def _no_model_reason(self, published: list[int]) -> str:
+        where = self.repository
         if self.pinned:
-            return f"pinned version {self.pinned} of model {self.name!r} is missing or invalid in {self.root.parent}"
-        if not on_disk:
-            return f"no version of model {self.name!r} in {self.root.parent} yet"
-        return f"no valid version of model {self.name!r} in {self.root.parent} (rejected: {on_disk[::-1]})"
+            return f"pinned version {self.pinned} of model {self.name!r} is missing or invalid in {where}"
+        if not published:
+            return f"no version of model {self.name!r} in {where} yet"
+        return f"no valid version of model {self.name!r} in {where} (rejected: {published[::-1]})"
 
     def get(self, version: int) -> Model | None:
-        """A specific version on disk (cached), or None when it is absent or invalid."""
+        """A specific published version (cached), or None when it is absent, invalid or cannot be read now."""
         routing = self.routing
         if routing is not None and routing.default.version == version:
             return routing.default
         with self._lock:
             if version not in self._cache and version not in self.versions():
                 return None
-            return self._loaded(version)
+            try:
+                return self._loaded(version)
+            except RepositoryError as e:
+                metrics.REPOSITORY_ERRORS.labels(e.operation).inc()
+                log.warning("model version could not be read", extra={"model": self.name, "version": version,
+                                                                       "reason": str(e)})
+                return None
 
     def label(self, label: str) -> Model | None:
         """The version `label` points at, if it is valid."""

@@ -14,8 +14,9 @@ import sys
 from pathlib import Path
 
 from mnist_artifact import ArtifactError
-from mnist_artifact.options import parse_bool, parse_model_dir
+from mnist_artifact.options import parse_bool
 from mnist_artifact.preprocess import PREPROCESS
+from mnist_artifact.repository import Repository, open_repository, parse_location
 
 from . import __version__
 from .data import DataError
@@ -50,9 +51,9 @@ def _int_list(text: str) -> tuple[int, ...]:
     return sizes
 
 
-def _model_dir(text: str) -> Path:
+def _model_dir(text: str) -> Repository:
     try:
-        return parse_model_dir("--model-dir", text)
+        return open_repository(parse_location("--model-dir", text))
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
 
@@ -65,8 +66,8 @@ def _positive_int(text: str) -> int:
 
 
 def _add_model_flags(p) -> None:
-    _env_flag(p, "--model-dir", "MODEL_DIR", "root of published models (a local directory)", default="models",
-              type=_model_dir)
+    _env_flag(p, "--model-dir", "MODEL_DIR", "model repository: a local directory or s3://bucket/prefix "
+              "(AWS_* variables configure S3)", default="models", type=_model_dir)
     _env_flag(p, "--name", "MODEL_NAME", "model name", default="mnist")
 
 

@@ -13,14 +13,14 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from mnist_artifact import format, preprocess
+from mnist_artifact import ArtifactError, format, preprocess
+from mnist_artifact.repository import Repository, RepositoryError
 
 from . import __version__, data, metrics, report
 from .leaderboard import table, write_leaderboard
 from .logs import EventLog
 from .mlp import MLP
 from .promote import best_of_sweep, remove_label, set_label
-from .publish import latest_valid, publish
 from .sweep import Space, SpaceError, run_trials
 from .train import MEAN, PIXEL_SCALE, STD, Interrupted, TrainConfig
 
@@ -31,12 +31,24 @@ def _load_data(args, *, progress: bool) -> data.MNIST:
 
 
 def train(args, config: TrainConfig, log: EventLog, should_stop) -> int:
-    if args.skip_if_published and (manifest := latest_valid(args.model_dir, args.name)):
+    if args.skip_if_published and (manifest := _latest_valid(args.model_dir, args.name)):
         log("skipped", f"{args.name} version {manifest['version']} is already published in {args.model_dir}; "
             "not training (run without --skip-if-published to retrain)", version=manifest["version"])
         return 0
     train_and_publish(args, config, args.preset, log, should_stop)
     return 0
+
+
+def _latest_valid(repository: Repository, name: str) -> dict | None:
+    """The manifest of the highest version that loads and verifies, if any."""
+    for version in reversed(repository.versions(name)):
+        try:
+            return repository.load(name, version)[0]
+        except RepositoryError:
+            raise
+        except ArtifactError:
+            continue
+    return None
 
 
 def train_and_publish(args, config: TrainConfig, preset: str, log: EventLog, should_stop,
@@ -78,8 +90,9 @@ def train_and_publish(args, config: TrainConfig, preset: str, log: EventLog, sho
 
     if should_stop():  # a signal after the last batch: still publish nothing
         raise Interrupted("stopped before publishing")
-    version, path = publish(args.model_dir, args.name, model.arrays(), manifest, write_report)
-    summary = {"name": args.name, "version": version, "path": str(path),
+    version = args.model_dir.publish(args.name, model.arrays(), manifest, write_report)
+    path = args.model_dir.location(args.name, version)
+    summary = {"name": args.name, "version": version, "path": path,
                "test_accuracy": metrics_["test"]["accuracy"] if metrics_.get("test") else None,
                "validation_accuracy": metrics_["validation"]["accuracy"] if validation else None,
                "training_seconds": round(model.training_seconds, 2)}
@@ -206,9 +219,13 @@ def promote(args) -> int:
     return 0
 
 
+def _read_model(args) -> MLP:
+    repository = args.model_dir
+    return MLP.from_verified(*repository.load(args.name, repository.resolve(args.name, args.model_version)))
+
+
 def evaluate(args) -> int:
-    path = format.resolve_version(args.model_dir, args.name, args.model_version)
-    model = MLP.from_artifact(path)
+    model = _read_model(args)
     mnist = _load_data(args, progress=sys.stderr.isatty())
     if mnist.test is None:
         raise data.DataError(f"data: {mnist.source}: has no labelled test set to evaluate on")
@@ -224,7 +241,7 @@ def evaluate(args) -> int:
 
 
 def predict(args) -> int:
-    model = MLP.from_artifact(format.resolve_version(args.model_dir, args.name, args.model_version))
+    model = _read_model(args)
     if len(args.inputs) == 1 and args.inputs[0].suffix.lower() == ".csv":
         split = data.read_kaggle_csv(args.inputs[0])
         labels = model.predict(split.images)

@@ -1,32 +1,30 @@
 """A sweep's leaderboard: its published trials, best validation accuracy first (never test accuracy:
 the test set is for reporting the winner, not for choosing it).
 
-Built from the manifests on disk, so every trial of a sweep, wherever it ran, is counted, and written
-to MODEL_DIR/<name>/sweeps/<sweep id>.json beside the versions.
+Built from the published manifests, so every trial of a sweep, wherever it ran, is counted, and
+written to MODEL_DIR/<name>/sweeps/<sweep id>.json beside the versions.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from mnist_artifact import ArtifactError, format
-
-from .publish import write_file_atomically
+from mnist_artifact import ArtifactError
+from mnist_artifact.repository import Repository, RepositoryError
 
 SWEEPS = "sweeps"
 
 
-def sweep_trials(model_dir: Path, name: str, sweep_id: str) -> list[dict]:
+def sweep_trials(repository: Repository, name: str, sweep_id: str) -> list[dict]:
     """One row per valid version published by the sweep, sorted by validation accuracy (best first)."""
     rows = []
-    for version in format.list_versions(model_dir, name):
-        directory = Path(model_dir) / name / str(version)
+    for version in repository.versions(name):
         try:  # the manifest says which sweep; only its trials' weights are read and verified
-            manifest = format.read_manifest(directory)
+            manifest = repository.read_manifest(name, version)
             sweep = manifest.get("sweep") or {}
             if sweep.get("id") != sweep_id:
                 continue
-            format.load(directory)
+            repository.load(name, version)
+        except RepositoryError:
+            raise  # an unreachable store is no reason to leave a trial out
         except ArtifactError:
             continue  # a corrupt or half-deleted version is no candidate
         validation = manifest.get("metrics", {}).get("validation") or {}
@@ -36,17 +34,14 @@ def sweep_trials(model_dir: Path, name: str, sweep_id: str) -> list[dict]:
     return sorted(rows, key=lambda r: (-(r["validation_accuracy"] or 0), r["validation_loss"] or 0, r["version"]))
 
 
-def write_leaderboard(model_dir: Path, name: str, sweep_id: str,
-                      failed: list[int] | None = None) -> tuple[Path, list[dict]]:
-    rows = sweep_trials(model_dir, name, sweep_id)
-    directory = Path(model_dir) / name / SWEEPS
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"{sweep_id}.json"
+def write_leaderboard(repository: Repository, name: str, sweep_id: str,
+                      failed: list[int] | None = None) -> tuple[str, list[dict]]:
+    """Write the leaderboard; returns where it went and its rows."""
+    rows = sweep_trials(repository, name, sweep_id)
     document = {"sweep": sweep_id, "model": name, "sorted_by": "validation_accuracy", "trials": rows}
     if failed is not None:
         document["failed_trials"] = sorted(failed)
-    write_file_atomically(path, document)
-    return path, rows
+    return repository.write_document(name, f"{SWEEPS}/{sweep_id}.json", document), rows
 
 
 def table(rows: list[dict]) -> str:

@@ -68,7 +68,11 @@ class MLP:
     @classmethod
     def from_artifact(cls, path) -> MLP:
         """Load a published version directory (MODEL_DIR/<name>/<version>)."""
-        manifest, arrays = format.load(Path(path))
+        return cls.from_verified(*format.load(Path(path)))
+
+    @classmethod
+    def from_verified(cls, manifest: dict, arrays: dict[str, np.ndarray]) -> MLP:
+        """A model from a version that format.load (or a repository) has verified."""
         n_layers = len(manifest["architecture"]["layer_sizes"]) - 1
         weights = [arrays[f"W{l}"] for l in range(1, n_layers + 1)]
         biases = [arrays[f"b{l}"] for l in range(1, n_layers + 1)]

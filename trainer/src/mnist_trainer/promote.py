@@ -6,42 +6,41 @@ promoting, sending a share of traffic to a canary and rolling back are each one 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from mnist_artifact import ArtifactError, format
+from mnist_artifact.repository import Repository
 
 from .leaderboard import sweep_trials
-from .publish import labels_lock, write_file_atomically
 
 
-def set_label(model_dir: Path, name: str, label: str, version: int,
+def set_label(repository: Repository, name: str, label: str, version: int,
               percent: float | None = None) -> format.VersionLabels:
     """Point `label` at `version` (verified first); a canary takes `percent` % of unlabelled traffic."""
     _check_label(label, percent)
-    format.load(format.resolve_version(model_dir, name, version))  # refuse a missing or invalid version
-    with labels_lock(model_dir, name):
-        labels = format.read_labels(model_dir, name)
-        versions = {**labels.versions, label: version}
+    repository.load(name, repository.resolve(name, version))  # refuse a missing or invalid version
+
+    def point(labels: format.VersionLabels) -> format.VersionLabels:
         canary_percent = percent if label == format.CANARY else labels.canary_percent
-        return _write(model_dir, name, format.VersionLabels(versions, canary_percent))
+        return format.VersionLabels({**labels.versions, label: version}, canary_percent)
+
+    return repository.update_labels(name, point)
 
 
-def remove_label(model_dir: Path, name: str, label: str) -> format.VersionLabels:
-    with labels_lock(model_dir, name):
-        labels = format.read_labels(model_dir, name)
+def remove_label(repository: Repository, name: str, label: str) -> format.VersionLabels:
+    def remove(labels: format.VersionLabels) -> format.VersionLabels:
         if label not in labels.versions:
             raise ArtifactError(f"model {name!r} has no label {label!r} "
                                 f"(labels: {', '.join(labels.versions) or 'none'})")
-        versions = {k: v for k, v in labels.versions.items() if k != label}
         canary_percent = 0.0 if label == format.CANARY else labels.canary_percent
-        return _write(model_dir, name, format.VersionLabels(versions, canary_percent))
+        return format.VersionLabels({k: v for k, v in labels.versions.items() if k != label}, canary_percent)
+
+    return repository.update_labels(name, remove)
 
 
-def best_of_sweep(model_dir: Path, name: str, sweep_id: str) -> int:
+def best_of_sweep(repository: Repository, name: str, sweep_id: str) -> int:
     """The valid version of sweep `sweep_id` with the best validation accuracy."""
-    trials = sweep_trials(model_dir, name, sweep_id)
+    trials = sweep_trials(repository, name, sweep_id)
     if not trials:
-        raise ArtifactError(f"sweep {sweep_id!r} has no valid published trial of model {name!r} in {model_dir}")
+        raise ArtifactError(f"sweep {sweep_id!r} has no valid published trial of model {name!r} in {repository}")
     return trials[0]["version"]
 
 
@@ -56,10 +55,3 @@ def _check_label(label: str, percent: float | None) -> None:
         raise LabelError("a canary needs --percent between 0 and 100 (exclusive): the share of traffic it takes")
     if label != format.CANARY and percent is not None:
         raise LabelError(f"--percent is for the {format.CANARY!r} label only")
-
-
-def _write(model_dir: Path, name: str, labels: format.VersionLabels) -> format.VersionLabels:
-    document = labels.to_json()
-    format.check_labels(document)  # never write a file the service would refuse
-    write_file_atomically(Path(model_dir) / name / format.LABELS_FILE, document)
-    return labels
