@@ -113,6 +113,144 @@ Name of the models PersistentVolumeClaim.
 {{- end }}
 
 {{/*
+The models repository, as each pod sees it: by default the PersistentVolumeClaim mounted at
+/models (read-only in the service pods, read-write in the trainer's); with models.uri
+(s3://bucket/prefix) a bucket that the service and `mnist-train` reach themselves through boto3,
+so no pod mounts a models volume and MODEL_DIR is the URI. The claim would only tie the pods to
+the nodes where it can attach, and hold nothing.
+
+The bucket's settings are the standard AWS variables that boto3's default chain reads, from one
+helper for every pod, so the service and the trainer never disagree on where the models are:
+  - models.s3.endpoint -> AWS_ENDPOINT_URL_S3 (MinIO, Ceph, GCS; empty: AWS);
+  - models.s3.region -> AWS_REGION and AWS_DEFAULT_REGION: boto3 reads the latter, most other
+    AWS SDKs and tools the former;
+  - models.s3.existingSecret -> envFrom, so that AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and
+    AWS_SESSION_TOKEN come from whichever of them the Secret holds. Empty: the ServiceAccount's
+    identity (serviceAccount.annotations, e.g. IRSA's eks.amazonaws.com/role-arn). A variable in
+    env wins over the same one from envFrom, so extraEnv still overrides any of them.
+The service pods also get an emptyDir for the versions they download (MODEL_CACHE_DIR, sized by
+models.cacheSizeLimit): the root filesystem is read-only, and /tmp (server.tmpSizeLimit) is sized
+for temporary files, not for models.
+
+Each helper renders list items (or, for envFrom, the whole field), nothing when it has nothing to
+add. Call each with (dict "root" $ "server" BOOL): server is true for the service pods.
+*/}}
+{{- define "mnist-mlp.models.env" -}}
+{{- $m := .root.Values.models -}}
+- name: MODEL_DIR
+  value: {{ if $m.uri }}{{ $m.uri | quote }}{{ else }}/models{{ end }}
+{{- if $m.uri }}
+{{- if .server }}
+- name: MODEL_CACHE_DIR
+  value: /var/cache/mnist-models
+{{- end }}
+{{- with $m.s3.endpoint }}
+- name: AWS_ENDPOINT_URL_S3
+  value: {{ . | quote }}
+{{- end }}
+{{- with $m.s3.region }}
+- name: AWS_REGION
+  value: {{ . | quote }}
+- name: AWS_DEFAULT_REGION
+  value: {{ . | quote }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "mnist-mlp.models.envFrom" -}}
+{{- $m := .root.Values.models -}}
+{{- if and $m.uri $m.s3.existingSecret -}}
+envFrom:
+  - secretRef:
+      name: {{ $m.s3.existingSecret }}
+{{- end }}
+{{- end }}
+
+{{- define "mnist-mlp.models.volumeMount" -}}
+{{- if .root.Values.models.uri }}
+{{- if .server -}}
+- name: model-cache
+  mountPath: /var/cache/mnist-models
+{{- end }}
+{{- else -}}
+- name: models
+  mountPath: /models
+  {{- if .server }}
+  readOnly: true
+  {{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "mnist-mlp.models.volume" -}}
+{{- $m := .root.Values.models -}}
+{{- if $m.uri }}
+{{- if .server -}}
+- name: model-cache
+  emptyDir:
+    sizeLimit: {{ $m.cacheSizeLimit }}
+{{- end }}
+{{- else -}}
+- name: models
+  persistentVolumeClaim:
+    claimName: {{ include "mnist-mlp.models.claimName" .root }}
+    {{- if .server }}
+    readOnly: true
+    {{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+NetworkPolicy egress rules shared by the policies below: DNS (every pod resolves names), and,
+with models.uri, the object store. The store's rule opens networkPolicy.models.ports plus the
+port of models.s3.endpoint (explicit, else 80 for http and 443 for https), so that an endpoint
+such as http://minio.minio.svc:9000 works without a second setting. Its peers are
+networkPolicy.models.cidrs and the pods of networkPolicy.models.namespaces: an in-cluster store
+(MinIO, Ceph RGW) is reached at pod IPs, which many CNIs never match with an ipBlock.
+Both empty: any destination on those ports.
+*/}}
+{{- define "mnist-mlp.networkPolicy.dnsEgress" -}}
+- ports:
+    - port: 53
+      protocol: UDP
+    - port: 53
+      protocol: TCP
+{{- end }}
+
+{{- define "mnist-mlp.networkPolicy.modelsEgress" -}}
+{{- $m := .Values.models -}}
+{{- $np := .Values.networkPolicy.models -}}
+{{- if $m.uri }}
+{{- $ports := list }}
+{{- range $np.ports }}
+{{- $ports = append $ports (int .) }}
+{{- end }}
+{{- with $m.s3.endpoint }}
+{{- $u := urlParse . }}
+{{- $port := regexFind ":[0-9]+$" $u.host | trimPrefix ":" }}
+{{- $ports = append $ports (int ($port | default (ternary "80" "443" (eq $u.scheme "http")))) }}
+{{- end -}}
+# The models bucket ({{ $m.uri }}{{ with $m.s3.endpoint }} at {{ . }}{{ end }}).
+- ports:
+    {{- range $ports | uniq }}
+    - port: {{ . }}
+      protocol: TCP
+    {{- end }}
+  {{- if or $np.cidrs $np.namespaces }}
+  to:
+    {{- range $np.cidrs }}
+    - ipBlock:
+        cidr: {{ . | quote }}
+    {{- end }}
+    {{- range $np.namespaces }}
+    - namespaceSelector:
+        matchLabels:
+          kubernetes.io/metadata.name: {{ . | quote }}
+    {{- end }}
+  {{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
 API keys (auth.existingSecret): the Secret's key auth.secretKey mounted as the file
 /etc/mnist-mlp/auth/api-keys, for the service pods and the `helm test` pod alike. Included only
 when auth.existingSecret is set: the env entry, the volumeMount and the volume, each a list item.
@@ -167,6 +305,9 @@ Consistency checks the schema cannot express; included by the Deployment.
 {{- end }}
 {{- if and .Values.ingress.enabled (empty .Values.ingress.hosts) }}
 {{- fail "ingress.enabled needs at least one entry in ingress.hosts" }}
+{{- end }}
+{{- if and .Values.models.uri .Values.models.existingClaim }}
+{{- fail (printf "models.uri (%s) and models.existingClaim (%s) are two places for the models: set one of them" .Values.models.uri .Values.models.existingClaim) }}
 {{- end }}
 {{- $s := .Values.sweep }}
 {{- if $s.enabled }}
@@ -253,8 +394,9 @@ backoffLimit: {{ $t.backoffLimit }}
 
 {{/*
 Pod template of every pod running the trainer image (`mnist-train`): training, sweep trials and
-promotion. They share the image, security contexts, the models volume (read-write at /models),
-/tmp, the `training.*` pod metadata, scheduling and extraEnv. Call with (dict
+promotion. They share the image, security contexts, the models repository (the volume
+read-write at /models, or the bucket: mnist-mlp.models.*), /tmp (where the trainer also stages
+its uploads to a bucket), the `training.*` pod metadata, scheduling and extraEnv. Call with (dict
   "root" $  "container" NAME  "args" LIST  "resources" MAP
   "data" BOOL          mount MNIST (training.data) and the download cache, set MNIST_* (false for promote)
   "labels" TEMPLATE    labels template name (default "mnist-mlp.trainer.labels")
@@ -300,9 +442,11 @@ template:
           {{- range .args }}
           - {{ . | quote }}
           {{- end }}
+        {{- with include "mnist-mlp.models.envFrom" (dict "root" $root "server" false) }}
+        {{- . | nindent 8 }}
+        {{- end }}
         env:
-          - name: MODEL_DIR
-            value: /models
+          {{- include "mnist-mlp.models.env" (dict "root" $root "server" false) | nindent 10 }}
           - name: MODEL_NAME
             value: {{ $v.model.name | quote }}
           {{- if $data }}
@@ -332,8 +476,9 @@ template:
         resources:
           {{- toYaml .resources | nindent 10 }}
         volumeMounts:
-          - name: models
-            mountPath: /models
+          {{- with include "mnist-mlp.models.volumeMount" (dict "root" $root "server" false) }}
+          {{- . | nindent 10 }}
+          {{- end }}
           {{- if $data }}
           - name: cache
             mountPath: /cache
@@ -354,9 +499,9 @@ template:
             readOnly: true
           {{- end }}
     volumes:
-      - name: models
-        persistentVolumeClaim:
-          claimName: {{ include "mnist-mlp.models.claimName" $root }}
+      {{- with include "mnist-mlp.models.volume" (dict "root" $root "server" false) }}
+      {{- . | nindent 6 }}
+      {{- end }}
       {{- if $data }}
       - name: cache
         {{- if $t.cache.existingClaim }}
