@@ -29,6 +29,8 @@ from reliability_helpers import (
 )
 from wrk_load import Wrk, check_answers, request_mix
 
+from mnist_artifact import format
+from mnist_artifact.repository import open_repository, parse_location
 from service_helpers import metric_total, wait_for
 
 pytestmark = pytest.mark.reliability
@@ -133,10 +135,18 @@ def test_a_worker_killed_under_load_is_replaced(model_dir, serve, kinds, figures
 # -- 3. hot swap ---------------------------------------------------------------------------------
 
 @pytest.mark.timeout(240)
-def test_hot_swap_to_a_freshly_trained_version_under_load(model_dir, serve, kinds, mnist_dir, figures, tmp_path):
+@pytest.mark.parametrize("store", ["directory", "s3"])
+def test_hot_swap_to_a_freshly_trained_version_under_load(store, model_dir, serve, kinds, mnist_dir, figures,
+                                                          request, tmp_path):
     """`mnist-train train` publishes version 2 into the served MODEL_DIR under load: no request fails,
-    both versions answer, and every answer is the forward pass of the version it names."""
-    case = "3 hot swap"
+    both versions answer, and every answer is the forward pass of the version it names. The same
+    with MODEL_DIR a bucket on a real S3 server (tests/s3_server.py), version 1 copied into it."""
+    case = "3 hot swap" if store == "directory" else "3 hot swap, S3"
+    if store == "s3":
+        bucket = request.getfixturevalue("s3_uri")
+        manifest, arrays = format.load(model_dir / "mnist" / "1")
+        open_repository(parse_location("MODEL_DIR", bucket)).publish("mnist", arrays, manifest)
+        model_dir = bucket
     server = serve(model_dir)
     with Wrk(server.url, kinds, tmp_path / "load", connections=16, seconds=200) as load:
         time.sleep(2)

@@ -16,6 +16,7 @@ import numpy as np
 import orjson
 
 from mnist_artifact import Model, preprocess
+from mnist_artifact.repository import open_repository, parse_location
 from service_helpers import png
 
 LUA = Path(__file__).with_name("mixed.lua")
@@ -115,9 +116,9 @@ class Wrk:
         self.process.wait(timeout=self.seconds + 30)
 
 
-def check_answers(result: Result, kinds: list[Kind], model_dir: Path, name: str = "mnist") -> dict[int, int]:
-    """Every 2xx answer matches the forward pass of the version it names (mnist_artifact.Model).
-    Returns the number of answers per version."""
+def check_answers(result: Result, kinds: list[Kind], model_dir: Path | str, name: str = "mnist") -> dict[int, int]:
+    """Every 2xx answer matches the forward pass of the version it names (mnist_artifact.Model), read
+    from model_dir (a directory or s3://...). Returns the number of answers per version."""
     assert result.unkept == 0, f"{result.unkept} answers differ from every kept answer of their version"
     by_kind = {k.name: k for k in kinds}
     models: dict[int, Model] = {}
@@ -127,7 +128,8 @@ def check_answers(result: Result, kinds: list[Kind], model_dir: Path, name: str 
         body = json.loads(answer["body"])
         version = body["model"]["version"]
         if version not in models:
-            models[version] = Model.load(model_dir / name / str(version))
+            repository = open_repository(parse_location("MODEL_DIR", str(model_dir)))
+            models[version] = Model(*repository.load(name, version))
         want = models[version].predict_proba(by_kind[kind_name].pixels)
         served = np.array([p["probabilities"] for p in body["predictions"]])
         assert served.shape == want.shape and np.abs(served - want).max() <= 1e-6, \
