@@ -165,6 +165,24 @@ def test_a_missing_bucket_is_named_and_the_service_stays_up(s3_uri, serve):
     assert server.process.poll() is None and "Traceback" not in server.log_path.read_text()
 
 
+def test_a_store_that_never_answers_does_not_hold_the_workers_boot(s3_uri, serve, monkeypatch):
+    """A store that accepts connections and never answers (boto3 would wait 3 x 20 s): the workers
+    boot within gunicorn's TIMEOUT anyway, not ready, and are not killed and rebooted."""
+    import socket
+
+    silent = socket.create_server(("127.0.0.1", 0))  # listens, never accepts nor answers
+    try:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{silent.getsockname()[1]}")
+        server = serve(s3_uri, TIMEOUT=6)
+        assert requests.get(server.url + "/readyz", timeout=5).status_code == 503
+        booted = [e for e in server.logs() if e.get("message", "").startswith("Booting worker")]
+        assert wait_for(lambda: False, timeout=7) is False  # past TIMEOUT: a held boot would be killed now
+        assert [e for e in server.logs() if e.get("message", "").startswith("Booting worker")] == booted
+        assert "WORKER TIMEOUT" not in server.log_path.read_text() and server.process.poll() is None
+    finally:
+        silent.close()
+
+
 def test_a_store_unreachable_at_start_up_is_waited_for(s3_uri, s3_server, serve):
     v1 = publish(s3_uri, seed=1)
     s3_server.stop()

@@ -35,9 +35,11 @@ def create_app(settings: Settings | None = None) -> Flask:
     repository = open_repository(settings.model_dir, cache_dir=settings.model_cache_dir,
                                  on_request=lambda operation: metrics.REPOSITORY_REQUESTS.labels(operation).inc())
     store = ModelStore(repository, settings.model_name, settings.model_version)
-    store.refresh()
     if settings.model_poll_seconds > 0:
-        store.start_polling(settings.model_poll_seconds)
+        # A slow store gets half of gunicorn's TIMEOUT, within which a booting worker must be up.
+        store.start_polling(settings.model_poll_seconds, first_wait=settings.timeout / 2)
+    else:
+        store.refresh()
     app.extensions.update(settings=settings, model_store=store,
                           openapi=resources.files(__package__).joinpath("openapi.json").read_bytes())
     app.register_blueprint(bp)

@@ -218,15 +218,22 @@ class ModelStore:
         routing = self.routing
         return routing.labels.get(label) if routing else None
 
-    def start_polling(self, interval: float) -> threading.Thread:
+    def start_polling(self, interval: float, first_wait: float) -> threading.Thread:
+        """Refresh now, then every `interval` seconds, in a thread. Waits at most `first_wait` seconds
+        for the first refresh: a slow store must not hold a worker's boot past gunicorn's timeout
+        (a killed, rebooted worker would be a crash loop); the worker starts not ready instead."""
+        first = threading.Event()
+
         def poll():
             while True:
-                time.sleep(interval)
                 try:
                     self.refresh()
                 except Exception:  # a poll must never kill the thread that keeps models fresh
                     log.exception("model refresh failed")
+                first.set()
+                time.sleep(interval)
 
         thread = threading.Thread(target=poll, name="model-poller", daemon=True)
         thread.start()
+        first.wait(first_wait)
         return thread
