@@ -55,6 +55,7 @@ def train_and_publish(args, config: TrainConfig, preset: str, log: EventLog, sho
                       sweep: dict | None = None) -> None:
     """Train, evaluate and publish the next version; `sweep` (id, trial, parameters) goes into its
     manifest. Prints a one-line JSON summary on stdout."""
+    args.model_dir.versions(args.name)  # a bucket that is missing or denied fails now, not after training
     tty = sys.stderr.isatty()
     mnist = _load_data(args, progress=tty)
     try:
@@ -168,6 +169,7 @@ def sweep(args, space: Space, log: EventLog, should_stop) -> int:
     if args.index is not None:
         return _sweep_trial(args, space, sweep_id, n_trials, should_stop)
     _load_data(args, progress=sys.stderr.isatty())  # one clear error for bad data; one download for all trials
+    args.model_dir.versions(args.name)  # and for a repository that cannot be reached
     log("sweep", f"sweep {sweep_id}: {n_trials} trials, {args.parallel} at a time", sweep=sweep_id,
         trials=n_trials, parallel=args.parallel)
     failed = run_trials(lambda index: _trial_command(args, sweep_id, n_trials, index), n_trials, args.parallel,
