@@ -238,7 +238,8 @@ def http(method: str, url: str, body: bytes | None = None, content_type: str = "
         return e.code, e.read()
 
 
-def wait_ready(proc: subprocess.Popen, url: str, seconds: float = 90) -> None:
+def wait_ready(proc: subprocess.Popen, url: str, seconds: float = 90, interval: float = 0.2) -> None:
+    """Until `url` answers 200, asking every `interval` seconds; RuntimeError if the server exits first."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -248,7 +249,7 @@ def wait_ready(proc: subprocess.Popen, url: str, seconds: float = 90) -> None:
                 return
         except OSError:
             pass
-        time.sleep(0.2)
+        time.sleep(interval)
     raise RuntimeError(f"not ready after {seconds:.0f} s: {url}; log:\n{tail(proc.log_path)}")
 
 
@@ -261,13 +262,14 @@ def tail(path: Path, lines: int = 30) -> str:
 
 # --- mnist-serve ---------------------------------------------------------------------------------
 
-def start_service(servers: Servers, name: str, model_dir: Path, model_name: str, *, venv: Path = SERVICE_VENV,
+def start_service(servers: Servers, name: str, model_dir: Path | str, model_name: str, *, venv: Path = SERVICE_VENV,
                   worker_class: str | None = None, gunicorn_args: tuple[str, ...] = (), cpus: int | None = None,
-                  **settings: str) -> tuple[subprocess.Popen, str]:
+                  ready_interval: float = 0.2, **settings: str) -> tuple[subprocess.Popen, str]:
     """`mnist-serve` of `venv` on a free loopback port with WORKERS workers; returns (process, base URL)
     once /readyz answers 200. The worker class is the service's default unless `worker_class` is given
     (gthread with GTHREAD_THREADS threads); `gunicorn_args` go to gunicorn (`--keep-alive 2`), `cpus`
-    pins it to that CPU (taskset), `settings` are more of its environment variables (LOG_LEVEL=...)."""
+    pins it to that CPU (taskset), `settings` are more of its environment variables (LOG_LEVEL=...).
+    `model_dir` may be an s3:// URI; `ready_interval` is how often /readyz is asked (start-up timing)."""
     port = free_port()
     env = os.environ | settings | {
         "MODEL_DIR": str(model_dir), "MODEL_NAME": model_name, "HOST": "127.0.0.1", "PORT": str(port),
@@ -284,7 +286,7 @@ def start_service(servers: Servers, name: str, model_dir: Path, model_name: str,
     pin = ["taskset", "--cpu-list", str(cpus)] if cpus is not None else []
     proc = servers.start(name, [*pin, str(venv / "bin/mnist-serve"), *gunicorn_args], env, cwd=servers.workdir)
     base = f"http://127.0.0.1:{port}"
-    wait_ready(proc, base + "/readyz")
+    wait_ready(proc, base + "/readyz", interval=ready_interval)
     return proc, base
 
 
