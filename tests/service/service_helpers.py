@@ -102,7 +102,11 @@ class Server:
         self.log = open(self.log_path, "w")
         self.process = subprocess.Popen([sys.executable, "-m", "mnist_service.cli"], env=environment,
                                         stdout=self.log, stderr=subprocess.STDOUT)
-        self._wait_until_up()
+        try:
+            self._wait_until_up()
+        except BaseException:
+            self.stop()  # a server that did not come up must not outlive the test
+            raise
 
     def _wait_until_up(self, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout
