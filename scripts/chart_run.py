@@ -7,6 +7,16 @@ JOB_COMPLETION_INDEX, for an Indexed Job), and `$(VAR)` in its arguments expande
 does; the `helm test` pod reaches the service pod by its IP, as a Service would route it. What podman
 cannot play (Service, HPA, PDB, NetworkPolicy, Ingress, ServiceMonitor) stays covered by
 `scripts/check-chart`'s schema validation. Run by `scripts/chart-run`, which builds the images first.
+
+It plays the chart twice, once per place for the models (`--models`): the chart's claim (a podman
+volume, read on the host through its mountpoint), then a bucket (`models.uri=s3://...`) on moto's
+S3 server, started on the host at the gateway of the bridge that `kube play` puts pods on (so that
+they reach it, as a cluster's pods reach a store outside), and read with boto3. The bucket's keys
+reach the pods through `models.s3.existingSecret` (`envFrom: secretRef`), which podman 4.3 cannot
+play: a Secret given to `kube play` is stored but then refused as "not valid JSON", and a podman
+secret made by hand as "illegal base64 data". So the kubelet is emulated here too: the keys of each
+Secret the play defines (`Store.secrets`) become plain `env` entries of the containers that refer
+to it, before `env` as the kubelet orders them; a reference to any other Secret fails the play.
 """
 
 from __future__ import annotations
@@ -16,14 +26,19 @@ import copy
 import json
 import os
 import re
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import boto3
 import requests
 import yaml
+from botocore.config import Config
+from botocore.exceptions import ClientError
 
 from mnist_trainer import data
 
@@ -34,11 +49,13 @@ FULLNAME = f"{RELEASE}-mnist-mlp"
 DATA_VOLUME = f"{RELEASE}-mnist"
 SWEEP_TRIALS = 2
 TRAINER_IMAGE = "docker.io/library/mnist-mlp-trainer:latest"  # as `docker compose build` tags it
+KUBE_NETWORK = "podman-default-kube-network"  # the bridge `podman kube play` puts pods on, not "podman"
+MODEL = "mnist"  # model.name's default
 
 
-def values() -> list[str]:
-    """A local run: the images `docker compose build` made, a claim podman provides (the chart's
-    own PVC), MNIST from a named volume, every trainer Job on, the fast preset."""
+def values(store_values: list[str]) -> list[str]:
+    """A local run: the images `docker compose build` made, MNIST from a named volume, every trainer
+    Job on, the fast preset; and the store's own values (where the models live)."""
     return [
         "--set", "image.repository=docker.io/library/mnist-mlp-service", "--set", "image.tag=latest",
         "--set", "training.image.repository=docker.io/library/mnist-mlp-trainer", "--set", "training.image.tag=latest",
@@ -48,6 +65,7 @@ def values() -> list[str]:
         "--set", "training.cronjob.enabled=true",
         "--set", "sweep.enabled=true", "--set", f"sweep.trials={SWEEP_TRIALS}", "--set", "sweep.parallelism=2",
         "--set", "sweep.promote.label=canary", "--set", "sweep.promote.canaryPercent=50",
+        *store_values,
     ]
 
 
@@ -72,12 +90,15 @@ def check(ok: bool, message: str) -> None:
 class Playground:
     """Everything played, so that it is all torn down whatever happens."""
 
-    def __init__(self, work: Path):
-        self.work, self.pods = work, []
+    def __init__(self, work: Path, secrets: dict[str, dict]):
+        self.work, self.secrets, self.pods = work, secrets, []
         self.volumes_before = set(podman("volume", "ls", "-q").stdout.split())
 
     def play(self, name: str, *objects: dict, configmaps: list[dict] = ()) -> str:
         """`podman kube play` these objects; returns the name of the pod it made."""
+        for o in objects:
+            if o["kind"] in ("Pod", "Deployment"):
+                inline_secrets(o["spec"] if o["kind"] == "Pod" else o["spec"]["template"]["spec"], self.secrets)
         path = self.work / f"{name}.yaml"
         path.write_text(yaml.safe_dump_all(objects))
         args = ["kube", "play"]
@@ -100,6 +121,36 @@ class Playground:
             podman("volume", "rm", "-f", volume, check=False)  # claims, ConfigMaps, emptyDirs, MNIST
 
 
+def pod_network_gateway(ground: Playground) -> str:
+    """The host's address on the played pods' bridge, held up, with a fixed MAC address, until the
+    tear-down. netavark creates a bridge, and so that address, with the first container on it and
+    deletes it after the last: an empty pod holds it, so that a server bound to it outlives the pods
+    that come and go. And netavark 1.4 (podman 4.3's) leaves the bridge's MAC to the kernel, which
+    takes the lowest of its ports': it changes as pods come and go, and a pod that resolved the
+    gateway before then sends to a MAC nobody answers, its connections to the host timing out until
+    its ARP entry expires (seen here: a sweep trial that could not publish to the bucket). Later
+    netavark versions fix the bridge's MAC themselves (containers/netavark#833); this fixes it to the
+    one it has. Held in both plays: the service pod answers the host port through the same gateway."""
+    if podman("network", "exists", KUBE_NETWORK, check=False).returncode != 0:
+        podman("network", "create", KUBE_NETWORK)  # as the first `kube play` on this machine would
+    gateway = podman("network", "inspect", KUBE_NETWORK, "--format", "{{range .Subnets}}{{.Gateway}}{{end}}").stdout
+    check(bool(gateway.strip()), f"podman network {KUBE_NETWORK} has no gateway address")
+    holder = f"{RELEASE}-network"
+    podman("pod", "create", "--name", holder, "--network", KUBE_NETWORK)
+    ground.pods.append(holder)
+    podman("pod", "start", holder)
+    bridge = podman("network", "inspect", KUBE_NETWORK, "--format", "{{.NetworkInterface}}").stdout.strip()
+    mac = json.loads(ip("-j", "link", "show", "dev", bridge))[0]["address"]
+    ip("link", "set", "dev", bridge, "address", mac)  # set, even to the same value: the kernel then keeps it
+    return gateway.strip()
+
+
+def ip(*args: str) -> str:
+    result = subprocess.run(["ip", *args], capture_output=True, text=True)
+    check(result.returncode == 0, f"ip {' '.join(args)}: exit {result.returncode}: {result.stderr.strip()}")
+    return result.stdout
+
+
 def container_of(pod: str, container: str) -> str:
     return f"{pod}-{container}"
 
@@ -115,11 +166,33 @@ def logs_tail(name: str, lines: int = 15) -> str:
         "logs", "--tail", str(lines), name, check=False).stderr
 
 
+def secret(name: str, data: dict[str, str]) -> dict:
+    return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "type": "Opaque", "stringData": data}
+
+
+def inline_secrets(spec: dict, secrets: dict[str, dict]) -> None:
+    """Each container's `envFrom: secretRef` as plain env entries, as the kubelet resolves it (podman
+    cannot: see the module docstring): the Secret's keys first, in env's place; an entry of env wins
+    over the same name from a Secret, and a later Secret over an earlier one."""
+    for container in spec.get("initContainers", []) + spec["containers"]:
+        from_secrets = {}
+        for source in container.pop("envFrom", []):
+            check("secretRef" in source, f"container {container['name']}: chart-run emulates envFrom secretRef "
+                  f"only, not {source}")
+            name = source["secretRef"]["name"]
+            check(name in secrets, f"container {container['name']} takes its environment from Secret {name}, "
+                  f"which this play does not define ({sorted(secrets) or 'none'})")
+            from_secrets.update({source.get("prefix", "") + k: v for k, v in secrets[name]["stringData"].items()})
+        env = container.get("env", [])
+        own = {e["name"] for e in env}
+        container["env"] = [{"name": k, "value": v} for k, v in from_secrets.items() if k not in own] + env
+
+
 # -- the rendered chart --------------------------------------------------------------------------
 
-def render() -> list[dict]:
+def render(store_values: list[str]) -> list[dict]:
     result = subprocess.run(["helm", "template", RELEASE, str(CHART), "--kube-version", "1.35.0",
-                             *values()], capture_output=True, text=True)
+                             *values(store_values)], capture_output=True, text=True)
     check(result.returncode == 0, f"helm template: {result.stderr.strip()}")
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
@@ -215,23 +288,189 @@ def run_job(ground: Playground, job: dict, timeout: float, configmaps: list[dict
         raise Failure(f"Job {job['metadata']['name']} failed ({which})")
 
 
+# -- where the models live ----------------------------------------------------------------------
+
+class Store:
+    """Where one play keeps its models, and how the host reads them back for the checks (never through
+    the project's own repository code): versions, manifests, labels.json, sweep leaderboards."""
+
+    name, title, stopped = "", "", ""  # stopped: what stop() ends, for the tear-down step's title
+    secrets: dict[str, dict] = {}  # the Kubernetes Secrets this play defines, by name
+
+    def values(self) -> list[str]:
+        return []
+
+    def start(self, ground: Playground, gateway: str) -> None:
+        """Before the chart is rendered; `gateway` is the host's address on the pods' network."""
+
+    def stop(self) -> None:
+        """After the play's pods and volumes are gone, whatever happened."""
+
+    def provide(self, ground: Playground, objects: list[dict]) -> None:
+        """What the rendered chart needs before its first pod, and the checks of how it reaches the models."""
+
+    def check_service(self, container: str, metrics: str) -> None:
+        """Checks of the running service pod once it has served version 1."""
+
+    def versions(self) -> list[int]:
+        raise NotImplementedError
+
+    def document(self, relative: str) -> dict | None:
+        """<model>/<relative> as JSON, None when there is none."""
+        raise NotImplementedError
+
+    def manifest(self, version: int) -> dict:
+        manifest = self.document(f"{version}/manifest.json")
+        check(manifest is not None, f"version {version} has no manifest.json")
+        return manifest
+
+    def labels(self) -> dict:
+        return self.document("labels.json") or {}
+
+    def leaderboard(self, sweep_id: str) -> dict | None:
+        return self.document(f"sweeps/{sweep_id}.json")
+
+
+class ClaimStore(Store):
+    """The chart's own PersistentVolumeClaim, which podman makes a named volume: read on the host at
+    its mountpoint."""
+
+    name, title = "claim", "the chart's PersistentVolumeClaim (a podman volume)"
+
+    def provide(self, ground: Playground, objects: list[dict]) -> None:
+        claim = find(objects, "PersistentVolumeClaim", f"{FULLNAME}-models")
+        path = ground.work / "claim.yaml"
+        path.write_text(yaml.safe_dump(claim))
+        podman("kube", "play", str(path))  # its volume goes in the teardown, with every volume made since
+        mountpoint = podman("volume", "inspect", claim["metadata"]["name"], "--format", "{{.Mountpoint}}").stdout
+        self.path = Path(mountpoint.strip()) / MODEL
+
+    def check_service(self, container: str, metrics: str) -> None:
+        requests_sent = metric_total(metrics, "mnist_model_repository_requests_total")
+        check(requests_sent == 0, f"a directory repository counted {requests_sent} S3 requests")
+
+    def versions(self) -> list[int]:
+        return sorted(int(p.name) for p in self.path.iterdir() if p.name.isdigit()) if self.path.is_dir() else []
+
+    def document(self, relative: str) -> dict | None:
+        path = self.path / relative
+        return json.loads(path.read_text()) if path.is_file() else None
+
+
+class BucketStore(Store):
+    """A bucket on moto's S3 server, run on the host from the dev venv (this interpreter) and bound to
+    the pods' bridge gateway: the host's address on their network, like a store outside a cluster.
+    Read with boto3."""
+
+    name, title, stopped = "bucket", "a bucket on moto's S3 server, at the pods' bridge gateway", ", the S3 server"
+    bucket, prefix, region = "chartrun-models", "models", "us-east-1"
+    secret_name = f"{RELEASE}-models-s3"
+    keys = {"AWS_ACCESS_KEY_ID": "chartrun", "AWS_SECRET_ACCESS_KEY": "chartrun-secret"}  # moto takes any
+
+    def __init__(self):
+        self.secrets = {self.secret_name: secret(self.secret_name, self.keys)}
+        self.server: subprocess.Popen | None = None
+
+    @property
+    def uri(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}"
+
+    def values(self) -> list[str]:
+        return ["--set", f"models.uri={self.uri}", "--set", f"models.s3.endpoint={self.endpoint}",
+                "--set", f"models.s3.region={self.region}", "--set", f"models.s3.existingSecret={self.secret_name}"]
+
+    def start(self, ground: Playground, gateway: str) -> None:
+        with socket.socket() as probe:  # a free port on that address (moto has no port 0)
+            probe.bind((gateway, 0))
+            port = probe.getsockname()[1]
+        self.endpoint = f"http://{gateway}:{port}"
+        self.log = ground.work / "moto.log"
+        env = {k: v for k, v in os.environ.items() if k != "INITIAL_NO_AUTH_ACTION_COUNT"}  # any key, always
+        with open(self.log, "w") as log:  # its own process group: stopped with whatever it started
+            self.server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", gateway, "-p", str(port)],
+                                           stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        wait_for(self._answers, 30, f"moto's S3 server on {self.endpoint}")
+        self.client = boto3.client("s3", endpoint_url=self.endpoint, region_name=self.region,
+                                   aws_access_key_id=self.keys["AWS_ACCESS_KEY_ID"],
+                                   aws_secret_access_key=self.keys["AWS_SECRET_ACCESS_KEY"],
+                                   config=Config(s3={"addressing_style": "path"}))
+        self.client.create_bucket(Bucket=self.bucket)
+        print(f"  moto's S3 server on {self.endpoint} (pid {self.server.pid}), bucket {self.bucket}")
+
+    def _answers(self) -> bool:
+        if self.server.poll() is not None:
+            raise Failure(f"moto's S3 server exited {self.server.returncode}: {self.log.read_text()[-800:]}")
+        return requests.get(self.endpoint, timeout=1).status_code < 500
+
+    def stop(self) -> None:
+        if self.server is None or self.server.poll() is not None:
+            return
+        os.killpg(self.server.pid, signal.SIGTERM)
+        try:
+            self.server.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.server.pid, signal.SIGKILL)
+            self.server.wait()
+
+    def provide(self, ground: Playground, objects: list[dict]) -> None:
+        claims = [o["metadata"]["name"] for o in objects if o["kind"] == "PersistentVolumeClaim"]
+        check(not claims, f"with models.uri the chart rendered PersistentVolumeClaims {claims}")
+        pod = find(objects, "Deployment", FULLNAME)["spec"]["template"]["spec"]
+        server = pod["containers"][0]
+        env = {e["name"]: e.get("value") for e in server["env"]}
+        check(env.get("MODEL_DIR") == self.uri, f"the service pod's MODEL_DIR is {env.get('MODEL_DIR')}")
+        self.cache_dir = env.get("MODEL_CACHE_DIR")
+        mount = next((m for m in server["volumeMounts"] if m["mountPath"] == self.cache_dir), None)
+        volume = next((v for v in pod["volumes"] if mount and v["name"] == mount["name"]), {})
+        check("emptyDir" in volume, f"the service pod's MODEL_CACHE_DIR ({self.cache_dir}) is on "
+              f"{volume or 'no volume'}")
+        print(f"  no PersistentVolumeClaim; MODEL_DIR={self.uri}; MODEL_CACHE_DIR={self.cache_dir} on emptyDir "
+              f"{volume['emptyDir']}")
+
+    def check_service(self, container: str, metrics: str) -> None:
+        sent = metric_total(metrics, "mnist_model_repository_requests_total")
+        errors = metric_total(metrics, "mnist_model_repository_errors_total")
+        check(sent > 0 and errors == 0, f"/metrics: {sent:.0f} S3 requests, {errors:.0f} errors")
+        cached = podman("exec", container, "find", self.cache_dir, "-name", "weights.npz").stdout.split()
+        check(any(Path(p).parent.name == "1" for p in cached), f"version 1 is not in the cache: {cached}")
+        print(f"  /metrics: {sent:.0f} S3 requests, no errors; version 1 cached in {self.cache_dir}")
+
+    def versions(self) -> list[int]:
+        root = f"{self.prefix}/{MODEL}/"
+        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=root)
+        keys = [item["Key"][len(root):] for page in pages for item in page.get("Contents", [])]
+        return sorted(int(k.split("/")[0]) for k in keys if re.fullmatch(r"\d+/manifest\.json", k))
+
+    def document(self, relative: str) -> dict | None:
+        try:
+            body = self.client.get_object(Bucket=self.bucket, Key=f"{self.prefix}/{MODEL}/{relative}")["Body"]
+        except ClientError as e:
+            if e.response["Error"]["Code"] == "NoSuchKey":
+                return None
+            raise
+        return json.loads(body.read())
+
+
+def metric_total(metrics: str, name: str) -> float:
+    """A counter's samples summed over their labels; 0 when it has none."""
+    return sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+               if line.startswith((name + "{", name + " ")))
+
+
+STORES = {"claim": ClaimStore, "bucket": BucketStore}
+
+
 # -- the run -------------------------------------------------------------------------------------
 
 class Steps:
-    def __init__(self):
-        self.started = time.monotonic()
+    def __init__(self, play: str):
+        self.play, self.started = play, time.monotonic()
 
     def __call__(self, title: str) -> None:
-        print(f"\n== {title} ({time.monotonic() - self.started:.0f}s)", flush=True)
+        print(f"\n== [{self.play}] {title} ({time.monotonic() - self.started:.0f}s)", flush=True)
 
-
-def models_path(claim: str) -> Path:
-    mountpoint = podman("volume", "inspect", claim, "--format", "{{.Mountpoint}}").stdout.strip()
-    return Path(mountpoint) / "mnist"
-
-
-def versions(path: Path) -> list[int]:
-    return sorted(int(p.name) for p in path.iterdir() if p.name.isdigit()) if path.is_dir() else []
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
 
 
 def wait_for(condition, timeout: float, what: str) -> None:
@@ -250,27 +489,44 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=18900, help="host port of the service pod")
     parser.add_argument("--data", default=os.environ.get("MNIST_DIR"), help="MNIST folder (MNIST_DIR)")
+    parser.add_argument("--models", choices=["claim", "bucket", "both"], default="both",
+                        help="where the models live: the chart's claim, a bucket (models.uri), or one play of each")
     args = parser.parse_args()
     if not args.data:
         parser.error("set MNIST_DIR or --data to a folder with the MNIST files")
-    step = Steps()
-    with tempfile.TemporaryDirectory(prefix="chart-run-") as work:
-        ground = Playground(Path(work))
-        try:
-            play_everything(ground, step, args.port, Path(args.data))
-        except Failure as e:
-            print(f"\nchart-run: FAIL: {e}", file=sys.stderr)
+    started, times = time.monotonic(), []
+    for kind in STORES if args.models == "both" else [args.models]:
+        step = Steps(kind)
+        if not play(STORES[kind](), step, args.port, Path(args.data)):
             return 1
-        finally:
-            step("tear down: pods and volumes")
-            ground.teardown()
-    print(f"\nchart-run: OK in {time.monotonic() - step.started:.0f}s")
+        times.append(f"{kind} {step.elapsed():.0f}s")
+    print(f"\nchart-run: OK in {time.monotonic() - started:.0f}s ({', '.join(times)})")
     return 0
 
 
-def play_everything(ground: Playground, step: Steps, port: int, mnist_dir: Path) -> None:
+def play(store: Store, step: Steps, port: int, mnist_dir: Path) -> bool:
+    """One play of the chart with its models in `store`, torn down whatever happens."""
+    with tempfile.TemporaryDirectory(prefix="chart-run-") as work:
+        ground = Playground(Path(work), store.secrets)
+        try:
+            step(f"the pods' network; models in {store.title}")
+            gateway = pod_network_gateway(ground)
+            print(f"  the pods' bridge: gateway {gateway}, its MAC address fixed")
+            store.start(ground, gateway)
+            play_everything(ground, step, port, mnist_dir, store)
+        except Failure as e:
+            print(f"\nchart-run: FAIL ({store.name}): {e}", file=sys.stderr)
+            return False
+        finally:
+            step(f"tear down: pods and volumes{store.stopped}")
+            ground.teardown()
+            store.stop()
+    return True
+
+
+def play_everything(ground: Playground, step: Steps, port: int, mnist_dir: Path, store: Store) -> None:
     step("helm template")
-    objects = render()
+    objects = render(store.values())
     print("  " + ", ".join(sorted({f"{o['kind']}" for o in objects})))
 
     step("MNIST into a volume (the training.data.existingClaim)")
@@ -278,17 +534,12 @@ def play_everything(ground: Playground, step: Steps, port: int, mnist_dir: Path)
     podman("run", "--rm", "--user", "0", "-v", f"{DATA_VOLUME}:/data", "-v", f"{mnist_dir}:/src:ro",
            "--entrypoint", "sh", TRAINER_IMAGE, "-c", "cp /src/*-ubyte* /data/")
 
-    step("the models PersistentVolumeClaim")
-    claim = find(objects, "PersistentVolumeClaim", f"{FULLNAME}-models")
-    claim_name = claim["metadata"]["name"]
-    path = ground.work / "claim.yaml"
-    path.write_text(yaml.safe_dump(claim))
-    podman("kube", "play", str(path))
-    models = models_path(claim_name)
+    step(f"the models {store.name} as the chart renders it")
+    store.provide(ground, objects)
 
     step("the training hook Job (its pod template as a pod)")
     run_job(ground, find(objects, "Job", f"{FULLNAME}-train"), timeout=600)
-    check(versions(models) == [1], f"versions after training: {versions(models)}")
+    check(store.versions() == [1], f"versions after training: {store.versions()}")
     print("  published version 1")
 
     step("the Deployment: ready through its own probes, serving on a host port")
@@ -317,6 +568,7 @@ def play_everything(ground: Playground, step: Steps, port: int, mnist_dir: Path)
     print(f"  label {test.labels[0]}, predicted {predicted} by version {answer.json()['model']['version']}")
     metrics = requests.get(url + "/metrics", timeout=5).text
     check('mnist_http_requests_total{' in metrics and 'model_version="1"' in metrics, "/metrics lacks the request")
+    store.check_service(server_container, metrics)
 
     step("helm test: the test pod, reaching the service pod by its IP")
     test_pod = find(objects, "Pod", f"{FULLNAME}-test-prediction")
@@ -336,7 +588,7 @@ def play_everything(ground: Playground, step: Steps, port: int, mnist_dir: Path)
     cronjob = find(objects, "CronJob", f"{FULLNAME}-retrain")
     run_job(ground, {"metadata": {"name": f"{FULLNAME}-retrain"}, "spec": cronjob["spec"]["jobTemplate"]["spec"]},
             timeout=600)
-    check(versions(models) == [1, 2], f"versions after retraining: {versions(models)}")
+    check(store.versions() == [1, 2], f"versions after retraining: {store.versions()}")
     wait_for(lambda: requests.get(url + "/v1/models", timeout=2).json()["models"][0]["serving_version"] == 2, 30,
              "the service to serve version 2")
     print("  published version 2; the service swapped it in")
@@ -344,21 +596,33 @@ def play_everything(ground: Playground, step: Steps, port: int, mnist_dir: Path)
     step(f"the sweep's Indexed Job ({SWEEP_TRIALS} pods), then the promotion Job")
     configmap = find(objects, "ConfigMap", f"{FULLNAME}-sweep-space")
     run_job(ground, find(objects, "Job", f"{FULLNAME}-sweep"), timeout=600, configmaps=[configmap])
-    trials = versions(models)[2:]
-    check(len(trials) == SWEEP_TRIALS, f"versions after the sweep: {versions(models)}")
-    sweeps = [json.loads((models / str(v) / "manifest.json").read_text())["sweep"] for v in trials]
+    check(store.versions() == list(range(1, 3 + SWEEP_TRIALS)), f"versions after the sweep: {store.versions()}")
+    trials = store.versions()[2:]
+    sweeps = [store.manifest(v)["sweep"] for v in trials]
     check(sorted(s["trial"] for s in sweeps) == list(range(SWEEP_TRIALS)) and len({s["id"] for s in sweeps}) == 1,
           f"sweep sections: {sweeps}")
     run_job(ground, find(objects, "Job", f"{FULLNAME}-promote"), timeout=120)
-    labels = json.loads((models / "labels.json").read_text())
-    check(labels["labels"].get("canary") in trials and labels["canary_percent"] == 50, f"labels.json: {labels}")
-    print(f"  sweep {sweeps[0]['id']}: versions {trials}; canary -> {labels['labels']['canary']} at 50 %")
+    labels = store.labels()
+    check(labels.get("labels", {}).get("canary") in trials and labels.get("canary_percent") == 50,
+          f"labels.json: {labels}")
+    board = store.leaderboard(sweeps[0]["id"]) or {}
+    check(sorted(row["version"] for row in board.get("trials", [])) == trials,
+          f"the sweep's leaderboard sweeps/{sweeps[0]['id']}.json: {board or 'none'}")
+    print(f"  sweep {sweeps[0]['id']}: versions {trials}, in its leaderboard; canary -> {labels['labels']['canary']} "
+          "at 50 %")
 
-    def answered_by_canary() -> set:
-        return {requests.post(url + "/v1/predict", json={"instances": [[0] * 784]}, timeout=5).headers.get(
-            "X-Model-Label") for _ in range(40)}
-    wait_for(lambda: answered_by_canary() >= {"canary", None}, 30, "the service to send a share to the canary")
-    print("  the running pod sends a share of requests to the canary")
+    canary, answers = labels["labels"]["canary"], {}
+
+    def canary_answers() -> bool:
+        answers.clear()  # X-Model-Label -> the versions that answered under it
+        for _ in range(40):
+            answer = requests.post(url + "/v1/predict", json={"instances": [[0] * 784]}, timeout=5)
+            answers.setdefault(answer.headers.get("X-Model-Label"), set()).add(answer.json()["model"]["version"])
+        return {"canary", None} <= set(answers)
+    wait_for(canary_answers, 30, "the service to send a share to the canary")
+    check(answers["canary"] == {canary}, f"the canary's share answered by versions {answers['canary']}, not {canary}")
+    print(f"  the running pod sends a share of requests to the canary, version {canary}; the rest to versions "
+          f"{sorted(answers[None])}")
 
     step("security: uid 10001, read-only root filesystem")
     uid = podman("exec", server_container, "id", "-u").stdout.strip()
