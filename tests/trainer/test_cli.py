@@ -164,7 +164,7 @@ def test_a_missing_bucket_is_one_clear_line(command, s3_uri, tiny_data):
     args = {"train": ["--data", tiny_data, *TINY], "promote": ["--label", "stable", "--version", "1"],
             "evaluate": ["--data", tiny_data]}[command]
     result = run(command, "--model-dir", "s3://no-such-bucket/models", *args)
-    assert result.returncode == 4 and "Traceback" not in result.stderr
+    assert result.returncode == 5 and "Traceback" not in result.stderr
     assert "bucket 'no-such-bucket' does not exist" in result.stderr.strip().splitlines()[-1]
     assert "epoch" not in result.stderr  # found out before training, not after
 

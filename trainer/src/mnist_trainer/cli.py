@@ -1,7 +1,8 @@
 """`mnist-train`: train and publish, sweep hyper-parameters, promote versions, evaluate, predict.
 
 Every flag can also be set by the environment variable shown in `--help` (flags win).
-Exit codes: 0 ok, 1 unexpected error, 2 usage, 3 data error, 4 model/artifact error,
+Exit codes: 0 ok, 1 unexpected error, 2 usage, 3 data error, 4 model/artifact error, 5 the model
+repository cannot be read or written (unreachable, denied, no such bucket: a retry may help),
 130 interrupted (SIGINT), 143 terminated (SIGTERM); `sweep` without --index: the number of failed trials.
 """
 
@@ -16,7 +17,7 @@ from pathlib import Path
 from mnist_artifact import ArtifactError
 from mnist_artifact.options import parse_bool
 from mnist_artifact.preprocess import PREPROCESS
-from mnist_artifact.repository import Repository, open_repository, parse_location
+from mnist_artifact.repository import Repository, RepositoryError, open_repository, parse_location
 
 from . import __version__
 from .data import DataError
@@ -26,7 +27,7 @@ from .promote import LabelError
 from .sweep import Space, SpaceError
 from .train import Interrupted, TrainConfig
 
-EXIT_ERROR, EXIT_USAGE, EXIT_DATA, EXIT_MODEL = 1, 2, 3, 4
+EXIT_ERROR, EXIT_USAGE, EXIT_DATA, EXIT_MODEL, EXIT_REPOSITORY = 1, 2, 3, 4, 5
 
 
 def _env_flag(parser, flag: str, env: str, help: str, **kwargs) -> None:
@@ -241,6 +242,9 @@ def main(argv=None) -> int:
     except DataError as e:
         print(f"mnist-train: {e}", file=sys.stderr)
         return EXIT_DATA
+    except RepositoryError as e:
+        print(f"mnist-train: {e}", file=sys.stderr)
+        return EXIT_REPOSITORY
     except ArtifactError as e:
         print(f"mnist-train: {e}", file=sys.stderr)
         return EXIT_MODEL
