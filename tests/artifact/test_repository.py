@@ -181,6 +181,17 @@ def test_the_cache_keeps_a_bounded_number_of_versions(s3_uri, tmp_path):
     assert sorted(p.name for p in cache.glob("m/*/*")) == ["3", "4"]
 
 
+def test_a_cache_that_cannot_be_written_is_a_repository_error(s3_uri, tmp_path):
+    """A full or read-only disk is counted and retried like a store failure, never a traceback."""
+    not_a_directory = tmp_path / "cache"
+    not_a_directory.write_text("")
+    repository = open_repository(parse_location("MODEL_DIR", s3_uri), cache_dir=not_a_directory)
+    repository.publish("m", _arrays(), _manifest())
+    with pytest.raises(RepositoryError, match=f"m/1: download: cannot write {not_a_directory}") as raised:
+        repository.load("m", 1)
+    assert raised.value.operation == "download"
+
+
 def test_concurrent_promotions_lose_no_label(repository):
     for seed in range(4):
         repository.publish("m", _arrays(seed=seed), _manifest())

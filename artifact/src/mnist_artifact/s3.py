@@ -172,9 +172,17 @@ class S3Repository(Repository):
         """Download into the cache (a copy already there is used when its manifest is the same object,
         and verified again), verify, and keep it for the next start."""
         manifest, etag = self._manifest_bytes(name, version)
-        if self.cache_dir is None:
-            with tempfile.TemporaryDirectory(prefix="mnist-model-") as scratch:
-                return self._download(name, version, manifest, Path(scratch) / str(version))
+        try:
+            if self.cache_dir is None:
+                with tempfile.TemporaryDirectory(prefix="mnist-model-") as scratch:
+                    return self._download(name, version, manifest, Path(scratch) / str(version))
+            return self._load_cached(name, version, manifest, etag)
+        except OSError as e:  # the local disk, not the store: full, read-only, not a directory
+            where = self.cache_dir or "a temporary directory"
+            raise RepositoryError("download", f"{self.location(name, version)}: download: cannot write {where}: "
+                                  f"{e.strerror or e}") from None
+
+    def _load_cached(self, name: str, version: int, manifest: bytes, etag: str) -> tuple[dict, dict]:
         models = self.cache_dir / name
         entry = models / etag.strip('"') / str(version)  # a rewritten manifest is a new entry, never an edit
         if (entry / format.WEIGHTS).is_file():
@@ -222,9 +230,14 @@ class S3Repository(Repository):
 
     def _evict(self, models: Path) -> None:
         """Keep the `cache_versions` most recently used copies."""
-        entries = sorted((p for p in models.glob("*/*") if p.is_dir() and format.is_version(p.name)),
-                         key=lambda p: p.stat().st_mtime, reverse=True)
-        for entry in entries[self.cache_versions:]:
+        entries = []
+        for entry in models.glob("*/*"):
+            try:
+                if format.is_version(entry.name):
+                    entries.append((entry.stat().st_mtime, entry))
+            except OSError:
+                continue  # removed by another worker meanwhile
+        for _, entry in sorted(entries, reverse=True)[self.cache_versions:]:
             shutil.rmtree(entry.parent, ignore_errors=True)
 
     def read_labels(self, name: str) -> format.VersionLabels:
