@@ -69,7 +69,7 @@ from servers import (
 )
 
 from mnist_artifact import ArtifactError, format
-from mnist_artifact.repository import open_repository, parse_location
+from mnist_artifact.repository import RepositoryError, open_repository, parse_location
 from mnist_artifact.s3 import client_config
 from mnist_trainer.presets import PRESETS
 
@@ -448,7 +448,8 @@ def main() -> int:
     with session() as servers:
         try:
             results = run(args, servers)
-        except (RuntimeError, OSError, ArtifactError, subprocess.CalledProcessError, BotoCoreError, ClientError) as e:
+        except (RuntimeError, OSError, ArtifactError, RepositoryError, subprocess.CalledProcessError, BotoCoreError,
+                ClientError) as e:
             log(f"repository: failed: {e}")
             return 1
 

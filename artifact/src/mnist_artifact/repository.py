@@ -34,8 +34,9 @@ SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):/")  # s3://, gs://, and typos s
 BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")  # S3's bucket naming rules
 
 
-class RepositoryError(ArtifactError):
-    """The repository could not be read or written: unreachable, denied, missing (one-line message)."""
+class RepositoryError(Exception):
+    """The repository could not be read or written: unreachable, denied, missing (one-line message).
+    Not an ArtifactError: nothing is known to be wrong with the model, and a retry may succeed."""
 
     def __init__(self, operation: str, message: str):
         super().__init__(message)

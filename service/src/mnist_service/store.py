@@ -78,15 +78,16 @@ class ModelStore:
         with self._lock:
             try:
                 self._snapshot = self.repository.snapshot(self.name)
-                labels = self._resolve_labels(self._read_labels(), self._snapshot.versions)
-                default, default_label = self._default(sorted(self._snapshot.versions), labels)
+                published = sorted(self._snapshot.versions)
+                labels = self._resolve_labels(self._read_labels(), published)
+                default, default_label = self._default(published, labels)
             except RepositoryError as e:
                 self._poll_failed(e)
                 return
             self._poll_succeeded()
             if default is None:
                 if self.routing is None:
-                    self.not_ready_reason = self._no_model_reason(sorted(self._snapshot.versions))
+                    self.not_ready_reason = self._no_model_reason(published)
                 return
             canary = labels.get(format.CANARY) if self.pinned is None else None
             routing = Routing(default, default_label, canary, self._labels.canary_percent if canary else 0.0, labels)
@@ -113,15 +114,13 @@ class ModelStore:
         if self._snapshot.labels != self._labels_token:
             try:
                 self._labels = self.repository.read_labels(self.name)
-            except RepositoryError:
-                raise
             except ArtifactError as e:
                 metrics.LABELS_REJECTED.labels("*").inc()
                 log.warning("rejected labels file", extra={"model": self.name, "reason": str(e)})
             self._labels_token = self._snapshot.labels
         return self._labels
 
-    def _resolve_labels(self, labels: format.VersionLabels, published) -> dict[str, Model]:
+    def _resolve_labels(self, labels: format.VersionLabels, published: list[int]) -> dict[str, Model]:
         resolved, rejected = {}, set()
         for label, version in labels.versions.items():
             model = self._loaded(version) if version in published else None
@@ -171,8 +170,6 @@ class ModelStore:
             return None  # already rejected, unchanged since: do not log it again every poll
         try:
             model = Model(*self.repository.load(self.name, version))
-        except RepositoryError:
-            raise
         except ArtifactError as e:
             self._rejected[version] = manifest
             metrics.MODEL_LOAD_FAILURES.inc()

@@ -14,7 +14,7 @@ import numpy as np
 from tqdm import tqdm
 
 from mnist_artifact import ArtifactError, format, preprocess
-from mnist_artifact.repository import Repository, RepositoryError
+from mnist_artifact.repository import Repository
 
 from . import __version__, data, metrics, report
 from .leaderboard import table, write_leaderboard
@@ -44,8 +44,6 @@ def _latest_valid(repository: Repository, name: str) -> dict | None:
     for version in reversed(repository.versions(name)):
         try:
             return repository.load(name, version)[0]
-        except RepositoryError:
-            raise
         except ArtifactError:
             continue
     return None

