@@ -59,7 +59,7 @@ from servers import (
 )
 
 from mnist_artifact import ArtifactError, Model
-from mnist_artifact.format import resolve_version
+from mnist_artifact.repository import LocalRepository
 
 sys.path.insert(0, str(REPO / "bench"))
 from common import BUSY, environment, load_mnist, log, markdown_table, mnist_path, wait_quiet, write_json
@@ -314,7 +314,7 @@ def run(args, cases: list[str], servers: Servers) -> tuple[dict[str, dict], dict
     data_path = mnist_path(args.data)
     test = load_mnist(data_path).test
     model_dir = ensure_model(args.model_dir, args.model_name, workdir, data_path)
-    version_dir = resolve_version(model_dir, args.model_name)
+    version_dir = LocalRepository(model_dir).directory(args.model_name)
     reference = Model.load(version_dir)
     label = int(test.labels[0])
     bodies = write_bodies(test, workdir)

@@ -66,14 +66,14 @@ def main() -> int:
     import numpy as np
 
     from mnist_artifact import Model
-    from mnist_artifact.format import resolve_version
+    from mnist_artifact.repository import LocalRepository
     from mnist_service import explain
 
     sys.path.insert(0, str(HERE.parent))
     from common import machine_busy_seconds, markdown_table, own_cpu_seconds
 
     if args.model_dir:
-        path = resolve_version(Path(args.model_dir), args.name, args.version)
+        path = LocalRepository(Path(args.model_dir)).directory(args.name, args.version)
         model, described = Model.load(path), str(path)
     else:
         model, described = random_model(), "random weights"

@@ -13,6 +13,7 @@ import pytest
 
 from artifact_files import random_arrays
 from mnist_artifact import ArtifactError, Model, format
+from mnist_artifact.repository import LocalRepository
 
 
 def _arrays(sizes=(784, 12, 8, 10), seed=0):
@@ -114,12 +115,13 @@ def test_versions_are_positive_integer_directories(tmp_path):
     (tmp_path / "mnist" / "3").write_text("a file, not a version")
     assert format.list_versions(tmp_path, "mnist") == [1, 2, 10]
     assert format.list_versions(tmp_path, "other") == []
-    assert format.resolve_version(tmp_path, "mnist") == tmp_path / "mnist" / "10"
-    assert format.resolve_version(tmp_path, "mnist", 2) == tmp_path / "mnist" / "2"
+    repository = LocalRepository(tmp_path)
+    assert repository.directory("mnist") == tmp_path / "mnist" / "10"
+    assert repository.directory("mnist", 2) == tmp_path / "mnist" / "2"
     with pytest.raises(ArtifactError, match="no version 7.*available: 1, 2, 10"):
-        format.resolve_version(tmp_path, "mnist", 7)
+        repository.directory("mnist", 7)
     with pytest.raises(ArtifactError, match="no published version"):
-        format.resolve_version(tmp_path, "other")
+        repository.directory("other")
 
 
 def test_build_manifest_describes_the_arrays():

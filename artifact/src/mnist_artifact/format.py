@@ -4,7 +4,7 @@
     MODEL_DIR/<name>/labels.json                        (optional: version labels, a canary)
 
 `build_manifest` writes the manifest's body, `load` reads a version back and refuses anything the
-format does not allow; `list_versions` and `resolve_version` find versions on disk; `read_labels`
+format does not allow; `list_versions` finds versions on disk; `read_labels`
 reads the labels. Where versions live (a directory, a bucket) and how they are written atomically
 is repository.py's.
 """
@@ -63,19 +63,6 @@ def list_versions(model_dir: Path, name: str) -> list[int]:
 def is_version(name: str) -> bool:
     """A version's name: a positive integer without leading zeros."""
     return name.isascii() and name.isdigit() and name[0] != "0"
-
-
-def resolve_version(model_dir: Path, name: str, version: int | None = None) -> Path:
-    """Directory of `version`, or of the highest version on disk when None."""
-    versions = list_versions(model_dir, name)
-    if not versions:
-        raise ArtifactError(f"no published version of model {name!r} in {model_dir}")
-    if version is None:
-        version = versions[-1]
-    elif version not in versions:
-        raise ArtifactError(f"model {name!r} has no version {version} in {model_dir} "
-                            f"(available: {', '.join(map(str, versions))})")
-    return Path(model_dir) / name / str(version)
 
 
 # -- version labels ----------------------------------------------------------------------------

@@ -215,6 +215,10 @@ class LocalRepository(Repository):
     def location(self, name: str, version: int | None = None) -> str:
         return str(self.root / name if version is None else self.root / name / str(version))
 
+    def directory(self, name: str, version: int | None = None) -> Path:
+        """The directory of `version`, or of the highest version when None; ArtifactError when absent."""
+        return self.root / name / str(self.resolve(name, version))
+
     def snapshot(self, name: str) -> Snapshot:
         directory = self.root / name
         return Snapshot({v: stamp(directory / str(v) / format.MANIFEST) for v in format.list_versions(self.root, name)},
