@@ -5,7 +5,7 @@
 # constraints.txt, a */pyproject.toml or the package list changed: DIR/.installed holds a hash of
 # those files and the list. ensure_dev_venv: .venv, with everything the project, its tests and the
 # service benchmarks (bench/service) need.
-DEV_PACKAGES=(-e artifact -e trainer -e service pytest hypothesis ruff requests openapi-spec-validator "tritonclient[http]" playwright psutil schemathesis pytest-timeout "moto[server]")
+DEV_PACKAGES=(-e artifact -e trainer -e service pytest hypothesis ruff requests openapi-spec-validator "tritonclient[http,grpc]" grpcio-tools kserve playwright psutil schemathesis pytest-timeout "moto[server]")
 
 ensure_venv() {
   local venv="$1" want

@@ -98,7 +98,7 @@ def test_a_worker_killed_under_load_is_replaced(model_dir, serve, kinds, figures
         workers = master.children()
         victim = workers[0]
         victim.suspend()  # SIGSTOP: its connections cannot change while they are counted
-        in_flight = sum(1 for c in victim.net_connections("tcp")
+        in_flight = sum(1 for c in victim.connections("tcp")
                         if c.status == psutil.CONN_ESTABLISHED and c.laddr.port == server.port)
         log_offset = server.log_path.stat().st_size
         victim.send_signal(signal.SIGKILL)

@@ -89,15 +89,19 @@ def free_port() -> int:
 
 
 class Server:
-    """`mnist-serve` (gunicorn, real workers) on a loopback port."""
+    """`mnist-serve` (gunicorn, real workers) on a loopback port; with `grpc_workers`, its gRPC server
+    processes too, on another (`grpc_target`)."""
 
-    def __init__(self, model_dir: Path, metrics_dir: Path, workers: int = 2, **env):
-        self.workers = workers
+    def __init__(self, model_dir: Path, metrics_dir: Path, workers: int = 2, grpc_workers: int = 0, **env):
+        self.workers, self.grpc_workers = workers, grpc_workers
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.grpc_port = free_port() if grpc_workers else 0
+        self.grpc_target = f"127.0.0.1:{self.grpc_port}"
         self.log_path = metrics_dir.parent / f"server-{self.port}.log"
         environment = {**os.environ, "MODEL_DIR": str(model_dir), "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
                        "HOST": "127.0.0.1", "PORT": str(self.port), "WORKERS": str(workers),
+                       "GRPC_PORT": str(self.grpc_port), "GRPC_WORKERS": str(max(grpc_workers, 1)),
                        "MODEL_POLL_SECONDS": "0.2", **{k: str(v) for k, v in env.items()}}
         self.log = open(self.log_path, "w")
         self.process = subprocess.Popen([sys.executable, "-m", "mnist_service.cli"], env=environment,
@@ -113,8 +117,10 @@ class Server:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"mnist-serve exited {self.process.returncode}: {self.log_path.read_text()}")
-            ready = [e for e in self.logs() if e.get("message") == "app ready"]
-            if len({e["pid"] for e in ready}) >= self.workers:  # every worker has loaded its model
+            logs = self.logs()
+            ready = {e["pid"] for e in logs if e.get("message") == "app ready"}
+            grpc_ready = {e["pid"] for e in logs if e.get("message") == "gRPC server ready"}
+            if len(ready) >= self.workers and len(grpc_ready) >= self.grpc_workers:  # every process has its model
                 return
             time.sleep(0.1)
         raise RuntimeError(f"mnist-serve did not start: {self.log_path.read_text()}")

@@ -13,9 +13,7 @@ from importlib import resources
 from flask import Flask, request
 from werkzeug.exceptions import HTTPException
 
-from mnist_artifact.repository import open_repository
-
-from . import errors, logs, metrics, observe, web
+from . import errors, logs, observe, web
 from .auth import ApiKeys, RequireApiKey
 from .body_limit import ChunkedBodyLimit
 from .control import bp
@@ -24,7 +22,7 @@ from .dataplane import Context, DataPlane
 from .options import Limits
 from .routes import ROUTES, inference_rule
 from .settings import Settings
-from .store import ModelStore
+from .store import open_store
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -32,14 +30,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     logs.configure(settings.log_level)
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
-    repository = open_repository(settings.model_dir, cache_dir=settings.model_cache_dir,
-                                 on_request=lambda operation: metrics.REPOSITORY_REQUESTS.labels(operation).inc())
-    store = ModelStore(repository, settings.model_name, settings.model_version)
-    if settings.model_poll_seconds > 0:
-        # A slow store gets half of gunicorn's TIMEOUT, within which a booting worker must be up.
-        store.start_polling(settings.model_poll_seconds, first_wait=settings.timeout / 2)
-    else:
-        store.refresh()
+    store = open_store(settings)
     app.extensions.update(settings=settings, model_store=store,
                           openapi=resources.files(__package__).joinpath("openapi.json").read_bytes())
     app.register_blueprint(bp)

@@ -1,5 +1,6 @@
 """API keys (API_KEYS_FILE): every route but health, readiness, metrics, the OpenAPI document and
-the page needs `Authorization: Bearer <key>` or `X-API-Key: <key>`.
+the page needs `Authorization: Bearer <key>` or `X-API-Key: <key>`; so does every gRPC method but
+the server's health and metadata (grpc_server.py), with the same keys as metadata.
 
 The file holds one key per line, in clear or as `sha256:<hex digest of the key>` (so a mounted
 Secret need not hold keys in clear); `#` starts a comment. It is re-read when it changes (rotation
@@ -65,12 +66,12 @@ class ApiKeys:
         return match
 
 
-def presented_key(environ) -> str | None:
-    authorization = environ.get("HTTP_AUTHORIZATION", "")
-    scheme, _, token = authorization.partition(" ")
+def presented_key(authorization: str | None, api_key: str | None) -> str | None:
+    """The key of an `Authorization: Bearer <key>` or `X-API-Key: <key>` header (or gRPC metadata)."""
+    scheme, _, token = (authorization or "").partition(" ")
     if scheme.lower() == "bearer" and token.strip():
         return token.strip()
-    return environ.get("HTTP_X_API_KEY") or None
+    return api_key or None
 
 
 def is_open(path: str) -> bool:
@@ -87,7 +88,7 @@ class RequireApiKey:
         path = environ.get("PATH_INFO", "")
         if is_open(path) or environ["REQUEST_METHOD"] == "OPTIONS":  # a CORS preflight carries no key
             return self.app(environ, start_response)
-        key = presented_key(environ)
+        key = presented_key(environ.get("HTTP_AUTHORIZATION"), environ.get("HTTP_X_API_KEY"))
         if key is not None and self.keys.valid(key):
             return self.app(environ, start_response)
         reason = "missing" if key is None else "invalid"

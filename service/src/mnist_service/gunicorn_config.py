@@ -8,7 +8,6 @@ environment gunicorn starts with (mnist-serve sets it).
 
 import os
 import sys
-from pathlib import Path
 
 from mnist_service.settings import Settings
 
@@ -41,14 +40,9 @@ logger_class = "mnist_service.logs.GunicornLogger"
 
 
 def on_starting(server):
-    """Start metrics from zero: stale files of an earlier run would corrupt the totals."""
-    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    if not directory:
+    # mnist-serve sets the directory and empties it before any process of the service starts.
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         server.log.warning("PROMETHEUS_MULTIPROC_DIR is not set: /metrics shows one worker at a time")
-        return
-    Path(directory).mkdir(parents=True, exist_ok=True)
-    for stale in Path(directory).glob("*.db"):
-        stale.unlink()
 
 
 def child_exit(server, worker):

@@ -27,10 +27,13 @@ CONFIDENCE_BUCKETS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 0.999)
 
 # model_version: the version that answered ("" when none did: the request failed before a model was
 # picked), so that dashboards and alerts can put a canary beside the stable version.
-REQUESTS = Counter("mnist_http_requests", "HTTP requests answered.", ["route", "method", "status", "model_version"])
-REQUEST_LATENCY = Histogram("mnist_http_request_duration_seconds", "Time to answer an HTTP request.",
-                            ["route", "model_version"], buckets=LATENCY_BUCKETS)
-IN_FLIGHT = Gauge("mnist_http_requests_in_flight", "HTTP requests being answered.",
+# protocol: "http", or "grpc" for the gRPC server's RPCs (route: the full method name, method: POST,
+# status: the gRPC status code's name, e.g. OK, INVALID_ARGUMENT).
+REQUESTS = Counter("mnist_http_requests", "Requests answered (HTTP, and gRPC RPCs).",
+                   ["route", "method", "status", "model_version", "protocol"])
+REQUEST_LATENCY = Histogram("mnist_http_request_duration_seconds", "Time to answer a request (HTTP, or a gRPC RPC).",
+                            ["route", "model_version", "protocol"], buckets=LATENCY_BUCKETS)
+IN_FLIGHT = Gauge("mnist_http_requests_in_flight", "Requests being answered (HTTP, and gRPC RPCs).",
                   multiprocess_mode="livesum")
 INFERENCE_LATENCY = Histogram("mnist_inference_duration_seconds", "Time of the forward pass of one batch.",
                               ["model_version"], buckets=INFERENCE_BUCKETS)
@@ -48,8 +51,9 @@ LABELS_REJECTED = Counter("mnist_model_labels_rejected", "Labels ignored: their 
                           '(model_label="*": labels.json itself is invalid).', ["model_label"])
 AUTH_FAILURES = Counter("mnist_auth_failures", "Requests refused 401: no API key, or not a valid one "
                         "(API_KEYS_FILE).", ["route", "reason"])
-SHED = Counter("mnist_http_requests_shed", "Inference requests answered 503 at once: they had waited longer "
-               "than QUEUE_TIMEOUT (QUEUE_TIMEOUT_MAX under a crowd). Also counted in mnist_http_requests_total.",
+SHED = Counter("mnist_http_requests_shed", "Inference requests answered 503 (gRPC: RESOURCE_EXHAUSTED) at once: "
+               "they had waited longer than QUEUE_TIMEOUT (QUEUE_TIMEOUT_MAX under a crowd). Also counted in "
+               "mnist_http_requests_total.",
                ["route"])
 CLIENT_TIMEOUTS = Counter("mnist_client_timeouts", "Connections closed because the client was slower than "
                           "CLIENT_TIMEOUT to send its request or read the answer.")
@@ -71,20 +75,21 @@ def exposition() -> tuple[bytes, str]:
 
 
 # Children of labelled metrics, looked up once instead of on every request.
-_REQUESTS: dict[tuple[str, str, int, str], Counter] = {}
-_LATENCY: dict[tuple[str, str], Histogram] = {}
+_REQUESTS: dict[tuple, Counter] = {}
+_LATENCY: dict[tuple[str, str, str], Histogram] = {}
 _BY_VERSION: dict[str, tuple[Histogram, Histogram, list[Counter]]] = {}  # inference, confidence, predicted
 
 
-def observe_request(route: str, method: str, status: int, seconds: float, version: str = "") -> None:
-    key = (route, method, status, version)
+def observe_request(route: str, method: str, status: int | str, seconds: float, version: str = "",
+                    protocol: str = "http") -> None:
+    key = (route, method, status, version, protocol)
     counter = _REQUESTS.get(key)
     if counter is None:
-        counter = _REQUESTS[key] = REQUESTS.labels(route, method, str(status), version)
+        counter = _REQUESTS[key] = REQUESTS.labels(route, method, str(status), version, protocol)
     counter.inc()
-    histogram = _LATENCY.get((route, version))
+    histogram = _LATENCY.get((route, version, protocol))
     if histogram is None:
-        histogram = _LATENCY[route, version] = REQUEST_LATENCY.labels(route, version)
+        histogram = _LATENCY[route, version, protocol] = REQUEST_LATENCY.labels(route, version, protocol)
     histogram.observe(seconds)
 
 
@@ -128,7 +133,7 @@ def show_routing(routing, old) -> None:
 
 @functools.cache
 def _shed_counters(route: str, method: str) -> tuple:
-    return SHED.labels(route), REQUESTS.labels(route, method, "503", "")
+    return SHED.labels(route), REQUESTS.labels(route, method, "503", "", "http")
 
 
 def observe_shed(route: str, method: str) -> None:

@@ -18,6 +18,11 @@ REQUEST_ID = re.compile(r"[\w.:@/+=-]{1,128}")  # a caller's id is echoed only i
 NOTES = "mnist.access"  # environ key: the access line's fields a handler adds
 
 
+def make_request_id(given: str | None) -> str:
+    """The caller's X-Request-ID when it is tame, else a new one."""
+    return given if given and REQUEST_ID.fullmatch(given) else os.urandom(16).hex()
+
+
 def note(environ: dict, **fields) -> None:
     """Add fields (route, batch_size, model_version, model_label) to this request's access line and metrics."""
     environ.setdefault(NOTES, {}).update(fields)
@@ -29,8 +34,7 @@ class ObservedRequests:
 
     def __call__(self, environ, start_response):
         started = time.perf_counter()
-        given = environ.get("HTTP_X_REQUEST_ID", "")
-        request_id = given if given and REQUEST_ID.fullmatch(given) else os.urandom(16).hex()
+        request_id = make_request_id(environ.get("HTTP_X_REQUEST_ID"))
         statuses = []
 
         def start(status: str, headers: list, exc_info=None):
@@ -53,6 +57,6 @@ class ObservedRequests:
             version = fields.get("model_version")
             metrics.observe_request(route, environ["REQUEST_METHOD"], status, latency,
                                     "" if version is None else str(version))
-            logs.access(request_id=request_id, method=environ["REQUEST_METHOD"], route=route, status=status,
-                        latency_ms=round(latency * 1000, 3), batch_size=fields.get("batch_size"),
+            logs.access(request_id=request_id, protocol="http", method=environ["REQUEST_METHOD"], route=route,
+                        status=status, latency_ms=round(latency * 1000, 3), batch_size=fields.get("batch_size"),
                         model_version=version, model_label=fields.get("model_label"))

@@ -45,6 +45,11 @@ class Settings:
     backlog: int = 8192  # connections the kernel may queue for accept() (capped by net.core.somaxconn)
     timeout: int = 30  # a worker silent this long is killed and replaced
     graceful_timeout: int = 30  # SIGTERM: in-flight requests get this long to finish
+    grpc_port: int = 8081  # the Open Inference Protocol over gRPC (grpc_server.py); 0 turns it off
+    grpc_workers: int = 1  # gRPC server processes (bench/README.md, "gRPC")
+    grpc_threads: int = 4  # RPCs each gRPC process runs at once; more wait their turn (QUEUE_TIMEOUT)
+    grpc_max_connection_idle: float = 300.0  # a gRPC connection without RPCs this long is closed
+    grpc_max_connection_age: float = 600.0  # then clients reconnect: new pods get their share
     api_keys_file: Path | None = None  # set: every route but health, metrics and the page needs a key
     cors_origins: tuple[str, ...] = ()  # origins whose pages may call the API; empty: same origin only
 
@@ -77,9 +82,21 @@ class Settings:
             backlog=_number(environ, "BACKLOG", int, default.backlog, minimum=1),
             timeout=_number(environ, "TIMEOUT", int, default.timeout, minimum=1),
             graceful_timeout=_number(environ, "GRACEFUL_TIMEOUT", int, default.graceful_timeout, minimum=1),
+            grpc_port=_number(environ, "GRPC_PORT", int, default.grpc_port, minimum=0, maximum=65535),
+            grpc_workers=_number(environ, "GRPC_WORKERS", int, default.grpc_workers, minimum=1),
+            grpc_threads=_number(environ, "GRPC_THREADS", int, default.grpc_threads, minimum=1),
+            grpc_max_connection_idle=_number(environ, "GRPC_MAX_CONNECTION_IDLE", float,
+                                             default.grpc_max_connection_idle, minimum=0.1),
+            grpc_max_connection_age=_number(environ, "GRPC_MAX_CONNECTION_AGE", float,
+                                            default.grpc_max_connection_age, minimum=0.1),
             api_keys_file=_keys_file(environ),
             cors_origins=_origins(environ),
-        )
+        )._checked()
+
+    def _checked(self) -> Settings:
+        if self.grpc_port and self.grpc_port == self.port:
+            raise ValueError(f"GRPC_PORT={self.grpc_port} is PORT's too: give gRPC its own port (or 0: none)")
+        return self
 
 
 def _number(environ, name: str, type_, default, *, minimum, maximum=None):

@@ -22,7 +22,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from mnist_artifact import ArtifactError, Model, format
-from mnist_artifact.repository import LocalRepository, Repository, RepositoryError, Snapshot
+from mnist_artifact.repository import LocalRepository, Repository, RepositoryError, Snapshot, open_repository
 
 from . import metrics
 
@@ -234,3 +234,17 @@ class ModelStore:
         thread.start()
         first.wait(first_wait)
         return thread
+
+
+def open_store(settings) -> ModelStore:
+    """The model store of `settings` (MODEL_DIR, MODEL_NAME, ...), refreshed and polling: one per
+    gunicorn worker and per gRPC process."""
+    repository = open_repository(settings.model_dir, cache_dir=settings.model_cache_dir,
+                                 on_request=lambda operation: metrics.REPOSITORY_REQUESTS.labels(operation).inc())
+    store = ModelStore(repository, settings.model_name, settings.model_version)
+    if settings.model_poll_seconds > 0:
+        # A slow store gets half of gunicorn's TIMEOUT, within which a booting worker must be up.
+        store.start_polling(settings.model_poll_seconds, first_wait=settings.timeout / 2)
+    else:
+        store.refresh()
+    return store
