@@ -149,7 +149,7 @@ def _binary_values(size, binary: bytes, shape: tuple[int, ...], dtype: np.dtype)
 def list_values(data, shape: tuple[int, ...], datatype: str, field: str = "data") -> np.ndarray:
     """`data` flat (row-major) or nested, counted as Triton counts it: by elements, whatever the
     nesting. Numbers only, integers for UINT8. `field` names it in errors."""
-    if not isinstance(data, list):
+    if not isinstance(data, list | np.ndarray):
         raise bad(f'input {INPUT!r} needs "data" (a list) or a "binary_data_size" parameter')
     try:
         values = np.asarray(data)

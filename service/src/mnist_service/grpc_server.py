@@ -2,24 +2,26 @@
 health service and server reflection, in a process of its own that `mnist-serve` starts beside
 gunicorn and watches (supervisor.py).
 
-Its own process because grpcio and gevent's patched standard library do not mix well (bench/README.md,
-"gRPC": the same server did 0.57x the RPCs under gevent), and grpc core does not survive fork():
-every gRPC object here is made after this process was exec'd. It serves the same models (its own
-ModelStore, polling MODEL_DIR like each gunicorn worker), the same keys and the same answers as the
-REST path: inference.py picks and runs the model, codec_grpc.py speaks the messages. Every unary
-RPC is counted and timed in the same metrics (protocol="grpc"), in the same multiprocess directory,
-and logged in one access line.
+Its own process because grpc core does not survive fork() (every gRPC object here is made after
+this process was exec'd) and because grpc.aio cannot run under gevent's patches (bench/README.md,
+"gRPC", compares the process models). grpc.aio rather than the thread-pool server: there a message
+is received by the pool thread that will run the RPC, so a client that sends slowly holds a thread;
+here receiving costs nothing until the message is whole, and RPCs run one at a time on the event
+loop, as requests do in a gevent worker. It serves the same models (its own ModelStore, polling
+MODEL_DIR like each gunicorn worker), the same keys and the same answers as the REST path:
+inference.py picks and runs the model, codec_grpc.py speaks the messages. Every unary RPC is counted
+and timed in the same metrics (protocol="grpc"), in the same multiprocess directory, and logged in
+one access line.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import signal
 import sys
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar
 
 import grpc
@@ -66,18 +68,18 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(self, store: ModelStore, limits: Limits):
         self.store, self.limits = store, limits
 
-    def ServerLive(self, request, context):
+    async def ServerLive(self, request, context):
         return pb.ServerLiveResponse(live=True)
 
-    def ServerReady(self, request, context):
+    async def ServerReady(self, request, context):
         return pb.ServerReadyResponse(ready=self.store.current is not None)
 
-    def ServerMetadata(self, request, context):
+    async def ServerMetadata(self, request, context):
         server = codec_v2.SERVER
         return pb.ServerMetadataResponse(name=server["name"], version=server["version"],
                                          extensions=server["extensions"])
 
-    def ModelReady(self, request, context):
+    async def ModelReady(self, request, context):
         try:
             pick_model(self.store, request.name, request.version or None)
         except ApiError as e:
@@ -86,14 +88,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             return pb.ModelReadyResponse(ready=False)
         return pb.ModelReadyResponse(ready=True)
 
-    def ModelMetadata(self, request, context):
+    async def ModelMetadata(self, request, context):
         if request.version:
             pick_model(self.store, request.name, request.version)
         else:
             check_name(self.store, request.name)  # metadata describes the interface: no model needed
         return codec_grpc.model_metadata(self.store.name, self.store.versions())
 
-    def ModelInfer(self, request, context):
+    async def ModelInfer(self, request, context):
         metadata = dict(context.invocation_metadata())
         label = metadata.get("x-model-label")
         if label is not None and request.model_version:
@@ -109,27 +111,44 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return codec_grpc.encode_response(picked.model, request, outputs, probabilities)
 
 
-class ObservedRpcs(grpc.ServerInterceptor):
+class EventLoopLag:
+    """How late the event loop runs what is ready: a timer's delay past its due time, measured
+    every INTERVAL. RPCs waiting their turn wait about this long."""
+
+    INTERVAL = 0.01
+
+    def __init__(self):
+        self.seconds = 0.0
+
+    async def measure(self) -> None:
+        while True:
+            due = time.perf_counter() + self.INTERVAL
+            await asyncio.sleep(self.INTERVAL)
+            self.seconds = max(time.perf_counter() - due, 0.0)
+
+
+class ObservedRpcs(grpc.aio.ServerInterceptor):
     """Request id, API keys, shedding, deadlines, metrics and one access line for every unary RPC.
 
-    intercept_service runs on the server's polling thread as an RPC arrives; its handler runs when a
-    thread of the pool takes it. The time between is how long it queued: an inference RPC that
-    waited longer than QUEUE_TIMEOUT is answered RESOURCE_EXHAUSTED at once, as HTTP sheds (overload.py).
+    Under overload the RPCs wait on the event loop, each behind the work of those before it, and the
+    wait is the loop's lag (EventLoopLag). While it is longer than QUEUE_TIMEOUT (QUEUE_TIMEOUT_MAX
+    under a crowd: overload.Admission, as HTTP sheds) an inference RPC is answered RESOURCE_EXHAUSTED
+    at once.
     """
 
-    def __init__(self, keys: ApiKeys | None, admission: Admission):
-        self.keys, self.admission = keys, admission
-        self._admission_lock = threading.Lock()
+    def __init__(self, keys: ApiKeys | None, admission: Admission, lag: EventLoopLag):
+        self.keys, self.admission, self.lag = keys, admission, lag
 
-    def intercept_service(self, continuation, details):
-        handler = continuation(details)
+    async def intercept_service(self, continuation, details):
+        handler = await continuation(details)
         if handler is None or handler.unary_unary is None:  # unknown methods; reflection and Watch stream
             return handler
-        observed = functools.partial(self._observe, handler.unary_unary, details.method, time.perf_counter())
+        observed = functools.partial(self._observe, handler.unary_unary, details.method)
         return grpc.unary_unary_rpc_method_handler(observed, request_deserializer=handler.request_deserializer,
                                                    response_serializer=handler.response_serializer)
 
-    def _observe(self, behaviour, method: str, arrived: float, request, context):
+    async def _observe(self, behaviour, method: str, request, context):
+        arrived = time.perf_counter()
         metadata = dict(context.invocation_metadata())
         request_id = observe.make_request_id(metadata.get("x-request-id"))
         notes: dict = {}
@@ -137,8 +156,8 @@ class ObservedRpcs(grpc.ServerInterceptor):
         code, message, response = grpc.StatusCode.OK, "", None
         metrics.IN_FLIGHT.inc()
         try:
-            self._admit(method, arrived, metadata, context)
-            response = behaviour(request, context)
+            self._admit(method, metadata, context)
+            response = await behaviour(request, context)
         except ApiError as e:
             code, message = STATUS_CODES.get(e.status, grpc.StatusCode.UNKNOWN), e.message
         except Exception:
@@ -155,12 +174,12 @@ class ObservedRpcs(grpc.ServerInterceptor):
             logs.access(request_id=request_id, protocol="grpc", method="POST", route=method, status=code.name,
                         latency_ms=round(latency * 1000, 3), batch_size=fields.get("batch_size"),
                         model_version=version, model_label=fields.get("model_label"))
-        context.send_initial_metadata([("x-request-id", request_id), *fields.get("metadata", [])])
+        await context.send_initial_metadata([("x-request-id", request_id), *fields.get("metadata", [])])
         if code is not grpc.StatusCode.OK:
-            context.abort(code, message)
+            await context.abort(code, message)
         return response
 
-    def _admit(self, method: str, arrived: float, metadata: dict, context) -> None:
+    def _admit(self, method: str, metadata: dict, context) -> None:
         """Refuse the RPC (ApiError) without a valid key, when it queued too long, or past its deadline."""
         if self.keys is not None and method.startswith(METHOD_PREFIX) and method not in OPEN_METHODS:
             key = presented_key(metadata.get("authorization"), metadata.get("x-api-key"))
@@ -172,9 +191,7 @@ class ObservedRpcs(grpc.ServerInterceptor):
                                "authorization: Bearer <key> or x-api-key: <key>")
         if method != INFER:
             return
-        with self._admission_lock:
-            on_time = self.admission.on_time(time.perf_counter() - arrived)
-        if not on_time:
+        if not self.admission.on_time(self.lag.seconds):
             metrics.SHED.labels(method).inc()
             raise ApiError(429, "overloaded", "the server is overloaded: retry later")
         remaining = context.time_remaining()
@@ -200,16 +217,16 @@ def server_options(settings: Settings, reuse_port: bool) -> list[tuple[str, int]
     ]
 
 
-def build_server(settings: Settings, store: ModelStore) -> tuple[grpc.Server, health.HealthServicer]:
-    """The server with every service added, not yet started."""
+def build_server(settings: Settings, store: ModelStore,
+                 lag: EventLoopLag) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
+    """The server with every service added, not yet started (in the event loop that will run it)."""
     keys = ApiKeys(settings.api_keys_file) if settings.api_keys_file else None
     admission = Admission(settings.queue_timeout, settings.queue_timeout_max)
-    server = grpc.server(ThreadPoolExecutor(settings.grpc_threads, thread_name_prefix="rpc"),
-                         interceptors=[ObservedRpcs(keys, admission)],
-                         options=server_options(settings, reuse_port=settings.grpc_workers > 1))
+    server = grpc.aio.server(interceptors=[ObservedRpcs(keys, admission, lag)],
+                             options=server_options(settings, reuse_port=settings.grpc_workers > 1))
     limits = Limits(max_batch=settings.max_batch, max_image_pixels=settings.max_image_pixels)
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(store, limits), server)
-    health_servicer = health.HealthServicer()
+    health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
@@ -217,39 +234,37 @@ def build_server(settings: Settings, store: ModelStore) -> tuple[grpc.Server, he
     return server, health_servicer
 
 
-def watch_readiness(store: ModelStore, health_servicer: health.HealthServicer) -> None:
-    """Keep the health statuses in step with the store, in a thread: ready once a model serves."""
+async def watch_readiness(store: ModelStore, health_servicer: health.aio.HealthServicer) -> None:
+    """Keep the health statuses in step with the store: ready once a model serves."""
     serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
-    health_servicer.set(LIVENESS, serving)
-
-    def watch():
-        while True:
-            status = serving if store.current is not None else not_serving
-            for name in READY_NAMES:
-                health_servicer.set(name, status)
-            time.sleep(READINESS_CHECK_SECONDS)
-
-    threading.Thread(target=watch, name="grpc-readiness", daemon=True).start()
+    await health_servicer.set(LIVENESS, serving)
+    while True:
+        status = serving if store.current is not None else not_serving
+        for name in READY_NAMES:
+            await health_servicer.set(name, status)
+        await asyncio.sleep(READINESS_CHECK_SECONDS)
 
 
-def serve(settings: Settings) -> None:
+async def serve(settings: Settings) -> None:
     """Serve until SIGTERM or SIGINT, then drain: no new RPCs, GRACEFUL_TIMEOUT for those in flight.
     SIGHUP re-reads the model repository now."""
     store = open_store(settings)
-    server, health_servicer = build_server(settings, store)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    signal.signal(signal.SIGHUP, lambda *_: threading.Thread(target=store.refresh, daemon=True).start())
-    server.start()
-    watch_readiness(store, health_servicer)
-    log.info("gRPC server ready", extra={"port": settings.grpc_port, "threads": settings.grpc_threads,
+    lag = EventLoopLag()
+    server, health_servicer = build_server(settings, store, lag)
+    loop, stop = asyncio.get_running_loop(), asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: loop.run_in_executor(None, store.refresh))
+    await server.start()
+    tasks = [asyncio.create_task(watch_readiness(store, health_servicer)), asyncio.create_task(lag.measure())]
+    log.info("gRPC server ready", extra={"port": settings.grpc_port,
                                          "version": store.current.version if store.current else None})
-    while not stop.wait(1):
-        pass
+    await stop.wait()
     log.info("gRPC server draining", extra={"graceful_timeout": settings.graceful_timeout})
-    health_servicer.enter_graceful_shutdown()  # probes see NOT_SERVING while the RPCs in flight finish
-    server.stop(grace=settings.graceful_timeout).wait()
+    for task in tasks:
+        task.cancel()
+    await health_servicer.enter_graceful_shutdown()  # probes see NOT_SERVING while the RPCs in flight finish
+    await server.stop(grace=settings.graceful_timeout)
     log.info("gRPC server stopped")
 
 
@@ -257,7 +272,7 @@ def main() -> int:
     settings = Settings.from_env()  # mnist-serve checked it already
     logs.configure(settings.log_level)
     try:
-        serve(settings)
+        asyncio.run(serve(settings))
     except RuntimeError as e:  # grpc: "Failed to bind to address ..."
         log.error("gRPC server cannot start", extra={"port": settings.grpc_port, "reason": str(e)})
         return 1

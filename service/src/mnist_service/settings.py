@@ -47,7 +47,6 @@ class Settings:
     graceful_timeout: int = 30  # SIGTERM: in-flight requests get this long to finish
     grpc_port: int = 8081  # the Open Inference Protocol over gRPC (grpc_server.py); 0 turns it off
     grpc_workers: int = 1  # gRPC server processes (bench/README.md, "gRPC")
-    grpc_threads: int = 4  # RPCs each gRPC process runs at once; more wait their turn (QUEUE_TIMEOUT)
     grpc_max_connection_idle: float = 300.0  # a gRPC connection without RPCs this long is closed
     grpc_max_connection_age: float = 600.0  # then clients reconnect: new pods get their share
     api_keys_file: Path | None = None  # set: every route but health, metrics and the page needs a key
@@ -84,7 +83,6 @@ class Settings:
             graceful_timeout=_number(environ, "GRACEFUL_TIMEOUT", int, default.graceful_timeout, minimum=1),
             grpc_port=_number(environ, "GRPC_PORT", int, default.grpc_port, minimum=0, maximum=65535),
             grpc_workers=_number(environ, "GRPC_WORKERS", int, default.grpc_workers, minimum=1),
-            grpc_threads=_number(environ, "GRPC_THREADS", int, default.grpc_threads, minimum=1),
             grpc_max_connection_idle=_number(environ, "GRPC_MAX_CONNECTION_IDLE", float,
                                              default.grpc_max_connection_idle, minimum=0.1),
             grpc_max_connection_age=_number(environ, "GRPC_MAX_CONNECTION_AGE", float,
