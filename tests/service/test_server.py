@@ -18,7 +18,7 @@ import pytest
 import requests
 
 from mnist_artifact import Model
-from service_helpers import bomb_png, digit, expected, metric_total, png, wait_for, write_version
+from service_helpers import bomb_png, digit, expected, free_port, metric_total, png, wait_for, write_version
 
 
 def serving_version(url: str) -> int | None:
@@ -256,16 +256,19 @@ def test_sigterm_drains_in_flight_requests(model_dir, serve):
     assert Model.load(model_dir / "mnist" / "1")  # the service only reads MODEL_DIR
 
 
-def test_container_healthcheck_follows_readiness(tmp_path, serve):
+def test_container_healthcheck_follows_readiness_of_http_and_grpc(tmp_path, serve):
     models = tmp_path / "models"
     models.mkdir()
-    server = serve(models)
+    server = serve(models, grpc_workers=1)
 
-    def healthcheck():
+    def healthcheck(grpc_port=server.grpc_port):
+        environment = {**os.environ, "PORT": str(server.port), "GRPC_PORT": str(grpc_port)}
         return subprocess.run([sys.executable, "-m", "mnist_service.healthcheck"], capture_output=True,
-                              env={**os.environ, "PORT": str(server.port)}, timeout=10).returncode
+                              env=environment, timeout=10).returncode
 
     assert healthcheck() == 1
     write_version(models, 1)
     assert wait_for(lambda: all(serving_version(server.url) == 1 for _ in range(6)))
-    assert healthcheck() == 0
+    assert wait_for(lambda: healthcheck() == 0)
+    assert healthcheck(grpc_port=free_port()) == 1  # nothing answers gRPC there
+    assert healthcheck(grpc_port=0) == 0  # gRPC off: HTTP alone

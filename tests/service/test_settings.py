@@ -40,7 +40,8 @@ def test_defaults_and_every_variable():
     ("GRACEFUL_TIMEOUT", "soon"), ("MODEL_POLL_SECONDS", "nan"), ("MODEL_POLL_SECONDS", "inf"),
     ("MODEL_VERSION", "0"), ("MAX_BATCH", "1e3"), ("WORKER_CLASS", "eventlet"), ("LOG_LEVEL", "loud"),
     ("CLIENT_TIMEOUT", "0"), ("QUEUE_TIMEOUT", "-1"), ("QUEUE_TIMEOUT_MAX", "0"), ("BACKLOG", "0"),
-    ("WORKER_CONNECTIONS", "many"),
+    ("WORKER_CONNECTIONS", "many"), ("GRPC_PORT", "65536"), ("GRPC_PORT", "-1"), ("GRPC_WORKERS", "0"),
+    ("GRPC_MAX_CONNECTION_IDLE", "0"), ("GRPC_MAX_CONNECTION_AGE", "never"),
 ])
 def test_a_bad_value_names_its_variable(variable, value):
     with pytest.raises(ValueError, match=f"^{variable}=") as error:
@@ -57,6 +58,13 @@ def test_an_unsupported_uri_is_refused_rather_than_served_from_a_local_folder(ur
 def test_a_bucket_is_a_model_dir():
     settings = Settings.from_env({"MODEL_DIR": "s3://models/prod/", "MODEL_CACHE_DIR": "/cache"})
     assert settings.model_dir == S3Location("models", "prod") and settings.model_cache_dir == Path("/cache")
+
+
+def test_grpc_needs_a_port_of_its_own_or_none():
+    with pytest.raises(ValueError, match="^GRPC_PORT=8000 is PORT's too"):
+        Settings.from_env({"PORT": "8000", "GRPC_PORT": "8000"})
+    assert Settings.from_env({"GRPC_PORT": "0"}).grpc_port == 0  # off
+    assert Settings.from_env({}).grpc_port == 8081  # KServe's default
 
 
 def test_the_retired_queue_limit_is_refused_rather_than_ignored():
