@@ -507,3 +507,22 @@ def test_an_rpc_whose_deadline_passed_in_the_queue_is_not_run(tmp_path, serve):
     assert wait_for(lambda: any(e.get("status") == "DEADLINE_EXCEEDED" for e in server.logs()))
     skipped = [e for e in server.logs() if e.get("status") == "DEADLINE_EXCEEDED"]
     assert all(e["batch_size"] is None for e in skipped)  # never decoded nor run
+
+
+def test_a_grpc_server_that_cannot_start_takes_the_service_down_visibly(tmp_path, serve):
+    """Killed, then its port taken by another program: every restart fails at once; after
+    supervisor.CRASH_LIMIT of them mnist-serve stops gunicorn too and exits 1, with a critical line."""
+    write_version(tmp_path, 1)
+    server = serve(tmp_path, workers=1, grpc_workers=1)
+    [process] = grpc_processes(server)
+    with socket.socket() as squatter:
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        process.send_signal(signal.SIGKILL)
+        process.wait(5)
+        squatter.bind(("127.0.0.1", server.grpc_port))
+        squatter.listen()
+        assert server.process.wait(60) == 1
+    assert any(e.get("message") == "gRPC server process cannot start: stopping the service" and
+               e.get("level") == "critical" for e in server.logs())
+    with pytest.raises(requests.ConnectionError):
+        requests.get(server.url + "/healthz", timeout=5)  # not a half-dead pod serving HTTP alone
