@@ -196,5 +196,7 @@ def test_a_store_unreachable_at_start_up_is_waited_for(s3_uri, s3_server, serve)
         assert "cannot reach the store" in _not_ready_reason(server)
     finally:
         s3_server.start()
-    assert wait_for(lambda: requests.get(server.url + "/readyz", timeout=5).status_code == 200, timeout=15)
+    # every worker ready (each polls on its own), not just the one that answered first
+    assert wait_for(lambda: all(requests.get(server.url + "/readyz", timeout=5).status_code == 200
+                                for _ in range(8)), timeout=15)
     check_answer(predict(server.url), v1)
