@@ -197,6 +197,6 @@ def test_a_store_unreachable_at_start_up_is_waited_for(s3_uri, s3_server, serve)
     finally:
         s3_server.start()
     # every worker ready (each polls on its own), not just the one that answered first
-    assert wait_for(lambda: all(requests.get(server.url + "/readyz", timeout=5).status_code == 200
-                                for _ in range(8)), timeout=15)
+    assert wait_for(lambda: len({e["pid"] for e in server.logs() if e.get("message") == "serving model version"})
+                    == server.workers, timeout=15)
     check_answer(predict(server.url), v1)
