@@ -1,4 +1,5 @@
-# mnist-mlp service: `mnist-serve` (gunicorn + Flask) serving the versions in /models.
+# mnist-mlp service: `mnist-serve` serving the versions in /models over HTTP (gunicorn + Flask, PORT)
+# and the Open Inference Protocol over gRPC (GRPC_PORT; 0 turns it off).
 ARG BASE_IMAGE=python:3.11-slim
 
 FROM ${BASE_IMAGE} AS builder
@@ -15,7 +16,7 @@ RUN python -m venv /opt/venv \
 FROM ${BASE_IMAGE}
 ARG VERSION=0.1.0
 LABEL org.opencontainers.image.title="mnist-mlp-service" \
-      org.opencontainers.image.description="HTTP inference for the mnist-mlp artifact, with Prometheus metrics" \
+      org.opencontainers.image.description="HTTP and gRPC inference for the mnist-mlp artifact, with Prometheus metrics" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.licenses="MIT" \
       org.opencontainers.image.source="mnist-mlp"
@@ -30,11 +31,15 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     MODEL_DIR=/models \
     PORT=8000 \
+    GRPC_PORT=8081 \
     PROMETHEUS_MULTIPROC_DIR=/tmp/metrics
 USER 10001:10001
-EXPOSE 8000
+EXPOSE 8000 8081
+# Healthy when /readyz answers 200 and, unless GRPC_PORT=0, the gRPC health service's readiness
+# is SERVING: a dead gRPC server does not hide behind a ready HTTP port.
 HEALTHCHECK --interval=10s --timeout=4s --start-period=10s --retries=3 \
   CMD ["python", "-m", "mnist_service.healthcheck"]
-# gunicorn drains in-flight requests on SIGTERM for GRACEFUL_TIMEOUT seconds (default 30 s).
+# mnist-serve passes SIGTERM to gunicorn and the gRPC server: both drain in-flight requests and RPCs
+# for GRACEFUL_TIMEOUT seconds (default 30 s).
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["mnist-serve"]

@@ -4,7 +4,9 @@ podman runs Pods, Deployments, PersistentVolumeClaims (as named volumes), emptyD
 security contexts, probes and host ports, but has no Job kind and no Services: a Job is played as
 its pod template, retried as `backoffLimit` says (and `backoffLimitPerIndex`, one pod per index with
 JOB_COMPLETION_INDEX, for an Indexed Job), and `$(VAR)` in its arguments expanded as the kubelet
-does; the `helm test` pod reaches the service pod by its IP, as a Service would route it. What podman
+does; the `helm test` pod reaches the service pod by its IP, as a Service would route it. The
+service pod's ports `http` and `grpc` get host ports: the host predicts a digit through each (over
+gRPC with tritonclient, after the health service's `readiness` answers SERVING). What podman
 cannot play (Service, HPA, PDB, NetworkPolicy, Ingress, ServiceMonitor) stays covered by
 `scripts/check-chart`'s schema validation. Run by `scripts/chart-run`, which builds the images first.
 
@@ -17,6 +19,9 @@ play: a Secret given to `kube play` is stored but then refused as "not valid JSO
 secret made by hand as "illegal base64 data". So the kubelet is emulated here too: the keys of each
 Secret the play defines (`Store.secrets`) become plain `env` entries of the containers that refer
 to it, before `env` as the kubelet orders them; a reference to any other Secret fails the play.
+
+The claim's play probes the service pod as the chart does by default, over HTTP; the bucket's with
+the chart's gRPC probes (`grpc.probes.enabled`), so that both kinds run.
 """
 
 from __future__ import annotations
@@ -35,10 +40,15 @@ import time
 from pathlib import Path
 
 import boto3
+import grpc
+import numpy as np
 import requests
+import tritonclient.grpc as triton_grpc
 import yaml
 from botocore.config import Config
 from botocore.exceptions import ClientError
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from tritonclient.utils import InferenceServerException
 
 from mnist_trainer import data
 
@@ -51,11 +61,13 @@ SWEEP_TRIALS = 2
 TRAINER_IMAGE = "docker.io/library/mnist-mlp-trainer:latest"  # as `docker compose build` tags it
 KUBE_NETWORK = "podman-default-kube-network"  # the bridge `podman kube play` puts pods on, not "podman"
 MODEL = "mnist"  # model.name's default
+PROBES = {"claim": "http", "bucket": "grpc"}  # the service pod's probes in each play: both kinds run
 
 
-def values(store_values: list[str]) -> list[str]:
+def values(store_values: list[str], probes: str) -> list[str]:
     """A local run: the images `docker compose build` made, MNIST from a named volume, every trainer
-    Job on, the fast preset; and the store's own values (where the models live)."""
+    Job on, the fast preset, the service probed over `probes` (http or grpc); and the store's own
+    values (where the models live)."""
     return [
         "--set", "image.repository=docker.io/library/mnist-mlp-service", "--set", "image.tag=latest",
         "--set", "training.image.repository=docker.io/library/mnist-mlp-trainer", "--set", "training.image.tag=latest",
@@ -65,6 +77,7 @@ def values(store_values: list[str]) -> list[str]:
         "--set", "training.cronjob.enabled=true",
         "--set", "sweep.enabled=true", "--set", f"sweep.trials={SWEEP_TRIALS}", "--set", "sweep.parallelism=2",
         "--set", "sweep.promote.label=canary", "--set", "sweep.promote.canaryPercent=50",
+        "--set", f"grpc.probes.enabled={str(probes == 'grpc').lower()}",
         *store_values,
     ]
 
@@ -190,9 +203,9 @@ def inline_secrets(spec: dict, secrets: dict[str, dict]) -> None:
 
 # -- the rendered chart --------------------------------------------------------------------------
 
-def render(store_values: list[str]) -> list[dict]:
+def render(store_values: list[str], probes: str) -> list[dict]:
     result = subprocess.run(["helm", "template", RELEASE, str(CHART), "--kube-version", "1.35.0",
-                             *values(store_values)], capture_output=True, text=True)
+                             *values(store_values, probes)], capture_output=True, text=True)
     check(result.returncode == 0, f"helm template: {result.stderr.strip()}")
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
@@ -220,20 +233,35 @@ def pod_of(name: str, template: dict, index: int | None = None) -> dict:
 
 
 def podman_probe(probe: dict, container: dict) -> dict:
-    """An httpGet probe as the health check podman runs. The kubelet makes httpGet probes itself;
-    podman turns them into `curl http://localhost:<port>` run inside the container (the service
-    image has no curl, and the named port `http` became port 0), joins an exec probe's words into a
-    shell command, and kills the container when the check fails `failureThreshold` times: so the
-    same GET, in Python, quoted for that shell, and a threshold that never kills (readiness, unlike
-    liveness, never restarts a pod)."""
-    get = probe["httpGet"]
-    port = get["port"]
-    if isinstance(port, str):  # a named port, resolved as the kubelet resolves it
-        port = next(p["containerPort"] for p in container["ports"] if p.get("name") == port)
-    script = (f"import urllib.request; urllib.request.urlopen('http://127.0.0.1:{port}{get['path']}', "
-              f"timeout={probe.get('timeoutSeconds', 1)})")  # raises, so exits 1, unless 2xx
+    """An httpGet or grpc probe as the health check podman runs. The kubelet makes both itself;
+    podman turns httpGet into `curl http://localhost:<port>` run inside the container (the service
+    image has no curl, and the named port `http` became port 0), knows no grpc probe, joins an exec
+    probe's words into a shell command, and kills the container when the check fails
+    `failureThreshold` times: so the same GET, or the same gRPC health Check (SERVING passes, as for
+    the kubelet), in Python, quoted for that shell, and a threshold that never kills (readiness,
+    unlike liveness, never restarts a pod)."""
+    timeout = probe.get("timeoutSeconds", 1)
+    if "grpc" in probe:
+        script = ("import grpc; from grpc_health.v1 import health_pb2 as h, health_pb2_grpc as g; "
+                  f"s = g.HealthStub(grpc.insecure_channel('127.0.0.1:{probe['grpc']['port']}')).Check("
+                  f"h.HealthCheckRequest(service='{probe['grpc'].get('service', '')}'), timeout={timeout}); "
+                  "raise SystemExit(s.status != h.HealthCheckResponse.SERVING)")
+    else:
+        get = probe["httpGet"]
+        port = get["port"]
+        if isinstance(port, str):  # a named port, resolved as the kubelet resolves it
+            port = next(p["containerPort"] for p in container["ports"] if p.get("name") == port)
+        script = (f"import urllib.request; urllib.request.urlopen('http://127.0.0.1:{port}{get['path']}', "
+                  f"timeout={timeout})")  # raises, so exits 1, unless 2xx
     return {"exec": {"command": ["python", "-c", f'"{script}"']}, "periodSeconds": probe.get("periodSeconds", 10),
-            "timeoutSeconds": probe.get("timeoutSeconds", 1), "failureThreshold": 10_000}
+            "timeoutSeconds": timeout, "failureThreshold": 10_000}
+
+
+def probe_target(probe: dict) -> str:
+    """What a probe asks, for the log."""
+    if "grpc" in probe:
+        return f"the gRPC health service {probe['grpc'].get('service', '')!r} on port {probe['grpc']['port']}"
+    return probe["httpGet"]["path"]
 
 
 def probe_passes(container_name: str, probe: dict) -> bool:
@@ -451,6 +479,44 @@ class BucketStore(Store):
         return json.loads(body.read())
 
 
+def check_grpc(address: str, image: np.ndarray, label: int, version: int) -> str:
+    """The service at `address` over gRPC, as the Open Inference Protocol's clients call it: the health
+    service's `readiness` is SERVING, and tritonclient's ModelInfer of `image` (28x28, 0..255) answers
+    `label` from `version`, with probabilities that sum to 1. A line saying so; Failure otherwise.
+    Also run by scripts/compose-e2e: one check for both."""
+    try:
+        with grpc.insecure_channel(address) as channel:
+            status = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service="readiness"), timeout=5).status
+        check(status == health_pb2.HealthCheckResponse.SERVING,
+              f"gRPC health of readiness at {address}: {health_pb2.HealthCheckResponse.ServingStatus.Name(status)}")
+        client = triton_grpc.InferenceServerClient(address)
+        try:
+            pixels = triton_grpc.InferInput("images", [1, 784], "FP32")
+            pixels.set_data_from_numpy((image.reshape(1, 784) / 255).astype(np.float32))  # FP32 is [0, 1]
+            result = client.infer(MODEL, [pixels], client_timeout=10)
+        finally:
+            client.close()
+    except grpc.RpcError as e:  # unreachable, refused, timed out: one line (tritonclient raises its own)
+        raise Failure(f"gRPC health check at {address}: {e.code().name}: {e.details()}") from None
+    except InferenceServerException as e:
+        raise Failure(f"gRPC ModelInfer at {address}: {e}") from None
+    answer = result.get_response()
+    labels, probabilities = result.as_numpy("labels"), result.as_numpy("probabilities")
+    check(answer.model_name == MODEL and answer.model_version == str(version),
+          f"gRPC ModelInfer answered from model {answer.model_name!r} version {answer.model_version!r}, "
+          f"not {MODEL!r} version {version}")
+    check(labels is not None and probabilities is not None and labels.shape == (1,) and 0 <= labels[0] <= 9
+          and probabilities.shape == (1, 10), f"gRPC ModelInfer outputs: {[o.name for o in answer.outputs]}, "
+          f"labels {labels}, probabilities {probabilities}")
+    check(abs(float(probabilities.sum()) - 1) < 1e-3 and probabilities.argmax() == labels[0],
+          f"gRPC ModelInfer probabilities {probabilities} (sum {probabilities.sum():.6f}) for label {labels[0]}")
+    check(labels[0] == label, f"digit {label} predicted as {labels[0]} over gRPC")
+    return (f"gRPC at {address}: readiness SERVING; label {label}, predicted {labels[0]} by version "
+            f"{answer.model_version} (p = {probabilities[0, labels[0]]:.3f}, probabilities sum to "
+            f"{probabilities.sum():.4f})")
+
+
 def metric_total(metrics: str, name: str) -> float:
     """A counter's samples summed over their labels; 0 when it has none."""
     return sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
@@ -487,7 +553,8 @@ def wait_for(condition, timeout: float, what: str) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--port", type=int, default=18900, help="host port of the service pod")
+    parser.add_argument("--port", type=int, default=18900, help="host port of the service pod's HTTP port")
+    parser.add_argument("--grpc-port", type=int, default=18901, help="host port of the service pod's gRPC port")
     parser.add_argument("--data", default=os.environ.get("MNIST_DIR"), help="MNIST folder (MNIST_DIR)")
     parser.add_argument("--models", choices=["claim", "bucket", "both"], default="both",
                         help="where the models live: the chart's claim, a bucket (models.uri), or one play of each")
@@ -497,14 +564,14 @@ def main() -> int:
     started, times = time.monotonic(), []
     for kind in STORES if args.models == "both" else [args.models]:
         step = Steps(kind)
-        if not play(STORES[kind](), step, args.port, Path(args.data)):
+        if not play(STORES[kind](), step, {"http": args.port, "grpc": args.grpc_port}, Path(args.data)):
             return 1
         times.append(f"{kind} {step.elapsed():.0f}s")
     print(f"\nchart-run: OK in {time.monotonic() - started:.0f}s ({', '.join(times)})")
     return 0
 
 
-def play(store: Store, step: Steps, port: int, mnist_dir: Path) -> bool:
+def play(store: Store, step: Steps, host_ports: dict[str, int], mnist_dir: Path) -> bool:
     """One play of the chart with its models in `store`, torn down whatever happens."""
     with tempfile.TemporaryDirectory(prefix="chart-run-") as work:
         ground = Playground(Path(work), store.secrets)
@@ -513,7 +580,7 @@ def play(store: Store, step: Steps, port: int, mnist_dir: Path) -> bool:
             gateway = pod_network_gateway(ground)
             print(f"  the pods' bridge: gateway {gateway}, its MAC address fixed")
             store.start(ground, gateway)
-            play_everything(ground, step, port, mnist_dir, store)
+            play_everything(ground, step, host_ports, mnist_dir, store)
         except Failure as e:
             print(f"\nchart-run: FAIL ({store.name}): {e}", file=sys.stderr)
             return False
@@ -524,9 +591,10 @@ def play(store: Store, step: Steps, port: int, mnist_dir: Path) -> bool:
     return True
 
 
-def play_everything(ground: Playground, step: Steps, port: int, mnist_dir: Path, store: Store) -> None:
-    step("helm template")
-    objects = render(store.values())
+def play_everything(ground: Playground, step: Steps, host_ports: dict[str, int], mnist_dir: Path,
+                    store: Store) -> None:
+    step(f"helm template (the service probed over {PROBES[store.name]})")
+    objects = render(store.values(), PROBES[store.name])
     print("  " + ", ".join(sorted({f"{o['kind']}" for o in objects})))
 
     step("MNIST into a volume (the training.data.existingClaim)")
@@ -542,10 +610,12 @@ def play_everything(ground: Playground, step: Steps, port: int, mnist_dir: Path,
     check(store.versions() == [1], f"versions after training: {store.versions()}")
     print("  published version 1")
 
-    step("the Deployment: ready through its own probes, serving on a host port")
+    step("the Deployment: ready through its own probes, serving on host ports")
     deployment = find(objects, "Deployment", FULLNAME)
     server = deployment["spec"]["template"]["spec"]["containers"][0]
-    server["ports"][0]["hostPort"] = port
+    check(sorted(p["name"] for p in server["ports"]) == sorted(host_ports), f"the server's ports: {server['ports']}")
+    for container_port in server["ports"]:
+        container_port["hostPort"] = host_ports[container_port["name"]]
     probes = {kind: server.pop(kind) for kind in ("startupProbe", "livenessProbe", "readinessProbe") if kind in server}
     check(set(probes) == {"startupProbe", "livenessProbe", "readinessProbe"}, f"the server's probes: {sorted(probes)}")
     server["livenessProbe"] = podman_probe(probes["readinessProbe"], server)  # the health check podman runs
@@ -555,9 +625,9 @@ def play_everything(ground: Playground, step: Steps, port: int, mnist_dir: Path,
              == "healthy", 90, "the readiness probe to pass")
     for kind in ("startupProbe", "livenessProbe"):
         check(probe_passes(server_container, podman_probe(probes[kind], server)), f"the {kind} fails")
-    print(f"  {server_container}: ready (the readiness probe on {probes['readinessProbe']['httpGet']['path']} "
+    print(f"  {server_container}: ready (the readiness probe on {probe_target(probes['readinessProbe'])} "
           "passes); the startup and liveness probes pass")
-    url = f"http://127.0.0.1:{port}"
+    url = f"http://127.0.0.1:{host_ports['http']}"
 
     step("a prediction of a real MNIST test digit, and /metrics")
     test = data.load(mnist_dir).test
@@ -569,6 +639,13 @@ def play_everything(ground: Playground, step: Steps, port: int, mnist_dir: Path,
     metrics = requests.get(url + "/metrics", timeout=5).text
     check('mnist_http_requests_total{' in metrics and 'model_version="1"' in metrics, "/metrics lacks the request")
     store.check_service(server_container, metrics)
+
+    step("over gRPC: the health service, the same digit predicted with tritonclient, /metrics")
+    print("  " + check_grpc(f"127.0.0.1:{host_ports['grpc']}", test.images[0], int(test.labels[0]), version=1))
+    metrics = requests.get(url + "/metrics", timeout=5).text  # the gRPC process counts in the same directory
+    check(any(line.startswith("mnist_http_requests_total{") and 'protocol="grpc"' in line and "/ModelInfer" in line
+              for line in metrics.splitlines()), "/metrics lacks the gRPC ModelInfer")
+    print('  /metrics counts it (protocol="grpc")')
 
     step("helm test: the test pod, reaching the service pod by its IP")
     test_pod = find(objects, "Pod", f"{FULLNAME}-test-prediction")

@@ -286,6 +286,23 @@ on the pods either: a key rotation must not restart them.
 {{- end }}
 
 {{/*
+The action of a service pod's probe: GET `path` on the http port, or with grpc.probes.enabled the
+gRPC health service named `service` (liveness, readiness). Kubernetes' grpc probe takes a port
+number only, not a port's name. Call with (dict "root" $ "path" PATH "service" NAME).
+*/}}
+{{- define "mnist-mlp.server.probe" -}}
+{{- if .root.Values.grpc.probes.enabled -}}
+grpc:
+  port: {{ .root.Values.grpc.port }}
+  service: {{ .service }}
+{{- else -}}
+httpGet:
+  path: {{ .path }}
+  port: http
+{{- end }}
+{{- end }}
+
+{{/*
 Number of service pods expected at rest (for the PodDisruptionBudget).
 */}}
 {{- define "mnist-mlp.server.minReplicas" -}}
@@ -305,6 +322,16 @@ Consistency checks the schema cannot express; included by the Deployment.
 {{- end }}
 {{- if and .Values.ingress.enabled (empty .Values.ingress.hosts) }}
 {{- fail "ingress.enabled needs at least one entry in ingress.hosts" }}
+{{- end }}
+{{- $g := .Values.grpc }}
+{{- if and $g.probes.enabled (not $g.enabled) }}
+{{- fail "grpc.probes.enabled needs grpc.enabled: the probes ask the gRPC health service" }}
+{{- end }}
+{{- if and $g.enabled (eq (int $g.port) 8000) }}
+{{- fail "grpc.port must not be 8000: that is the container's HTTP port" }}
+{{- end }}
+{{- if and $g.enabled (eq (int .Values.service.grpcPort) (int .Values.service.port)) }}
+{{- fail (printf "service.grpcPort and service.port are both %d: give each its own port" (int .Values.service.port)) }}
 {{- end }}
 {{- if and .Values.models.uri .Values.models.existingClaim }}
 {{- fail (printf "models.uri (%s) and models.existingClaim (%s) are two places for the models: set one of them" .Values.models.uri .Values.models.existingClaim) }}
