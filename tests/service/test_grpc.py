@@ -526,3 +526,17 @@ def test_a_grpc_server_that_cannot_start_takes_the_service_down_visibly(tmp_path
                e.get("level") == "critical" for e in server.logs())
     with pytest.raises(requests.ConnectionError):
         requests.get(server.url + "/healthz", timeout=5)  # not a half-dead pod serving HTTP alone
+
+
+def test_connections_are_recycled_after_grpc_max_connection_age_and_no_rpc_fails(tmp_path, serve):
+    write_version(tmp_path, 1)
+    server = serve(tmp_path, workers=1, grpc_workers=1, GRPC_MAX_CONNECTION_AGE=1, GRACEFUL_TIMEOUT=2)
+    states = []
+    with grpc.insecure_channel(server.grpc_target) as channel:
+        channel.subscribe(states.append)
+        stub, request = pb_grpc.GRPCInferenceServiceStub(channel), raw_request(unit(digits(1)))
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:  # RPCs all along: the server's GOAWAY makes the channel reconnect
+            assert stub.ModelInfer(request, timeout=5).model_version == "1"
+            time.sleep(0.05)
+    assert states.count(grpc.ChannelConnectivity.READY) >= 2, states  # connected again after each GOAWAY
