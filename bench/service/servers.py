@@ -191,11 +191,14 @@ class CpuMeter:
 
 
 def run_wrk(servers: Servers, url: str, body_path: Path, seconds: float, connections: int, threads: int = 1,
-            timeout: float = 10, name: str = "wrk") -> dict:
-    """wrk POSTing `body_path` (JSON) to `url` with post.lua: its counts, errors and latencies, and req/s."""
-    env = os.environ | {"BODY_FILE": str(body_path), "CONTENT_TYPE": "application/json"}
+            timeout: float = 10, name: str = "wrk", content_type: str = "application/json",
+            headers: tuple[str, ...] = ()) -> dict:
+    """wrk POSTing `body_path` (JSON unless `content_type` says otherwise; `headers`, "Name: value", sent
+    too) to `url` with post.lua: its counts, errors and latencies, and req/s."""
+    env = os.environ | {"BODY_FILE": str(body_path), "CONTENT_TYPE": content_type}
     argv = ["wrk", "--threads", str(threads), "--connections", str(connections),
             "--duration", f"{seconds:g}s", "--timeout", f"{timeout:g}s", "--latency",
+            *(arg for header in headers for arg in ("--header", header)),
             "--script", str(HERE / "post.lua"), url]
     # Registered like a server, so that it is stopped too if this process is interrupted.
     proc = servers.start(name, argv, env, capture=True)
@@ -268,14 +271,19 @@ def start_service(servers: Servers, name: str, model_dir: Path | str, model_name
     """`mnist-serve` of `venv` on a free loopback port with WORKERS workers; returns (process, base URL)
     once /readyz answers 200. The worker class is the service's default unless `worker_class` is given
     (gthread with GTHREAD_THREADS threads); `gunicorn_args` go to gunicorn (`--keep-alive 2`), `cpus`
-    pins it to that CPU (taskset), `settings` are more of its environment variables (LOG_LEVEL=...).
+    pins it to that CPU (taskset), `settings` are more of its environment variables (LOG_LEVEL=...;
+    GRPC_PORT=<a free port> serves gRPC too, which is off here unless asked for).
     `model_dir` may be an s3:// URI; `ready_interval` is how often /readyz is asked (start-up timing)."""
     port = free_port()
-    env = os.environ | settings | {
+    env = dict(os.environ)
+    # Whatever the caller's environment says, not here. gRPC is off (GRPC_PORT=0, HTTP alone, as before
+    # mnist-serve had gRPC) unless `settings` turn it on: figures stay comparable with earlier runs, and
+    # no two servers race for the default GRPC_PORT.
+    for variable in ("WORKER_CLASS", "THREADS", "GRPC_PORT", "GRPC_WORKERS"):
+        env.pop(variable, None)
+    env |= {"GRPC_PORT": "0"} | settings | {
         "MODEL_DIR": str(model_dir), "MODEL_NAME": model_name, "HOST": "127.0.0.1", "PORT": str(port),
         "WORKERS": str(WORKERS), "PROMETHEUS_MULTIPROC_DIR": str(servers.workdir / f"metrics-{name}")}
-    for variable in ("WORKER_CLASS", "THREADS"):  # whatever the caller's environment says, not here
-        env.pop(variable, None)
     if worker_class:
         env["WORKER_CLASS"] = worker_class
     if worker_class == "gthread":

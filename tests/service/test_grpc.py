@@ -62,14 +62,14 @@ def status_of(call) -> grpc.StatusCode:
 
 
 def stub_call(target: str, request: pb.ModelInferRequest, metadata=()):
-    """ModelInfer with tritonclient's generated stub: (response, initial metadata) or the RpcError."""
+    """ModelInfer with tritonclient's generated stub: (response, trailing metadata) or the RpcError."""
     with grpc.insecure_channel(target) as channel:
         try:
             response, call = pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer.with_call(
                 request, metadata=metadata, timeout=10)
         except grpc.RpcError as e:
-            return e, {}
-        return response, dict(call.initial_metadata())
+            return e, dict(e.trailing_metadata())
+        return response, dict(call.trailing_metadata())
 
 
 def raw_request(pixels: np.ndarray, datatype: str = "FP32", **fields) -> pb.ModelInferRequest:
@@ -284,6 +284,10 @@ def test_rpcs_are_counted_timed_and_logged_with_http(served, client):
     assert metric_total(server.url, "mnist_http_requests_total", protocol="grpc", route=route,
                         status="INVALID_ARGUMENT") == bad_before + 1
     assert metric_total(server.url, "mnist_http_request_duration_seconds_count", protocol="grpc", route=route) > 0
+    # the request id comes back with the status, with answers and errors alike
+    for pixels in (unit(digits(1)), unit(digits(1)) * 2):
+        _, metadata = stub_call(server.grpc_target, raw_request(pixels), [("x-request-id", "grpc-echo")])
+        assert metadata["x-request-id"] == "grpc-echo"
     lines = [e for e in server.logs() if e.get("request_id") == "grpc-test-1"]
     assert len(lines) == 1
     assert {k: lines[0][k] for k in ("protocol", "method", "route", "status", "batch_size", "model_version")} == {
