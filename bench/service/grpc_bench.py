@@ -40,6 +40,10 @@ bench.py's post.lua (HTTP/1.1; mnist-serve closes every connection, so wrk recon
            GRPC_PORT=0 (HTTP alone) and with gRPC on (a free port: the default 8081 may be in use),
            gRPC idle; one server at a time, (re)started for each slice, in --idle-rounds rounds of
            alternating order. Target: within 3 %. Also the idle gRPC process's own CPU.
+  slow     slow senders against grpc.aio (what ships) and the thread-pool server (4 threads), each a
+           standalone gRPC process: one client's sequential one-image RPCs for --seconds, alone and
+           with 8 other RPCs whose senders stalled mid-message (a proxy forwards all of each client's
+           first burst but its last 64 bytes, then nothing): RPCs/s and failures (2 s deadline).
   factor   the PyTorch case of `bench/run speed` (bench/bench.py's speed_torch: 784-256-10, 5 epochs,
            2 threads, unpinned, no server running), --factor-runs times before the servers start and
            as many after they stop, in .bench-venv: factor = 165,928 samples/s (the reference
@@ -71,6 +75,7 @@ import statistics
 import struct
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -137,7 +142,8 @@ TARGET_IDLE = 0.03  # /v1/predict req/s with an idle gRPC server within 3 % of w
 THREADPOOL_REF = "3fd24d3"  # the last commit whose grpc_server.py was the thread-pool server
 THREADPOOL_THREADS = (1, 4, 8)
 START_TIMEOUT = 20  # seconds a standalone gRPC server may take to serve
-GROUPS = ("unary", "process", "batch", "idle", "factor", "profile")
+GROUPS = ("unary", "process", "batch", "idle", "slow", "factor", "profile")
+SLOW_SENDERS = 8  # stalled RPCs at once: more than the thread-pool server's threads (4)
 
 
 # --- requests ------------------------------------------------------------------------------------
@@ -823,6 +829,91 @@ print(json.dumps({"runs": runs, "threads": threads}))
 """
 
 
+class StalledSender:
+    """A gRPC client whose RPC stalls mid-message: a TCP proxy between it and the server forwards the
+    client's first burst (preface, settings, headers and the message) but its last `hold` bytes, then
+    nothing more. The server has the RPC's headers and part of its message, and waits for the rest."""
+
+    def __init__(self, server_port: int, message: bytes, seconds: float, hold: int = 64):
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.upstream = socket.create_connection(("127.0.0.1", server_port))
+        self.hold, self.sockets = hold, [self.listener, self.upstream]
+        threading.Thread(target=self._proxy, daemon=True).start()
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.listener.getsockname()[1]}")
+        self.future = self.channel.unary_unary(METHOD).future(message, timeout=seconds)
+
+    def _proxy(self) -> None:
+        client, _ = self.listener.accept()
+        self.sockets.append(client)
+        threading.Thread(target=self._pump, args=(self.upstream, client), daemon=True).start()
+        client.settimeout(0.3)
+        burst = b""
+        with contextlib.suppress(OSError):
+            while chunk := client.recv(1 << 16):
+                burst += chunk
+        self.upstream.sendall(burst[:-self.hold])
+        client.settimeout(None)
+        with contextlib.suppress(OSError):
+            while client.recv(1 << 16):  # read, never forward: the sender has stalled
+                pass
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(1 << 16):
+                sink.sendall(data)
+
+    def close(self) -> None:
+        self.future.cancel()
+        self.channel.close()
+        for sock in self.sockets:
+            sock.close()
+
+
+def sequential_rpcs(port: int, message: bytes, seconds: float) -> dict:
+    """One client's one-image RPCs one after another for `seconds` (2 s deadline each)."""
+    latencies, failures = [], collections.Counter()
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        call = channel.unary_unary(METHOD)
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            started = time.perf_counter()
+            try:
+                call(message, timeout=2)
+                latencies.append((time.perf_counter() - started) * 1000)
+            except grpc.RpcError as e:
+                failures[e.code().name] += 1
+    return {"rps": len(latencies) / seconds, "ok": len(latencies), "failures": dict(failures),
+            "latency_ms": percentiles(latencies)}
+
+
+def slow_phase(servers: Servers, args, model_dir: Path, test) -> dict:
+    """Each server alone, then beside SLOW_SENDERS stalled RPCs (StalledSender)."""
+    message = infer_message(args.model_name, test.images[:1].reshape(1, 784).astype(np.float32) / 255)
+    variants = [("slow-aio", "grpc.aio (what ships)", "mnist_service.grpc_server", None, None)]
+    with contextlib.suppress(RuntimeError, subprocess.CalledProcessError):
+        path = threadpool_module(args.threadpool_ref, servers.workdir)
+        variants.append(("slow-threads-4", f"thread-pool server ({args.threadpool_ref}), GRPC_THREADS=4",
+                         "grpc_threadpool", path, 4))
+    rows = {}
+    for key, label, module, path, threads in variants:
+        target = start_standalone(servers, key, label, model_dir, args, module, path, threads=threads)
+        if target.failed:
+            rows[key] = {"label": label, "failed": target.failed}
+            continue
+        alone = sequential_rpcs(target.grpc_port, message, args.seconds)
+        senders = [StalledSender(target.grpc_port, message, args.seconds + 30) for _ in range(SLOW_SENDERS)]
+        time.sleep(1)  # every stalled RPC has reached the server
+        stalled = sequential_rpcs(target.grpc_port, message, args.seconds)
+        for sender in senders:
+            sender.close()
+        servers.stop(key)
+        rows[key] = {"label": label, "alone": alone, "beside_stalled": stalled}
+        log(f"grpc: {label}: {alone['rps']:,.0f} RPC/s alone, {stalled['rps']:,.0f} RPC/s beside {SLOW_SENDERS} "
+            f"stalled senders (failures {stalled['failures'] or 'none'})")
+    return rows
+
+
 def torch_speed(args, runs: int, workdir: Path) -> list[dict]:
     """`bench/run speed`'s PyTorch case, `runs` times, in .bench-venv, on every CPU (no server runs)."""
     python = BENCH_VENV / "bin/python"
@@ -880,7 +971,7 @@ def load_table(rows: list[dict], factor: float | None) -> str:
 
 
 def report(results: dict[str, dict], failed: dict[str, str], forward: dict | None, prof: dict | None,
-           idle: dict | None, factor: dict | None) -> tuple[str, dict]:
+           idle: dict | None, factor: dict | None, slow: dict | None = None) -> tuple[str, dict]:
     text, verdict = [], {}
     f = factor["factor"] if factor else None
     if factor:
@@ -991,6 +1082,20 @@ def report(results: dict[str, dict], failed: dict[str, str], forward: dict | Non
                     f" Target within 3 %: " + ("met" if idle["within_target"] else "MISSED")
                     + ("" if idle["resolved"] else " at the median, but the rounds spread more than 3 %: "
                        "this run cannot resolve 3 %"))
+    if slow:
+        rows = []
+        for r in slow.values():
+            if "failed" in r:
+                rows.append([r["label"], "did not serve", "", "", "", ""])
+                continue
+            alone, stalled = r["alone"], r["beside_stalled"]
+            rows.append([r["label"], f"{alone['rps']:,.0f}", f"{alone['latency_ms']['p99']:.2f}",
+                         f"{stalled['rps']:,.0f}", f"{stalled['latency_ms']['p99']:.2f}",
+                         ", ".join(f"{n} {code}" for code, n in stalled["failures"].items()) or "none"])
+        text.append(f"\nSlow senders: one client's sequential one-image RPCs, alone and beside {SLOW_SENDERS} RPCs "
+                    "stalled mid-message (one gRPC process on one core):\n\n"
+                    + markdown_table(["gRPC server", "RPC/s alone", "p99 ms alone", f"RPC/s beside {SLOW_SENDERS} "
+                                      "stalled", "p99 ms", "failures (2 s deadline)"], rows))
     return "\n".join(text), verdict
 
 
@@ -1043,12 +1148,13 @@ def run(args, groups: set[str], servers: Servers) -> dict:
     prof = profile(servers, by_key, args.profile_seconds) if "profile" in groups else None
     servers.stop_all()
     idle = idle_phase(servers, args, model_dir, test, expected) if "idle" in groups else None
+    slow = slow_phase(servers, args, model_dir, test) if "slow" in groups else None
     factor = None
     if factor_before is not None:
         os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
         factor = machine_factor(factor_before, torch_speed(args, args.factor_runs, workdir))
     return out | {"results": results, "failed": failed, "forward_pass_ms": forward, "profile": prof, "idle": idle,
-                  "machine_factor": factor, "server_cpu": args.server_cpu}
+                  "slow": slow, "machine_factor": factor, "server_cpu": args.server_cpu}
 
 
 def main() -> int:
@@ -1080,7 +1186,7 @@ def main() -> int:
             log(f"grpc: failed: {e}")
             return 1
     text, verdict = report(out["results"], out["failed"], out["forward_pass_ms"], out["profile"], out["idle"],
-                           out["machine_factor"])
+                           out["machine_factor"], out["slow"])
     h2load = subprocess.run(["h2load", "--version"], capture_output=True, text=True).stdout.strip()
     env = environment(grpcio=grpc.__version__, mlserver=mlserver_version(), h2load=h2load,
                       commit=git("rev-parse", "--short", "HEAD"),
