@@ -4,7 +4,7 @@ path, the cost of an idle gRPC server to HTTP, and the process models (bench/REA
 Run through bench/service/run, which sets up .venv, .bench-mlserver-venv/ and .bench-venv/ (PyTorch,
 for the machine factor), checks for h2load and wrk, and cleans up after:
 
-    bench/service/run grpc [--seconds 5] [--rounds 4] [--cases unary,process,batch,idle,factor,profile]
+    bench/service/run grpc [--seconds 5] [--rounds 4] [--cases unary,process,batch,idle,slow,factor,profile]
                            [--model-dir DIR] [--json PATH]
     bench/service/run grpc --seconds 2 --rounds 1 --idle-rounds 1 --factor-runs 1   # smoke, ~4 minutes
 
