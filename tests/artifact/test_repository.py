@@ -181,6 +181,33 @@ def test_the_cache_keeps_a_bounded_number_of_versions(s3_uri, tmp_path):
     assert sorted(p.name for p in cache.glob("m/*/*")) == ["3", "4"]
 
 
+def _load_repeatedly(uri, env, cache, versions, rounds):
+    os.environ.update(env)
+    repository = open_repository(parse_location("MODEL_DIR", uri), cache_dir=cache)
+    repository.cache_versions = 2
+    for _ in range(rounds):
+        for version in versions:
+            repository.load("m", version)
+
+
+def test_workers_sharing_a_cache_load_the_same_versions_at_once(s3_uri, tmp_path):
+    """Each gunicorn worker (and gRPC process) has its own repository on one MODEL_CACHE_DIR: their
+    downloads, renames and evictions of the same versions race, and every load must still succeed."""
+    cache = tmp_path / "cache"
+    publisher = open_repository(parse_location("MODEL_DIR", s3_uri))
+    for seed in range(4):
+        publisher.publish("m", _arrays(seed=seed), _manifest())
+    env = {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_load_repeatedly, args=(s3_uri, env, cache, [1, 2, 3, 4][::step], 6))
+               for step in (1, -1, 1, -1)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(120)
+    assert [w.exitcode for w in workers] == [0, 0, 0, 0]
+
+
 def test_a_cache_that_cannot_be_written_is_a_repository_error(s3_uri, tmp_path):
     """A full or read-only disk is counted and retried like a store failure, never a traceback."""
     not_a_directory = tmp_path / "cache"

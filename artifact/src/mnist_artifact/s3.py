@@ -19,6 +19,7 @@ AWS_RESPONSE_CHECKSUM_VALIDATION say otherwise.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -185,13 +186,18 @@ class S3Repository(Repository):
     def _load_cached(self, name: str, version: int, manifest: bytes, etag: str) -> tuple[dict, dict]:
         models = self.cache_dir / name
         entry = models / etag.strip('"') / str(version)  # a rewritten manifest is a new entry, never an edit
+        # Every worker of a pod shares the cache: another may evict this entry while it is read here
+        # (then it is downloaded again), and never touches a download in progress (_evict).
         if (entry / format.WEIGHTS).is_file():
             try:
                 result = self._verified(name, version, entry)
-                os.utime(entry)
+                with contextlib.suppress(OSError):
+                    os.utime(entry)
                 return result
             except ArtifactError:
                 shutil.rmtree(entry.parent, ignore_errors=True)  # a damaged copy: download again
+            except FileNotFoundError:
+                pass  # evicted meanwhile
         models.mkdir(parents=True, exist_ok=True)
         scratch = Path(tempfile.mkdtemp(prefix=format.TEMP_PREFIX, dir=models))
         try:
@@ -231,12 +237,15 @@ class S3Repository(Repository):
     def _evict(self, models: Path) -> None:
         """Keep the `cache_versions` most recently used copies."""
         entries = []
-        for entry in models.glob("*/*"):
-            try:
-                if format.is_version(entry.name):
-                    entries.append((entry.stat().st_mtime, entry))
-            except OSError:
-                continue  # removed by another worker meanwhile
+        for parent in _listing(models):
+            if parent.name.startswith(format.TEMP_PREFIX):
+                continue  # a download in progress, of this worker or another
+            for entry in _listing(parent):
+                try:
+                    if format.is_version(entry.name):
+                        entries.append((entry.stat().st_mtime, entry))
+                except OSError:
+                    continue  # removed by another worker meanwhile
         for _, entry in sorted(entries, reverse=True)[self.cache_versions:]:
             shutil.rmtree(entry.parent, ignore_errors=True)
 
@@ -311,3 +320,11 @@ class S3Repository(Repository):
 
 def _code(e: ClientError) -> str:
     return e.response.get("Error", {}).get("Code", "")
+
+
+def _listing(directory: Path) -> list[Path]:
+    """The entries of `directory`; none when another worker removed it meanwhile (Path.glob raises)."""
+    try:
+        return list(directory.iterdir())
+    except OSError:
+        return []
