@@ -238,21 +238,12 @@ def test_a_message_over_the_size_limit_is_refused_and_the_server_keeps_serving(t
 
 def test_without_a_model_the_server_is_live_not_ready_and_infer_is_unavailable(tmp_path, serve):
     (tmp_path / "mnist").mkdir()
-    server = Server(tmp_path, _metrics_dir(tmp_path), workers=1, grpc_workers=1)
-    try:
-        client = triton.InferenceServerClient(server.grpc_target)
-        assert client.is_server_live() and not client.is_server_ready() and not client.is_model_ready("mnist")
-        assert status_of(lambda: client.infer("mnist", [infer_input(unit(digits(1)))])) == grpc.StatusCode.UNAVAILABLE
-        assert health_status(server.grpc_target, "readiness") == health_pb2.HealthCheckResponse.NOT_SERVING
-        assert health_status(server.grpc_target, "liveness") == health_pb2.HealthCheckResponse.SERVING
-    finally:
-        server.stop()
-
-
-def _metrics_dir(tmp_path: Path) -> Path:
-    directory = tmp_path / f"metrics-{time.monotonic_ns()}"
-    directory.mkdir()
-    return directory
+    server = serve(tmp_path, workers=1, grpc_workers=1)
+    client = triton.InferenceServerClient(server.grpc_target)
+    assert client.is_server_live() and not client.is_server_ready() and not client.is_model_ready("mnist")
+    assert status_of(lambda: client.infer("mnist", [infer_input(unit(digits(1)))])) == grpc.StatusCode.UNAVAILABLE
+    assert health_status(server.grpc_target, "readiness") == health_pb2.HealthCheckResponse.NOT_SERVING
+    assert health_status(server.grpc_target, "liveness") == health_pb2.HealthCheckResponse.SERVING
 
 
 def health_status(target: str, service: str) -> int:
@@ -448,7 +439,7 @@ def test_a_taken_grpc_port_is_one_line_and_exit_2(tmp_path):
         taken.listen()
         port = taken.getsockname()[1]
         environment = {**os.environ, "MODEL_DIR": str(tmp_path), "HOST": "127.0.0.1", "PORT": str(free_port()),
-                       "GRPC_PORT": str(port), "PROMETHEUS_MULTIPROC_DIR": str(_metrics_dir(tmp_path))}
+                       "GRPC_PORT": str(port), "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")}
         result = subprocess.run([sys.executable, "-m", "mnist_service.cli"], env=environment, capture_output=True,
                                 text=True, timeout=30)
     assert result.returncode == 2

@@ -187,7 +187,8 @@ class S3Repository(Repository):
         models = self.cache_dir / name
         entry = models / etag.strip('"') / str(version)  # a rewritten manifest is a new entry, never an edit
         # Every worker of a pod shares the cache: another may evict this entry while it is read here
-        # (then it is downloaded again), and never touches a download in progress (_evict).
+        # (format.load then fails as for a damaged copy: downloaded again), and never touches a
+        # download in progress (_evict).
         if (entry / format.WEIGHTS).is_file():
             try:
                 result = self._verified(name, version, entry)
@@ -196,8 +197,6 @@ class S3Repository(Repository):
                 return result
             except ArtifactError:
                 shutil.rmtree(entry.parent, ignore_errors=True)  # a damaged copy: download again
-            except FileNotFoundError:
-                pass  # evicted meanwhile
         models.mkdir(parents=True, exist_ok=True)
         scratch = Path(tempfile.mkdtemp(prefix=format.TEMP_PREFIX, dir=models))
         try:
