@@ -10,6 +10,8 @@ import datetime
 import json
 import os
 import platform
+import statistics
+import subprocess
 import sys
 import time
 import timeit
@@ -19,6 +21,11 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 BUSY = 0.25  # CPU cores used by other processes during a measurement above which it is suspect
+BENCH_PYTHON = REPO / ".bench-venv/bin/python"  # bench/run's environment, the one with PyTorch
+# `bench/run speed`'s PyTorch case on the reference machine of 2026-12-01: the yardstick of every
+# wall-clock budget (bench/README.md, "Budgets and the machine factor").
+REFERENCE_SAMPLES_PER_SECOND = 165_928
+YARDSTICK_RUNS = 3
 
 
 def log(message: str) -> None:
@@ -113,6 +120,45 @@ def describe_speed(*probes: dict) -> str:
         return " / ".join(f"{probe[key]:.{digits}f}" for probe in probes)
     return (f"machine speed (machine_speed in bench/common.py{', before / after' if len(probes) > 1 else ''}): "
             f"float32 matmul {values('sgemm_gflops', 0)} GFLOP/s, element-wise add {values('add_gb_per_s', 1)} GB/s")
+
+
+def yardstick(data: str | None, runs: int = YARDSTICK_RUNS) -> list[dict]:
+    """`runs` runs of `bench/run speed`'s PyTorch case (bench/yardstick.py, about 4 s each), in a process
+    of its own on every CPU; each run's samples/s and how many cores other processes used meanwhile."""
+    if not BENCH_PYTHON.exists():
+        raise RuntimeError(f"{BENCH_PYTHON} is missing: bench/run creates it")
+    every_cpu = f"0-{(os.cpu_count() or 1) - 1}"  # the caller may be pinned to one: its children are not
+    done = subprocess.run(["taskset", "--cpu-list", every_cpu, str(BENCH_PYTHON), str(REPO / "bench/yardstick.py"),
+                           mnist_path(data), str(runs)], capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"the PyTorch yardstick failed:\n{done.stderr[-2000:]}")
+    results = json.loads(done.stdout.strip().splitlines()[-1])["runs"]
+    for run in results:
+        log(f"machine factor: pytorch {run['samples_per_second']:,.0f} samples/s, "
+            f"other processes {run['other_cores']:.2f} cores")
+    return results
+
+
+def machine_factor(*measurements: list[dict]) -> dict:
+    """Budgets scale by factor = 165,928 / the median PyTorch samples/s of the yardstick runs given
+    (e.g. those before and after a run): > 1 on a machine slower than the reference one."""
+    runs = [run for measurement in measurements for run in measurement]
+    median = statistics.median(run["samples_per_second"] for run in runs)
+    return {"factor": REFERENCE_SAMPLES_PER_SECOND / median, "samples_per_second": median,
+            "reference_samples_per_second": REFERENCE_SAMPLES_PER_SECOND,
+            "measurements": [[run["samples_per_second"] for run in m] for m in measurements],
+            "other_cores_max": max(run["other_cores"] for run in runs)}
+
+
+def describe_factor(factor: dict) -> str:
+    """One line for under a table: the factor, what it was measured from, and a warning if it is suspect."""
+    runs = sum(len(m) for m in factor["measurements"])
+    line = (f"machine factor: 165,928 / {factor['samples_per_second']:,.0f} PyTorch samples/s (median of {runs} "
+            f"yardstick runs) = **{factor['factor']:.2f}**; budgets are reference-machine seconds x the factor")
+    if factor["other_cores_max"] > BUSY:
+        line += (f" (warning: other processes used up to {factor['other_cores_max']:.2f} cores during a yardstick "
+                 "run, which slows it many times: the factor is inflated, re-run on an idle machine)")
+    return line
 
 
 # --- results -----------------------------------------------------------------------------------

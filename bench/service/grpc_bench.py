@@ -114,7 +114,18 @@ from mnist_artifact.repository import LocalRepository
 from mnist_service.proto import grpc_predict_v2_pb2 as pb
 
 sys.path.insert(0, str(REPO / "bench"))
-from common import BUSY, environment, load_mnist, log, markdown_table, mnist_path, wait_quiet, write_json
+from common import (
+    BUSY,
+    environment,
+    load_mnist,
+    log,
+    machine_factor,
+    markdown_table,
+    mnist_path,
+    wait_quiet,
+    write_json,
+    yardstick,
+)
 
 HERE = Path(__file__).resolve().parent
 
@@ -130,12 +141,10 @@ def _service_bench():
 
 service_bench = _service_bench()
 MLSERVER_VENV = service_bench.MLSERVER_VENV
-BENCH_VENV = REPO / ".bench-venv"  # bench/run's: PyTorch for the machine factor
 METHOD = "/inference.GRPCInferenceService/ModelInfer"
 GRPC_HEADERS = ("content-type: application/grpc", "te: trailers")
 STREAMS = 16  # concurrent requests in every load case
 BATCH = 256
-REFERENCE_TORCH = 165_928  # `bench/run speed`, pytorch samples/s on the reference machine (bench/README.md)
 TARGET_VS_MLSERVER = 2.0  # our gRPC req/s >= 2x MLServer's gRPC
 TARGET_P99_MS = 10.0  # on the reference machine
 TARGET_IDLE = 0.03  # /v1/predict req/s with an idle gRPC server within 3 % of without
@@ -811,24 +820,6 @@ def idle_phase(servers: Servers, args, model_dir: Path, test, expected: Expected
             "resolved": spread <= TARGET_IDLE}
 
 
-TORCH_CODE = """
-import json, sys
-sys.path.insert(0, sys.argv[1])  # bench/: bench.py is `bench/run`'s script
-import bench
-from common import load_mnist
-mnist = load_mnist(sys.argv[2])
-threads = bench.limit_threads(bench.THREADS)
-runs = []
-for seed in range(int(sys.argv[3])):
-    other = bench.other_cpu_seconds()
-    run = bench.speed_torch(mnist.train.images, mnist.train.labels, mnist.test.images, mnist.test.labels,
-                            bench.SPEED.epochs, seed=seed)
-    runs.append({"samples_per_second": bench.SPEED.epochs * len(mnist.train.images) / run["seconds"],
-                 "other_cores": max(0.0, (bench.other_cpu_seconds() - other) / run["seconds"])})
-print(json.dumps({"runs": runs, "threads": threads}))
-"""
-
-
 class StalledSender:
     """A gRPC client whose RPC stalls mid-message: a TCP proxy between it and the server forwards the
     client's first burst (preface, settings, headers and the message) but its last `hold` bytes, then
@@ -914,32 +905,6 @@ def slow_phase(servers: Servers, args, model_dir: Path, test) -> dict:
     return rows
 
 
-def torch_speed(args, runs: int, workdir: Path) -> list[dict]:
-    """`bench/run speed`'s PyTorch case, `runs` times, in .bench-venv, on every CPU (no server runs)."""
-    python = BENCH_VENV / "bin/python"
-    if not python.exists():
-        raise RuntimeError(f"{python} is missing: bench/service/run grpc (or bench/run) creates it")
-    every_cpu = f"0-{(os.cpu_count() or 1) - 1}"  # this process is pinned to the first: not its children here
-    done = subprocess.run(["taskset", "--cpu-list", every_cpu, str(python), "-c", TORCH_CODE, str(REPO / "bench"),
-                           mnist_path(args.data), str(runs)], cwd=workdir, capture_output=True, text=True)
-    if done.returncode:
-        raise RuntimeError(f"the PyTorch speed case failed:\n{done.stderr[-2000:]}")
-    result = json.loads(done.stdout.strip().splitlines()[-1])
-    for run in result["runs"]:
-        log(f"grpc: machine factor: pytorch {run['samples_per_second']:,.0f} samples/s, other processes "
-            f"{run['other_cores']:.2f} cores")
-    return result["runs"]
-
-
-def machine_factor(before: list[dict], after: list[dict]) -> dict:
-    speeds = [r["samples_per_second"] for r in before + after]
-    median = statistics.median(speeds)
-    return {"reference_samples_per_second": REFERENCE_TORCH, "samples_per_second": median,
-            "before": [r["samples_per_second"] for r in before], "after": [r["samples_per_second"] for r in after],
-            "other_cores_max": max(r["other_cores"] for r in before + after),
-            "factor": REFERENCE_TORCH / median}
-
-
 # --- report ------------------------------------------------------------------------------------------
 
 def checks_cell(r: dict) -> str:
@@ -975,8 +940,9 @@ def report(results: dict[str, dict], failed: dict[str, str], forward: dict | Non
     text, verdict = [], {}
     f = factor["factor"] if factor else None
     if factor:
+        before, after = (len(runs) for runs in factor["measurements"])
         text.append(f"Machine factor: 165,928 / {factor['samples_per_second']:,.0f} PyTorch samples/s here "
-                    f"(median of {len(factor['before'])} runs before and {len(factor['after'])} after; others up to "
+                    f"(median of {before} runs before and {after} after; others up to "
                     f"{factor['other_cores_max']:.2f} cores) = **{f:.2f}** (> 1: this machine is slower than the "
                     "reference). Reference-machine figures below are this run's divided by it (latency) or "
                     "multiplied (throughput): a linear scaling, not a measurement."
@@ -1123,7 +1089,7 @@ def run(args, groups: set[str], servers: Servers) -> dict:
     layers = model.manifest["architecture"]["layer_sizes"]
     log(f"grpc: model {version_dir.name} of {args.model_name!r}, layers {layers}")
     out: dict = {"model": {"layer_sizes": layers, "version": str(model.version)}}
-    factor_before = torch_speed(args, args.factor_runs, workdir) if "factor" in groups else None
+    factor_before = yardstick(data_path, args.factor_runs) if "factor" in groups else None
 
     args.server_cpu = pin_self()
     cases, targets = build_cases(servers, groups, args, model_dir, version_dir, test, expected)
@@ -1152,7 +1118,7 @@ def run(args, groups: set[str], servers: Servers) -> dict:
     factor = None
     if factor_before is not None:
         os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
-        factor = machine_factor(factor_before, torch_speed(args, args.factor_runs, workdir))
+        factor = machine_factor(factor_before, yardstick(data_path, args.factor_runs))
     return out | {"results": results, "failed": failed, "forward_pass_ms": forward, "profile": prof, "idle": idle,
                   "slow": slow, "machine_factor": factor, "server_cpu": args.server_cpu}
 
