@@ -153,7 +153,8 @@ def machine_factor(*measurements: list[dict]) -> dict:
 def describe_factor(factor: dict) -> str:
     """One line for under a table: the factor, what it was measured from, and a warning if it is suspect."""
     runs = sum(len(m) for m in factor["measurements"])
-    line = (f"machine factor: 165,928 / {factor['samples_per_second']:,.0f} PyTorch samples/s (median of {runs} "
+    line = (f"machine factor: {factor['reference_samples_per_second']:,} / "
+            f"{factor['samples_per_second']:,.0f} PyTorch samples/s (median of {runs} "
             f"yardstick runs) = **{factor['factor']:.2f}**; budgets are reference-machine seconds x the factor")
     if factor["other_cores_max"] > BUSY:
         line += (f" (warning: other processes used up to {factor['other_cores_max']:.2f} cores during a yardstick "

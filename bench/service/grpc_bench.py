@@ -941,7 +941,8 @@ def report(results: dict[str, dict], failed: dict[str, str], forward: dict | Non
     f = factor["factor"] if factor else None
     if factor:
         before, after = (len(runs) for runs in factor["measurements"])
-        text.append(f"Machine factor: 165,928 / {factor['samples_per_second']:,.0f} PyTorch samples/s here "
+        text.append(f"Machine factor: {factor['reference_samples_per_second']:,} / "
+                    f"{factor['samples_per_second']:,.0f} PyTorch samples/s here "
                     f"(median of {before} runs before and {after} after; others up to "
                     f"{factor['other_cores_max']:.2f} cores) = **{f:.2f}** (> 1: this machine is slower than the "
                     "reference). Reference-machine figures below are this run's divided by it (latency) or "
