@@ -95,9 +95,9 @@ def wait_quiet(minutes: float, cores: float = 0.2, window: float = 10) -> float:
 
 def machine_speed() -> dict:
     """How fast this machine is right now, for the benchmarks' absolute times (a shared machine's speed
-    changes from day to day): float32 matrix products of the `best` network's shape, 256x1280 @ 1280x1280,
+    changes from day to day): float32 matrix products of a wide hidden layer, 256x1280 @ 1280x1280,
     in GFLOP/s with the BLAS threads set, which is most of training; and an element-wise add over
-    10 MB arrays (that network's weights) in GB/s, one thread, which is what the optimiser, batch norm
+    10 MB arrays (a 784-1280-1280-10 network's weights) in GB/s, one thread, which is what the optimiser, batch norm
     and augmentation wait on. A few seconds."""
     rng = np.random.default_rng(0)
     x, w = rng.random((256, 1280), np.float32), rng.random((1280, 1280), np.float32)
