@@ -4,7 +4,8 @@
 # (pip arguments: names, -e DIR, ./DIR) pinned by constraints.txt (or the file $CONSTRAINTS names). It reinstalls only when
 # constraints.txt, a */pyproject.toml or the package list changed: DIR/.installed holds a hash of
 # those files and the list. ensure_dev_venv: .venv, with everything the project, its tests and the
-# service benchmarks (bench/service) need.
+# service benchmarks (bench/service) need. ensure_bench_venv: .bench-venv, bench/run's, with the
+# trainer, PyTorch and scikit-learn (also the machine factor's yardstick for bench/service/run grpc).
 DEV_PACKAGES=(-e artifact -e trainer -e service pytest hypothesis ruff requests openapi-spec-validator "tritonclient[http,grpc]" grpcio-tools kserve playwright psutil schemathesis pytest-timeout "moto[server]")
 
 ensure_venv() {
@@ -18,7 +19,10 @@ ensure_venv() {
   echo "$want" > "$venv/.installed"
 }
 
+BENCH_PACKAGES=(-e artifact -e trainer torch scikit-learn psutil)
+
 ensure_dev_venv() { ensure_venv .venv "${DEV_PACKAGES[@]}"; }
+ensure_bench_venv() { ensure_venv .bench-venv "${BENCH_PACKAGES[@]}"; }
 
 # direct_pins FILE: constraints.txt without the section scripts/lock writes, for the bench-only
 # environments, which are not locked (their tools need other releases than the tests' pull in).
