@@ -102,6 +102,7 @@ from servers import (
     git,
     group_cpu_by_pid,
     group_processes,
+    h2load_counts,
     run_wrk,
     session,
     start_service,
@@ -441,13 +442,12 @@ def run_h2load(servers: Servers, port: int, body: Path, seconds: float, connecti
         stdout, stderr = proc.communicate(timeout=seconds + 60)
     finally:
         servers.running.pop(name, None)
-    counts = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, "
-                       r"(\d+) errored, (\d+) timeout", stdout)
+    counts = h2load_counts(stdout)
     traffic = re.search(r"traffic: .*\((\d+)\) total, .*\((\d+)\) headers .*, .*\((\d+)\) data", stdout)
     finished = re.search(r"finished in ([\d.]+)(m?s)", stdout)
     if proc.returncode != 0 or not (counts and traffic and finished):
         raise RuntimeError(f"h2load failed ({proc.returncode}):\n{stdout[-2000:]}\n{stderr[-2000:]}")
-    total, started, done, succeeded, failed, errored, timeouts = map(int, counts.groups())
+    succeeded, failed, errored, timeouts = (counts[k] for k in ("succeeded", "failed", "errored", "timeout"))
     duration = float(finished.group(1)) / (1000 if finished.group(2) == "ms" else 1)
     latencies = []
     for line in requests_log.read_text().splitlines():
@@ -455,8 +455,8 @@ def run_h2load(servers: Servers, port: int, body: Path, seconds: float, connecti
         if status.startswith("2"):
             latencies.append(int(micros) / 1000)
     requests_log.unlink()
-    return {"requests": succeeded, "started": started, "done": done, "failed": failed, "errored": errored,
-            "timeouts": timeouts, "data_bytes": int(traffic.group(3)), "duration_s": duration,
+    return {"requests": succeeded, "started": counts["started"], "done": counts["done"], "failed": failed,
+            "errored": errored, "timeouts": timeouts, "data_bytes": int(traffic.group(3)), "duration_s": duration,
             "rps": succeeded / duration, "latency_ms": percentiles(latencies),
             "errors": failed + errored + timeouts}
 

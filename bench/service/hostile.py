@@ -86,6 +86,7 @@ from servers import (
     ensure_model,
     group_processes,
     group_rss_bytes,
+    h2load_counts,
     run_wrk,
     session,
     start_service,
@@ -400,11 +401,9 @@ def run_h2load(servers: Servers, url: str, body: Path, rate: int, seconds: float
     if proc.returncode != 0 and not stopped:
         raise RuntimeError(f"h2load failed ({proc.returncode}):\n{stdout[-2000:]}\n{stderr[-2000:]}")
     result = {"offered_rps": per_period * 1000 / period_ms, "requests": total, "stopped_at_deadline": stopped}
-    counts = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, "
-                       r"(\d+) errored, (\d+) timeout", stdout)
+    counts = h2load_counts(stdout)
     if counts:
-        result["h2load_summary"] = dict(zip(("total", "started", "done", "succeeded", "failed", "errored", "timeout"),
-                                            map(int, counts.groups())))
+        result["h2load_summary"] = counts
     rows = [line.split("\t") for line in _read(log_path).splitlines() if line.count("\t") >= 2]
     statuses = collections.Counter(int(r[1]) for r in rows)
     answered = sorted(int(r[2]) / 1000 for r in rows if int(r[1]) > 0)

@@ -212,6 +212,16 @@ def run_wrk(servers: Servers, url: str, body_path: Path, seconds: float, connect
     return result
 
 
+def h2load_counts(stdout: str) -> dict[str, int] | None:
+    """The request counts of h2load's summary ("requests: N total, N started, ..."); None without one."""
+    counts = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, "
+                       r"(\d+) errored, (\d+) timeout", stdout)
+    if counts is None:
+        return None
+    fields = ("total", "started", "done", "succeeded", "failed", "errored", "timeout")
+    return dict(zip(fields, map(int, counts.groups())))
+
+
 def wait_idle(pgid: int, seconds: float = 15) -> None:
     """Until the server group uses < 5 % of a core: a load generator stops with requests still queued
     at the server, which must not spill into the next measurement."""
