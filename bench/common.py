@@ -1,15 +1,17 @@
-"""What the benchmarks share: bench/bench.py (run in .bench-venv) and bench/service/*.py (run in .venv).
+"""What every benchmark shares: log lines, tables, percentiles, the MNIST data, CPU accounting and
+pinning, the machine's speed and factor, tool versions and the JSON output (bench/README.md).
 
-Log lines, Markdown tables, the MNIST data, how busy the machine is, the environment of a run and
-the JSON output. Needs NumPy, psutil and (for the data) mnist_trainer, which both environments have.
+Needs NumPy and psutil (and mnist_trainer for the data), which .venv and .bench-venv both have.
 """
 
 from __future__ import annotations
 
 import datetime
 import json
+import math
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -36,6 +38,30 @@ def markdown_table(header: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def percentile(values, q: float) -> float | None:
+    """The q-th percentile by nearest rank: the ceil(q/100 * n)-th smallest of the n values (None if
+    there are none). The one definition of every percentile the benchmarks compute themselves."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)] if ordered else None
+
+
+def latency_ms(values_ms) -> dict:
+    """p50, p90, p99 (percentile above) and max of latencies in milliseconds."""
+    return {"p50": percentile(values_ms, 50), "p90": percentile(values_ms, 90), "p99": percentile(values_ms, 99),
+            "max": max(values_ms, default=None)}
+
+
+def random_arrays(sizes: list[int], seed: int) -> dict[str, np.ndarray]:
+    """W1, b1, ..., WL, bL of a network of `sizes`: float32, He-scaled, random (what a forward pass or a
+    download costs does not depend on what the weights learned)."""
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for l, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:]), start=1):
+        arrays[f"W{l}"] = (rng.standard_normal((n_in, n_out), dtype=np.float32) * np.sqrt(2 / n_in)).astype(np.float32)
+        arrays[f"b{l}"] = (rng.standard_normal(n_out, dtype=np.float32) * 0.1).astype(np.float32)
+    return arrays
 
 
 # --- data --------------------------------------------------------------------------------------
@@ -76,14 +102,26 @@ def own_cpu_seconds() -> float:
     return own.user + own.system
 
 
+class Others:
+    """How many cores other processes (everything but this one) used since it was made."""
+
+    def __init__(self):
+        self.started, self.busy, self.own = time.perf_counter(), machine_busy_seconds(), own_cpu_seconds()
+
+    def cores(self, minus: float = 0.0) -> float:
+        """Cores over the window; `minus` CPU seconds (e.g. servers of this run's) not counted as others'."""
+        used = machine_busy_seconds() - self.busy - (own_cpu_seconds() - self.own) - minus
+        return max(0.0, used) / max(1e-9, time.perf_counter() - self.started)
+
+
 def wait_quiet(minutes: float, cores: float = 0.2, window: float = 10) -> float:
     """Wait (up to `minutes`) until the rest of the machine uses < `cores` over `window` seconds; returns
     the cores it used in the last window. Run before starting any server: all but this process counts."""
     deadline = time.monotonic() + minutes * 60
     while True:
-        busy, own = machine_busy_seconds(), own_cpu_seconds()
+        others = Others()
         time.sleep(window)
-        other = max(0.0, machine_busy_seconds() - busy - (own_cpu_seconds() - own)) / window
+        other = others.cores()
         if other < cores:
             log(f"bench: the machine is quiet: other processes {other:.2f} cores over {window:g} s")
             return other
@@ -93,12 +131,28 @@ def wait_quiet(minutes: float, cores: float = 0.2, window: float = 10) -> float:
         log(f"bench: waiting for a quiet machine: other processes {other:.2f} cores")
 
 
+def taskset(cpus: int | str | None) -> list[str]:
+    """The command prefix that runs a program on `cpus` (a CPU or a list like "0-1"); none for None."""
+    return [] if cpus is None else ["taskset", "--cpu-list", str(cpus)]
+
+
+def pin_self(who: str, pin: bool = True) -> int | None:
+    """This process, and so every load generator it starts, on the first CPU it may use; returns the
+    last, for the servers (None, nothing pinned, with one CPU or `pin` false)."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if not pin or len(cpus) < 2:
+        log(f"{who}: servers and load generators share the CPUs")
+        return None
+    os.sched_setaffinity(0, {cpus[0]})
+    log(f"{who}: this script and the load generators on CPU {cpus[0]}, every server on CPU {cpus[-1]} (taskset)")
+    return cpus[-1]
+
+
+# --- the machine -------------------------------------------------------------------------------
+
 def machine_speed() -> dict:
-    """How fast this machine is right now, for the benchmarks' absolute times (a shared machine's speed
-    changes from day to day): float32 matrix products of a wide hidden layer, 256x1280 @ 1280x1280,
-    in GFLOP/s with the BLAS threads set, which is most of training; and an element-wise add over
-    10 MB arrays (a 784-1280-1280-10 network's weights) in GB/s, one thread, which is what the optimiser, batch norm
-    and augmentation wait on. A few seconds."""
+    """Float32 matrix products of a wide hidden layer (256x1280 @ 1280x1280, the BLAS threads as set) in
+    GFLOP/s, and an element-wise add over 10 MB arrays (one thread) in GB/s. A few seconds."""
     rng = np.random.default_rng(0)
     x, w = rng.random((256, 1280), np.float32), rng.random((1280, 1280), np.float32)
     a, b = rng.random(2_621_440, np.float32), rng.random(2_621_440, np.float32)
@@ -128,8 +182,8 @@ def yardstick(data: str | None, runs: int = YARDSTICK_RUNS) -> list[dict]:
     if not BENCH_PYTHON.exists():
         raise RuntimeError(f"{BENCH_PYTHON} is missing: bench/run creates it")
     every_cpu = f"0-{(os.cpu_count() or 1) - 1}"  # the caller may be pinned to one: its children are not
-    done = subprocess.run(["taskset", "--cpu-list", every_cpu, str(BENCH_PYTHON), str(REPO / "bench/yardstick.py"),
-                           mnist_path(data), str(runs)], capture_output=True, text=True)
+    done = subprocess.run([*taskset(every_cpu), str(BENCH_PYTHON), "-m", "bench.yardstick", mnist_path(data),
+                           str(runs)], capture_output=True, text=True, cwd=REPO)
     if done.returncode:
         raise RuntimeError(f"the PyTorch yardstick failed:\n{done.stderr[-2000:]}")
     results = json.loads(done.stdout.strip().splitlines()[-1])["runs"]
@@ -164,14 +218,27 @@ def describe_factor(factor: dict) -> str:
 
 # --- results -----------------------------------------------------------------------------------
 
-def environment(**versions) -> dict:
-    """Date, Python, machine, CPUs and NumPy of this run, then the `versions` given."""
+def tool_version(argv: list[str], containing: str = "") -> str | None:
+    """The first line of a program's output (ANSI colours removed) that contains `containing`."""
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    except OSError:
+        return None
+    text = re.sub(r"\x1b\[[0-9;]*m", "", done.stdout + done.stderr)
+    return next((line.strip() for line in text.splitlines() if containing in line and line.strip()), None)
+
+
+def environment(*distributions: str, **versions) -> dict:
+    """Date, Python, machine, CPUs and NumPy of this run, the versions of the installed `distributions`,
+    then the `versions` given."""
+    from importlib.metadata import version
+
     return {"date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d"),
-            "python": platform.python_version(), "machine": platform.machine(),
-            "cpus": os.cpu_count(), "numpy": np.__version__, **versions}
+            "python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count(),
+            "numpy": np.__version__, **{name: version(name) for name in distributions}, **versions}
 
 
 def write_json(path: str | None, results: dict) -> None:
     if path:
-        Path(path).write_text(json.dumps(results, indent=2) + "\n")
+        Path(path).write_text(json.dumps(results, indent=2, default=str) + "\n")
         log(f"wrote {path}")

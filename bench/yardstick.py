@@ -1,30 +1,27 @@
 """The machine factor's yardstick: `bench/run speed`'s PyTorch case, run alone in this process.
 
-    .bench-venv/bin/python bench/yardstick.py MNIST_DIR RUNS
+    .bench-venv/bin/python -m bench.yardstick MNIST_DIR RUNS    (from the repository root)
 
-prints one JSON line, {"runs": [{"samples_per_second", "other_cores"}, ...], "threads": ...}. The
-benchmarks call it through common.yardstick, in a process of its own, so that torch's thread pool
-never shares a process with the NumPy code being timed.
+prints one JSON line, {"runs": [{"samples_per_second", "other_cores"}, ...], "threads": ...}.
 """
 
 import json
 import sys
 
-from common import load_mnist
-
-import bench
+from bench import trainer
+from bench.common import Others, load_mnist
 
 
 def main(data: str, runs: int) -> None:
     mnist = load_mnist(data)
     train, test = mnist.train, mnist.test
-    threads = bench.limit_threads(bench.THREADS)
+    threads = trainer.limit_threads(trainer.THREADS)
     results = []
     for seed in range(runs):
-        other = bench.other_cpu_seconds()
-        run = bench.speed_torch(train.images, train.labels, test.images, test.labels, bench.SPEED.epochs, seed)
-        results.append({"samples_per_second": bench.SPEED.epochs * len(train.images) / run["seconds"],
-                        "other_cores": max(0.0, (bench.other_cpu_seconds() - other) / run["seconds"])})
+        others = Others()
+        run = trainer.speed_torch(train.images, train.labels, test.images, test.labels, trainer.SPEED.epochs, seed)
+        results.append({"samples_per_second": trainer.SPEED.epochs * len(train.images) / run["seconds"],
+                         "other_cores": others.cores()})
     print(json.dumps({"runs": results, "threads": threads}))
 
 

@@ -1,32 +1,24 @@
-"""How long a pixel attribution (mnist_service.explain) of one digit takes, in-process.
+"""How long a pixel attribution (mnist_service.dataplane.explain) of one digit takes, in-process, one BLAS
+thread, against the forward pass: median and p99 ms of each case (bench/README.md, "Explanations").
 
-    .venv/bin/python bench/service/explain_bench.py [--model-dir DIR [--name mnist]] [--repeats 200]
-
-The model: a published version from --model-dir (the highest, or --version), else a 784-800-10
-network with random He-scaled weights (the `default` preset's shape; attribution cost does not depend
-on what the weights learned). The input: a digit-like ring, 28x28, 0..255. One BLAS thread, as in a
-mnist-serve worker (mnist_service.cli sets OPENBLAS_NUM_THREADS=1; --blas-threads to change it).
-
-Times, in rounds interleaved so that machine noise hits every case alike: the plain forward pass
-(Model.predict_proba), gradient x input, integrated gradients at the default steps and at 2x and 4x
-(with each one's completeness gap: |sum IG - (z(x) - z(0))| / |z(x) - z(0)| for the predicted class),
-and the heatmap PNG at 28x28 and 280x280. Prints a Markdown table of median and p99 milliseconds.
+    .venv/bin/python -m bench.service.explain_bench [--model-dir DIR [--name mnist]] [--repeats 200]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
 TARGET_MS = 20.0  # integrated gradients of one digit, default steps, median
 
 
 def parse_args():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m bench.service.explain_bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-dir", help="a MODEL_DIR with published versions (default: random 784-800-10)")
     parser.add_argument("--name", default="mnist")
     parser.add_argument("--version", type=int)
@@ -36,19 +28,13 @@ def parse_args():
 
 
 def random_model(sizes=(784, 800, 10), seed: int = 0):
-    import numpy as np
-
+    from bench.common import random_arrays
     from mnist_artifact import Model
 
-    rng = np.random.default_rng(seed)
-    arrays = {}
-    for l, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:]), start=1):
-        arrays[f"W{l}"] = (rng.standard_normal((n_in, n_out)) * np.sqrt(2 / n_in)).astype(np.float32)
-        arrays[f"b{l}"] = (rng.standard_normal(n_out) * 0.1).astype(np.float32)
     manifest = {"name": "random", "version": 0, "weights": {"sha256": "-"},
                 "architecture": {"layer_sizes": list(sizes)},
                 "input": {"scale": 1 / 255, "mean": 0.1307, "std": 0.3081}}
-    return Model(manifest, arrays)
+    return Model(manifest, random_arrays(sizes, seed))
 
 
 def ring():
@@ -65,12 +51,10 @@ def main() -> int:
     os.environ["OPENBLAS_NUM_THREADS"] = str(args.blas_threads)  # before NumPy loads OpenBLAS
     import numpy as np
 
+    from bench.common import Others, markdown_table, percentile
     from mnist_artifact import Model
     from mnist_artifact.repository import LocalRepository
-    from mnist_service import explain
-
-    sys.path.insert(0, str(HERE.parent))
-    from common import machine_busy_seconds, markdown_table, own_cpu_seconds
+    from mnist_service.dataplane import explain
 
     if args.model_dir:
         path = LocalRepository(Path(args.model_dir)).directory(args.name, args.version)
@@ -101,8 +85,7 @@ def main() -> int:
     for fn, _ in cases.values():  # warm up
         for _ in range(5):
             fn()
-    busy, own = machine_busy_seconds(), own_cpu_seconds()
-    started = time.perf_counter()
+    others = Others()
     chunk = 10
     for _ in range(max(1, args.repeats // chunk)):
         for name, (fn, _) in cases.items():
@@ -110,17 +93,16 @@ def main() -> int:
                 t0 = time.perf_counter()
                 fn()
                 samples[name].append((time.perf_counter() - t0) * 1e3)
-    elapsed = time.perf_counter() - started
-    other = max(0.0, machine_busy_seconds() - busy - (own_cpu_seconds() - own)) / elapsed
+    other = others.cores()
 
     rows = []
     for name, (_, completeness) in cases.items():
-        times = np.array(samples[name])
-        rows.append([name, f"{np.median(times):.3f}", f"{np.percentile(times, 99):.3f}", completeness or "-"])
+        times = samples[name]
+        rows.append([name, f"{statistics.median(times):.3f}", f"{percentile(times, 99):.3f}", completeness or "-"])
     print(f"Model {sizes} ({described}), one digit (a ring, target class {target}), {len(times)} calls each, "
           f"OPENBLAS_NUM_THREADS={args.blas_threads}, other processes {other:.2f} cores during the run.\n")
     print(markdown_table(["case", "median ms", "p99 ms", "completeness gap"], rows))
-    ig_median = float(np.median(samples[next(n for n in cases if n.endswith("(default)"))]))
+    ig_median = statistics.median(samples[next(n for n in cases if n.endswith("(default)"))])
     verdict = "met" if ig_median < TARGET_MS else f"MISSED by {ig_median - TARGET_MS:.1f} ms"
     print(f"\nIntegrated gradients, {steps} steps: median {ig_median:.2f} ms, target < {TARGET_MS:g} ms: {verdict}")
     return 0

@@ -1,55 +1,6 @@
-"""Slow clients, idle connections, crowds and overload against mnist-serve's worker classes
-(bench/README.md, "Slow clients and overload").
-
-Run through bench/service/run, which sets up .venv, checks for wrk, h2load and slowhttptest, and
-cleans up after:
-
-    bench/service/run hostile [--worker-classes gevent,sync,gthread] [--cases max,crowd,overload]
-                              [--seconds 30] [--overload-factors 2,3,5] [--crowds 256,1000,8000]
-                              [--baseline REF] [--model-dir DIR] [--json PATH]
-
-For each worker class, one `mnist-serve` with 2 workers on 127.0.0.1 (its other settings the
-defaults: CLIENT_TIMEOUT 10, QUEUE_TIMEOUT 0.25, QUEUE_TIMEOUT_MAX 1, BACKLOG 8192, keep-alive
-off), serving a `fast` model trained by the run (or --model-dir), measured case after case (--cases).
-With --baseline REF, REF's mnist-serve (a git worktree with its own venv) is measured too, with
-its own defaults, as "gevent@REF": the same cases, before and after, in one run.
-
-The server runs on one core and every load generator (and this script) on the other (taskset, as
-CONTRIBUTING.md asks of load tests that share the 2 cores), so that what is measured is the server,
-not the generator's share of its cores; --no-pin shares both cores as before.
-
-  max           the unloaded maximum: wrk -t1 -c16, closed loop, single-instance JSON (one request per
-                connection, as the server closes each); then h2load at 90 % of that rate, open loop,
-                one connection per request, the way the overload is offered, as a check of that figure
-  slow-headers  64 connections that trickle their headers, a short header line a second
-                (slowhttptest -H -x 2: its smallest), GET /v1/predict
-  slow-body     64 connections that send full headers of POST /v1/predict (Content-Length 8192), then
-                trickle the body, 4 bytes a second (slowhttptest -B -x 2)
-  slow-silent   64 connections opened and left silent (held by this script)
-                For each, normal traffic meanwhile: wrk -t1 -c4 --timeout 2s for --seconds. The slow
-                connections are opened 2 s before it and renewed whenever all have been closed, as an
-                attacker would, so 64 are there for the whole measurement; the report says how many
-                seconds the server took to close all of each wave (or that it never did).
-  idle          1,000 connections opened and left idle while the same normal traffic runs for
-                max(--idle-seconds, CLIENT_TIMEOUT + 3 s): errors, p99, when the server closed them,
-                and the server's RSS (every process of its group) before, at the peak, and after
-  busy          a Python loop burns a core's worth of CPU, and the server may run on every CPU, while
-                h2load offers half the max's req/s, open loop, for --seconds: nothing may be shed (no
-                503) on a busy machine
-  crowd         closed-loop crowds (--crowds): wrk -t2 -cN --timeout 2s for --seconds, every client
-                sending its next request as soon as it has an answer, a 503 included (a retry storm):
-                predictions/s against the maximum, 503s, socket errors and timeouts
-  overload      for each of --overload-factors: h2load opens one connection per request at that
-                factor x the max's req/s for --seconds, whatever the answers, each request with a 2 s
-                timeout (-T 2); this script asks /healthz, and POSTs one prediction, every 0.5 s
-                meanwhile (2 s timeout)
-
-After each case the script waits until /healthz answers again (a worker class that slow clients
-took down recovers once they are gone) and the server is idle. Every case reports the worker pids
-before and after, the server's mnist_client_timeouts_total and mnist_http_requests_shed_total
-counted during it, the server's RSS, and the CPU used by the server, the load generators and
-everything else on the machine ("others' cores"). Prints Markdown tables; --json PATH writes
-everything.
+"""Slow clients, idle connections, a busy machine, crowds and overload against mnist-serve's worker
+classes, the server on one core and the load generators on the other: `bench/service/run hostile
+[--worker-classes gevent,sync,gthread] [--cases ...]` (bench/README.md, "Slow clients and overload").
 """
 
 from __future__ import annotations
@@ -57,7 +8,6 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
-import json
 import math
 import os
 import re
@@ -69,35 +19,15 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import psutil
-from servers import (
-    GTHREAD_THREADS,
-    SERVICE_VENV,
-    WORKERS,
-    Checkout,
-    CpuMeter,
-    Servers,
-    add_run_arguments,
-    ensure_model,
-    group_processes,
-    group_rss_bytes,
-    h2load_counts,
-    run_wrk,
-    session,
-    start_service,
-    wait_idle,
-    worker_pids,
-)
 
+from bench.common import BUSY, latency_ms, log, markdown_table, pin_self, taskset, tool_version
+from bench.service import servers as sv
+from bench.service.servers import GTHREAD_THREADS, WORKERS, CpuMeter, Servers, run_wrk
 from mnist_service.settings import Settings
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import BUSY, environment, load_mnist, log, markdown_table, mnist_path, wait_quiet, write_json
 
 CLASSES = ("gevent", "sync", "gthread")
 CASES = ("max", "slow-headers", "slow-body", "slow-silent", "idle", "busy", "crowd", "overload")
@@ -127,35 +57,30 @@ TARGET_RSS_GROWTH = 1.10
 
 def get(url: str, timeout: float, body: bytes | None = None) -> tuple[int | str, float, dict]:
     """(HTTP status or the error's name, seconds, headers) of one request on its own connection."""
-    request = urllib.request.Request(url, data=body, method="POST" if body else "GET",
-                                     headers={"Content-Type": "application/json"})
     started = time.monotonic()
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            response.read()
-            return response.status, time.monotonic() - started, dict(response.headers)
-    except urllib.error.HTTPError as e:
-        e.read()
-        return e.code, time.monotonic() - started, dict(e.headers)
-    except (OSError, urllib.error.URLError) as e:
-        reason = getattr(e, "reason", e)
-        return type(reason).__name__, time.monotonic() - started, {}
+        status, headers, _ = sv.http("POST" if body else "GET", url, body, timeout=timeout)
+    except OSError as e:
+        status, headers = type(getattr(e, "reason", e)).__name__, {}
+    return status, time.monotonic() - started, headers
 
 
 def counters(base: str) -> dict[str, float] | None:
     """The service's client-timeout and shed counters (summed over labels); None if /metrics did not answer."""
     try:
-        with urllib.request.urlopen(base + "/metrics", timeout=5) as response:
-            text = response.read().decode()
-    except OSError:
+        samples = sv.scrape(base)
+    except (OSError, RuntimeError):
         return None
-    names = {"client_timeouts": "mnist_client_timeouts_total", "shed": "mnist_http_requests_shed_total"}
-    totals = dict.fromkeys(names, 0.0)
-    for line in text.splitlines():
-        for key, metric in names.items():
-            if line.startswith(metric) and line[len(metric)] in " {":
-                totals[key] += float(line.rsplit(" ", 1)[1])
-    return totals
+    return {key: sum(sv.totals(samples, name).values()) for key, name in
+            (("client_timeouts", "mnist_client_timeouts_total"), ("shed", "mnist_http_requests_shed_total"))}
+
+
+def worker_pids(pid: int) -> list[int]:
+    """The worker processes of the gunicorn arbiter `pid`."""
+    try:
+        return sorted(child.pid for child in psutil.Process(pid).children())
+    except psutil.Error:
+        return []
 
 
 def recover(base: str, pgid: int, seconds: float = 60) -> float | None:
@@ -163,7 +88,7 @@ def recover(base: str, pgid: int, seconds: float = 60) -> float | None:
     started = time.monotonic()
     while time.monotonic() - started < seconds:
         if get(base + "/healthz", timeout=2)[0] == 200:
-            wait_idle(pgid)
+            sv.wait_idle(pgid)
             return time.monotonic() - started
         time.sleep(0.5)
     return None
@@ -174,7 +99,7 @@ class Snapshot:
 
     def __init__(self, proc: subprocess.Popen, base: str):
         self.proc, self.base = proc, base
-        self.pids, self.rss, self.counters = worker_pids(proc.pid), group_rss_bytes(proc.pid), counters(base)
+        self.pids, self.rss, self.counters = worker_pids(proc.pid), sv.group_rss_bytes(proc.pid), counters(base)
         self.meter = CpuMeter(proc.pid)
 
     def compare(self, recovered: float | None) -> dict:
@@ -183,7 +108,7 @@ class Snapshot:
         pids, after = worker_pids(self.proc.pid), counters(self.base)
         deltas = {k: after[k] - self.counters[k] for k in after} if after and self.counters else None
         return {"workers_before": self.pids, "workers_after": pids, "workers_replaced": pids != self.pids,
-                "rss_before_mib": self.rss / MiB, "rss_after_mib": group_rss_bytes(self.proc.pid) / MiB,
+                "rss_before_mib": self.rss / MiB, "rss_after_mib": sv.group_rss_bytes(self.proc.pid) / MiB,
                 "counters": deltas, "recovered_s": recovered, "cpu": cpu}
 
 
@@ -365,7 +290,7 @@ class RssPeak(threading.Thread):
 
     def run(self) -> None:
         while not self.stopping.wait(1.0 if self.peak else 0.0):
-            self.peak = max(self.peak, group_rss_bytes(self.pgid))
+            self.peak = max(self.peak, sv.group_rss_bytes(self.pgid))
 
     def stop(self) -> float:
         self.stopping.set()
@@ -377,59 +302,31 @@ class RssPeak(threading.Thread):
 
 def run_h2load(servers: Servers, url: str, body: Path, rate: int, seconds: float, period_ms: int, name: str) -> dict:
     """h2load over HTTP/1.1: `rate` connections a second, one request each, for `seconds`, each with a
-    REQUEST_TIMEOUT s timeout. Counts and latencies come from its per-request log (a row per answer);
-    its summary is added when it ends in time. -T does not bound a connect() whose SYNs the server's
-    full accept queue drops (the kernel retries for minutes), so h2load is stopped H2LOAD_GRACE s after
-    the last request is due: what has no answer by then (timed out, refused, never sent) counts as
-    `no_answer`, like a 2 s timeout."""
+    REQUEST_TIMEOUT s timeout; counts and latencies from its per-request log. -T does not bound a
+    connect() whose SYNs a full accept queue drops, so h2load is stopped H2LOAD_GRACE s after the last
+    request's timeout: what has no answer by then (timed out, refused, never sent) is `no_answer`."""
     per_period = max(1, round(rate * period_ms / 1000))
     total = round(per_period * seconds * 1000 / period_ms)
-    log_path = servers.workdir / f"{name}.tsv"
-    log_path.unlink(missing_ok=True)  # h2load appends
-    argv = ["h2load", "--h1", "-r", str(per_period), "--rate-period", f"{period_ms}ms", "-c", str(total),
-            "-n", str(total), "-T", str(REQUEST_TIMEOUT), "-d", str(body), "-H", "content-type: application/json",
-            "--log-file", str(log_path), url]
-    proc = servers.start(name, argv, os.environ, capture=True)
-    try:
-        stdout, stderr = proc.communicate(timeout=seconds + REQUEST_TIMEOUT + H2LOAD_GRACE)
-        stopped = False
-    except subprocess.TimeoutExpired:
-        servers.stop(name)  # SIGTERM: its log keeps every answer but the last few it had buffered
-        stdout, stderr = proc.communicate()
-        stopped = True
-    servers.running.pop(name, None)
-    if proc.returncode != 0 and not stopped:
-        raise RuntimeError(f"h2load failed ({proc.returncode}):\n{stdout[-2000:]}\n{stderr[-2000:]}")
-    result = {"offered_rps": per_period * 1000 / period_ms, "requests": total, "stopped_at_deadline": stopped}
-    counts = h2load_counts(stdout)
-    if counts:
-        result["h2load_summary"] = counts
-    rows = [line.split("\t") for line in _read(log_path).splitlines() if line.count("\t") >= 2]
-    statuses = collections.Counter(int(r[1]) for r in rows)
-    answered = sorted(int(r[2]) / 1000 for r in rows if int(r[1]) > 0)
+    done = sv.run_h2load(servers, name, ["--h1", "-r", str(per_period), "--rate-period", f"{period_ms}ms", "-c",
+                                         str(total), "-n", str(total), "-T", str(REQUEST_TIMEOUT), "-d", str(body),
+                                         "-H", "content-type: application/json"], url,
+                         timeout=seconds + REQUEST_TIMEOUT + H2LOAD_GRACE)
+    rows, limit_us = done["rows"], REQUEST_TIMEOUT * 1_000_000
+    statuses = collections.Counter(status for _, status, _ in rows)
+    answered = [us / 1000 for _, status, us in rows if status > 0]
     # A 2xx counts as a prediction when it came within the request timeout (-T does not cover connect()).
-    ok = sorted(ms for ms in (int(r[2]) / 1000 for r in rows if 200 <= int(r[1]) < 300) if ms <= REQUEST_TIMEOUT * 1000)
-    start = min((int(r[0]) for r in rows), default=0)
-    per_second = collections.Counter((int(r[0]) - start) // 1_000_000 for r in rows
-                                     if 200 <= int(r[1]) < 300 and int(r[2]) <= REQUEST_TIMEOUT * 1_000_000)
+    ok = [(start, us) for start, status, us in rows if 200 <= status < 300 and us <= limit_us]
+    first = min((start for start, _, _ in rows), default=0)
+    per_second = collections.Counter((start - first) // 1_000_000 for start, _ in ok)
     full_seconds = [per_second.get(s, 0) for s in range(int(seconds))]
-    result |= {
-        "status_counts": {str(k): v for k, v in sorted(statuses.items())},
-        "ok": len(ok), "late_2xx": sum(v for k, v in statuses.items() if 200 <= k < 300) - len(ok),
-        "shed_503": statuses.get(503, 0), "no_answer": total - len(answered),
-        "answered_ms": _percentiles(answered), "ok_ms": _percentiles(ok),
-        # predictions per second of the offered window: every request is sent within it
-        "ok_rps": len(ok) / seconds,
-        "ok_per_second_min": min(full_seconds, default=0),
-        "ok_per_second_median": statistics.median(full_seconds or [0])}
-    return result
-
-
-def _percentiles(values: list[float]) -> dict:
-    if not values:
-        return {"p50": None, "p99": None, "max": None}
-    return {"p50": values[len(values) // 2], "p99": values[min(len(values) - 1, int(len(values) * 0.99))],
-            "max": values[-1]}
+    return {"offered_rps": per_period * 1000 / period_ms, "requests": total, "stopped_at_deadline": done["stopped"],
+            "h2load_summary": done["counts"], "status_counts": {str(k): v for k, v in sorted(statuses.items())},
+            "ok": len(ok), "late_2xx": sum(v for k, v in statuses.items() if 200 <= k < 300) - len(ok),
+            "shed_503": statuses.get(503, 0), "no_answer": total - len(answered),
+            "answered_ms": latency_ms(answered), "ok_ms": latency_ms([us / 1000 for _, us in ok]),
+            "ok_rps": len(ok) / seconds,  # predictions per second of the offered window: every request is sent in it
+            "ok_per_second_min": min(full_seconds, default=0),
+            "ok_per_second_median": statistics.median(full_seconds or [0])}
 
 
 # --- the cases --------------------------------------------------------------------------------------
@@ -462,14 +359,12 @@ class Target:
 
 def case_max(t: Target) -> dict:
     before = Snapshot(t.proc, t.base)
-    meter = CpuMeter(t.proc.pid)
-    r = run_wrk(t.servers, t.url, t.body, t.args.max_seconds, MAX_CONNECTIONS)
-    cpu = meter.read()
+    r = sv.measure_wrk(t.servers, t.proc.pid, t.url, t.body, t.args.max_seconds, MAX_CONNECTIONS)
     wrk = {"rps": r["rps"], "p50_ms": r["latency_ms"]["p50"], "p99_ms": r["latency_ms"]["p99"],
            "errors": sum(r["errors"].values()), "requests": r["requests"],
-           "server_cpu_ms_per_request": cpu["server_cpu_s"] * 1000 / max(1, r["requests"]),
-           "server_cores": cpu["server_cpu_s"] / cpu["seconds"], "wrk_cores": cpu["children_cpu_s"] / cpu["seconds"]}
-    wait_idle(t.proc.pid)
+           "server_cpu_ms_per_request": r["server_cpu_s"] * 1000 / max(1, r["requests"]),
+           "server_cores": r["server_cpu_s"] / r["seconds"], "wrk_cores": r["generator_cpu_s"] / r["seconds"]}
+    sv.wait_idle(t.proc.pid)
     calibration = run_h2load(t.servers, t.url, t.body, round(CALIBRATION * r["rps"]), t.args.calibration_seconds,
                              t.args.rate_period_ms, f"h2load-calibration-{t.label}")
     return {"wrk": wrk, "h2load_at_90": calibration} | t.finish(before)
@@ -522,8 +417,8 @@ def case_busy(t: Target, maximum: dict) -> dict:
     before = Snapshot(t.proc, t.base)
     every_cpu = sorted(os.sched_getaffinity(t.proc.pid) | set(range(os.cpu_count() or 1)))
     set_group_cpus(t.proc.pid, every_cpu)
-    hog = t.servers.start(f"busy-loop-{t.label}", ["taskset", "--cpu-list", ",".join(map(str, every_cpu)),
-                                                   sys.executable, "-c", "while True: pass"], os.environ)
+    hog = t.servers.start(f"busy-loop-{t.label}", [*taskset(",".join(map(str, every_cpu))), sys.executable, "-c",
+                                                   "while True: pass"], os.environ)
     try:
         load = run_h2load(t.servers, t.url, t.body, round(BUSY_FACTOR * maximum["rps"]), t.args.seconds,
                           t.args.rate_period_ms, f"h2load-busy-{t.label}")
@@ -535,7 +430,7 @@ def case_busy(t: Target, maximum: dict) -> dict:
 
 
 def set_group_cpus(pgid: int, cpus: list[int]) -> None:
-    for process in group_processes(pgid):
+    for process in sv.group_processes(pgid):
         with contextlib.suppress(psutil.Error):
             process.cpu_affinity(cpus)
 
@@ -605,7 +500,7 @@ def measure(servers: Servers, target: tuple[str, Path, str], model_dir: Path, bo
     # The service's defaults, also where this process's environment says otherwise.
     defaults = {name: "" for name in ("CLIENT_TIMEOUT", "QUEUE_TIMEOUT", "QUEUE_TIMEOUT_MAX", "BACKLOG",
                                       "QUEUE_LIMIT")}
-    proc, base = start_service(servers, f"service-{label}", model_dir, args.model_name, venv=venv,
+    proc, base = sv.start_service(servers, f"service-{label}", model_dir, args.model_name, venv=venv,
                                worker_class=worker_class, cpus=args.server_cpu, LOG_LEVEL="WARNING", **defaults)
     t = Target(servers, label, proc, base, body, args)
     get(t.url, 10, body.read_bytes())  # first request: imports and caches warm
@@ -700,8 +595,8 @@ def _counter(r: dict, key: str) -> str:
     return "-" if not r["counters"] else f"{r['counters'][key]:,.0f}"
 
 
-def report(results: dict[str, dict]) -> tuple[str, dict]:
-    text, verdict = [], {}
+def report(args, out: dict, env: dict) -> tuple[str, str]:
+    results, text = out["results"], []
     rows = []
     for cls, r in results.items():
         if "max" in r:
@@ -810,7 +705,14 @@ def report(results: dict[str, dict]) -> tuple[str, dict]:
         verdict = judge(results["gevent"])
         text.append("\nTargets for the default worker (gevent):\n" + "\n".join(
             f"- {name}: {'met' if ok else 'MISSED'}" for name, ok in verdict.items()))
-    return "\n".join(text), verdict
+    pinning = (f"server on CPU {args.server_cpu}, load generators on the other (taskset)"
+               if args.server_cpu is not None else "server and load generators sharing the CPUs")
+    heading = (f"bench/service/run hostile: {WORKERS} server workers each (gthread: {GTHREAD_THREADS} threads), "
+               f"CLIENT_TIMEOUT {CLIENT_TIMEOUT:g} s, QUEUE_TIMEOUT {DEFAULTS.queue_timeout:g} s, QUEUE_TIMEOUT_MAX "
+               f"{DEFAULTS.queue_timeout_max:g} s, BACKLOG {DEFAULTS.backlog} (somaxconn {out['somaxconn']}); "
+               f"{pinning}; gunicorn {env['gunicorn']}, gevent {env['gevent']}, {env['wrk']}, {env['h2load']}, "
+               f"{env['slowhttptest']}")
+    return heading, "\n".join(text)
 
 
 def judge(r: dict) -> dict[str, bool]:
@@ -852,25 +754,6 @@ def judge(r: dict) -> dict[str, bool]:
     return verdict
 
 
-def versions() -> dict:
-    from importlib.metadata import version
-
-    def line(argv: list[str], containing: str = "") -> str | None:
-        """The first line of a tool's output (ANSI colours removed) that contains `containing`."""
-        try:
-            done = subprocess.run(argv, capture_output=True, text=True, check=False)
-        except OSError:
-            return None
-        text = re.sub(r"\x1b\[[0-9;]*m", "", done.stdout + done.stderr)
-        return next((x.strip() for x in text.splitlines() if containing in x and x.strip()), None)
-
-    return environment(gunicorn=version("gunicorn"), gevent=version("gevent"), flask=version("flask"),
-                       wrk=(line(["wrk", "--version"]) or "").split(" [")[0], h2load=line(["h2load", "--version"]),
-                       slowhttptest=line(["slowhttptest", "-h"], "version"))
-
-
-# --- main -------------------------------------------------------------------------------------------
-
 def raise_open_files(needed: int) -> None:
     """Lift the soft limit on open files (inherited by h2load and wrk) towards the hard one."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -890,18 +773,6 @@ def numbers(text: str, type_=float) -> list:
     if not values or min(values) <= 0:
         raise argparse.ArgumentTypeError(f"{text!r}: give one or more numbers above 0")
     return values
-
-
-def pin_cpus(pin: bool) -> int | None:
-    """Move this process (and so every load generator it starts) to the first CPU it may use and return
-    the last one, for the server; None (nothing pinned) with --no-pin or a single CPU."""
-    cpus = sorted(os.sched_getaffinity(0))
-    if not pin or len(cpus) < 2:
-        log("hostile: generators and server share the CPUs" + ("" if pin else " (--no-pin)"))
-        return None
-    os.sched_setaffinity(0, {cpus[0]})
-    log(f"hostile: load generators and this script on CPU {cpus[0]}, the server on CPU {cpus[-1]} (taskset)")
-    return cpus[-1]
 
 
 SOMAXCONN = Path("/proc/sys/net/core/somaxconn")
@@ -924,8 +795,26 @@ def raise_somaxconn(backlog: int) -> int | None:
     return cap
 
 
+def run(args, servers: Servers, test, model_dir: Path) -> dict:
+    args.server_cpu = pin_self("hostile", args.pin)
+    body = sv.single_body(test, servers.workdir)
+    targets = [(cls, sv.SERVICE_VENV, cls) for cls in args.classes]
+    checkout = None
+    try:
+        if args.baseline:
+            checkout = sv.Checkout(args.baseline, servers.workdir, "baseline").create()
+            targets.append((f"gevent@{checkout.commit}", checkout.venv, "gevent"))
+        results = {label: measure(servers, (label, venv, cls), model_dir, body, args, args.case_list)
+                   for label, venv, cls in targets}
+        return {"somaxconn": args.somaxconn, "results": results,
+                "verdict": judge(results["gevent"]) if "gevent" in results else {}}
+    finally:
+        if checkout:
+            checkout.remove()
+
+
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = sv.parser("bench/service/run hostile", __doc__)
     parser.add_argument("--worker-classes", default=",".join(CLASSES), help=f"comma-separated [{','.join(CLASSES)}]")
     parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated subset of {','.join(CASES)}")
     parser.add_argument("--seconds", type=float, default=30,
@@ -948,54 +837,19 @@ def main() -> int:
                         help="also measure REF's mnist-serve (a git worktree with its own venv), gevent, its defaults")
     parser.add_argument("--no-pin", dest="pin", action="store_false",
                         help="let the server and the load generators share every CPU (default: one core each)")
-    add_run_arguments(parser)
     args = parser.parse_args()
-    classes = [c for c in args.worker_classes.split(",") if c]
-    cases = [c for c in CASES if c in args.cases.split(",")]
-    if set(classes) - set(CLASSES) or not classes:
+    args.classes = [c for c in args.worker_classes.split(",") if c]
+    args.case_list = [c for c in CASES if c in args.cases.split(",")]
+    if set(args.classes) - set(CLASSES) or not args.classes:
         parser.error(f"--worker-classes: choose from {','.join(CLASSES)}")
-    if set(args.cases.split(",")) - set(CASES) or not cases:
+    if set(args.cases.split(",")) - set(CASES) or not args.case_list:
         parser.error(f"--cases: choose from {','.join(CASES)}")
     raise_open_files(max(args.idle_connections, *args.crowds) + 16 * 1024)
-    somaxconn = raise_somaxconn(DEFAULTS.backlog) if "crowd" in cases else None
-
-    if args.wait_quiet > 0:
-        wait_quiet(args.wait_quiet)
-    args.server_cpu = pin_cpus(args.pin)
-    checkout = None
-    with session() as servers:
-        try:
-            data_path = mnist_path(args.data)
-            test = load_mnist(data_path).test
-            model_dir = ensure_model(args.model_dir, args.model_name, servers.workdir, data_path)
-            body = servers.workdir / "body-single.json"
-            body.write_text(json.dumps({"instances": [test.images[0].reshape(784).tolist()]}, separators=(",", ":")))
-            targets = [(cls, SERVICE_VENV, cls) for cls in classes]
-            if args.baseline:
-                checkout = Checkout(args.baseline, servers.workdir, "baseline").create()
-                targets.append((f"gevent@{checkout.commit}", checkout.venv, "gevent"))
-            results = {label: measure(servers, (label, venv, cls), model_dir, body, args, cases)
-                       for label, venv, cls in targets}
-        except (RuntimeError, OSError, subprocess.CalledProcessError) as e:
-            log(f"hostile: failed: {e}")
-            return 1
-        finally:
-            if checkout:
-                checkout.remove()
-
-    table, verdict = report(results)
-    env = versions()
-    pinning = (f"server on CPU {args.server_cpu}, load generators on the other (taskset)"
-               if args.server_cpu is not None else "server and load generators sharing the CPUs")
-    print(f"\nbench/service/run hostile: {WORKERS} server workers each (gthread: {GTHREAD_THREADS} threads), "
-          f"CLIENT_TIMEOUT {CLIENT_TIMEOUT:g} s, QUEUE_TIMEOUT {DEFAULTS.queue_timeout:g} s, QUEUE_TIMEOUT_MAX "
-          f"{DEFAULTS.queue_timeout_max:g} s, BACKLOG {DEFAULTS.backlog} (somaxconn {somaxconn}); {pinning}; "
-          f"{env['date']}, Python {env['python']}, {env['cpus']} CPUs; gunicorn {env['gunicorn']}, gevent "
-          f"{env['gevent']}, {env['wrk']}, {env['h2load']}, {env['slowhttptest']}\n")
-    print(table)
-    write_json(args.json, {"environment": env, "settings": {k: v for k, v in vars(args).items() if k != "json"},
-                           "somaxconn": somaxconn, "results": results, "verdict": verdict})
-    return 0
+    args.somaxconn = raise_somaxconn(DEFAULTS.backlog) if "crowd" in args.case_list else None
+    return sv.main("hostile", args, run, report, (), ("gunicorn", "gevent", "flask"),
+                   wrk=(tool_version(["wrk", "--version"]) or "").split(" [")[0],
+                   h2load=tool_version(["h2load", "--version"]),
+                   slowhttptest=tool_version(["slowhttptest", "-h"], "version"))
 
 
 if __name__ == "__main__":

@@ -1,22 +1,9 @@
-"""Where one single-instance /v1/predict request spends its time inside mnist-serve, in-process.
+"""Where one single-instance /v1/predict request spends its time inside mnist-serve, in-process: the
+steps every server shares, each feature switched off in turn, the bare app, and cProfile. Prints JSON.
 
-Run by bench/service/bench.py in .venv (it can also be run alone):
+    .venv/bin/python -m bench.service.profile_request MODEL_DIR BODY_JSON [--name mnist] [--iterations 3000]
 
-    python bench/service/profile_request.py MODEL_DIR BODY_JSON [--name mnist] [--iterations 3000]
-
-It calls the Flask application the way a gunicorn worker does (WSGI environ in, body out), with
-PROMETHEUS_MULTIPROC_DIR set (multiprocess metrics, as under mnist-serve) and the JSON access log
-written to a file. It times
-  - the steps every server shares (orjson.loads, the forward pass, the response), each alone;
-  - the whole request as it is, then with the access log, the metrics or the validation switched
-    off (monkeypatched: metrics become no-ops, parse_json_request becomes orjson.loads + np.asarray), and
-    the bare app (bare_app.py), interleaved in rounds so that machine noise hits all alike: the
-    differences are what each feature costs in place; what is left once the shared steps are taken
-    away is the service's plumbing (middleware, werkzeug Request, request id, model lookup) and, for
-    the bare app, Flask's request cycle (which mnist-serve's /v1/predict does without);
-  - a cProfile run of the whole request: the functions with the most own time.
-Prints one JSON object on stdout. Wall times of one process on one core: the HTTP server
-(gunicorn: accept, parse, write) is not included.
+Run by bench/service/throughput.py; what each figure is, in bench/README.md ("Service").
 """
 
 from __future__ import annotations
@@ -28,12 +15,11 @@ import json
 import os
 import pstats
 import shutil
+import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
-
-HERE = Path(__file__).resolve().parent
 
 
 def per_call_us(fn, iterations: int) -> float:
@@ -45,7 +31,7 @@ def per_call_us(fn, iterations: int) -> float:
         for _ in range(k):
             fn()
         rounds.append((time.perf_counter() - started) / k * 1e6)
-    return sorted(rounds)[len(rounds) // 2]
+    return statistics.median(rounds)
 
 
 class _NoMetric:
@@ -81,18 +67,18 @@ def main() -> int:
     import orjson
     from werkzeug.test import EnvironBuilder
 
-    from mnist_service import codec_v1, metrics
-    from mnist_service.app import create_app
-    from mnist_service.logs import ACCESS as access_log
-    from mnist_service.options import Limits, RequestOptions
+    from mnist_service import metrics
+    from mnist_service.access import ACCESS as access_log
+    from mnist_service.codecs import v1 as codec_v1
+    from mnist_service.dataplane.options import Limits, RequestOptions
+    from mnist_service.http.app import create_app
     from mnist_service.settings import Settings
 
     body = Path(args.body).read_bytes()
     app = create_app(Settings(model_dir=Path(args.model_dir), model_name=args.name, model_poll_seconds=0))
     model = app.extensions["model_store"].current
-    sys.path.insert(0, str(HERE))
     os.environ["BARE_MODEL_PATH"] = str(Path(args.model_dir, args.name, str(model.version)))
-    import bare_app
+    from bench.service import bare_app
 
     def environ():
         return EnvironBuilder(method="POST", path="/v1/predict", data=body,
@@ -156,7 +142,7 @@ def main() -> int:
                 run(env)
             samples[name].append((time.perf_counter() - started) / chunk * 1e6)
     configure(set())
-    median = {name: sorted(v)[len(v) // 2] for name, v in samples.items()}
+    median = {name: statistics.median(v) for name, v in samples.items()}
     full = median["full"]
     costs = {"access log (one JSON line per request)": full - median["no access log"],
              "metrics (12 multiprocess-mode updates)": full - median["no metrics"],

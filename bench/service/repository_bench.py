@@ -1,91 +1,29 @@
-"""Model repositories: mnist-serve reading a local directory against an S3 bucket (bench/README.md).
-
-Run through bench/service/run, which sets up .venv and cleans up after:
-
-    bench/service/run repository [--publishes 10] [--rounds 3] [--seconds 10] [--idle-seconds 30]
-                                 [--starts 3] [--json PATH]
-
-One run, on 127.0.0.1 only. The S3 store is moto's server mode (`python -m moto.server`, any
-credentials accepted) in its own process group; the local store is a directory in the run's work
-directory. Every mnist-serve has WORKERS=2, its default worker (gevent), MODEL_POLL_SECONDS=1, its
-own MODEL_CACHE_DIR, and runs on the last CPU (taskset); this script (the publisher and the
-/v1/models prober), moto and wrk run on the first CPU. Weights are random float32 arrays of the
-presets' layer sizes (He-scaled): what is downloaded, verified and swapped costs the same as for a
-trained model of that shape.
-
-  swap      both services up at once, one per store; --publishes new versions (`fast` preset's
-            layer sizes) to each, alternating between the stores (local, S3, then S3, local, ...),
-            each after a random 0-1 s pause so that it lands at a random moment of the services'
-            poll cycle. From the moment publish() returns, /v1/models is asked every 20 ms: the
-            time to the first response whose serving_version is the new one, and to the first of
-            20 consecutive such responses (each request is a new connection, so both workers
-            answer: by then every worker has swapped). The workers share MODEL_CACHE_DIR.
-  idle      the same two services, nothing published, for --idle-seconds: requests to the store
-            (mnist_model_repository_requests_total at /metrics) per poll per worker, and the
-            service's CPU (its process group) as % of one core, and moto's.
-  load      bench.py's wrk load (one MNIST test digit as JSON to /v1/predict, 16 connections, one
-            wrk thread) against a service reading the directory and one reading the bucket, one
-            at a time, each (re)started for its round after the other has stopped, in --rounds
-            interleaved rounds (local, S3, local, S3, ...) of --warmup unrecorded then --seconds
-            recorded seconds: req/s, the S3/local ratio (target: within 3 %).
-  start     a version with the `best` preset's layer sizes in each store; process start to the
-            first /readyz 200 (asked every 20 ms; the first worker ready) from S3 with an empty
-            MODEL_CACHE_DIR, from the directory, and from S3 again with the cache the first start
-            filled (a restart in the same pod): --starts times each, interleaved, median.
-
-Prints a Markdown table; --json PATH writes everything, per publish, round and start too.
-Compare within one run, not absolute numbers across runs.
+"""Model repositories: mnist-serve reading a local directory against an S3 bucket (moto's server on
+loopback): publish-to-served latency, store requests and CPU while polling, wrk throughput, start-up
+time. `bench/service/run repository [--publishes 10] [--rounds 3]`; each figure is defined in
+bench/README.md ("Models in a bucket").
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import random
-import re
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import boto3
-import numpy as np
 from botocore.exceptions import BotoCoreError, ClientError
-from servers import (
-    SERVICE_VENV,
-    WORKERS,
-    CpuMeter,
-    Servers,
-    free_port,
-    group_cpu_seconds,
-    http,
-    run_wrk,
-    session,
-    start_service,
-    wait_idle,
-    wait_ready,
-)
 
-from mnist_artifact import ArtifactError, format
+from bench.common import BUSY, Others, markdown_table, pin_self, random_arrays
+from bench.service import servers as sv
+from bench.service.servers import WORKERS, difference, http, log, scrape, totals
+from mnist_artifact import format
 from mnist_artifact.repository import RepositoryError, open_repository, parse_location
-from mnist_artifact.s3 import client_config
+from mnist_artifact.repository.s3 import client_config
 from mnist_trainer.presets import PRESETS
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import (  # bench/common.py
-    BUSY,
-    environment,
-    load_mnist,
-    log,
-    machine_busy_seconds,
-    markdown_table,
-    mnist_path,
-    own_cpu_seconds,
-    wait_quiet,
-    write_json,
-)
 
 POLL_SECONDS = 1  # MODEL_POLL_SECONDS of every service here
 PROBE_INTERVAL = 0.02  # /v1/models and /readyz are asked this often
@@ -104,16 +42,6 @@ def layer_sizes(preset: str) -> list[int]:
     return [format.PIXELS, *PRESETS[preset].hidden, len(format.LABELS)]
 
 
-def random_arrays(sizes: list[int], seed: int) -> dict[str, np.ndarray]:
-    """W1, b1, ..., WL, bL as float32, He-scaled: a model of that shape, random weights."""
-    rng = np.random.default_rng(seed)
-    arrays = {}
-    for l, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:]), start=1):
-        arrays[f"W{l}"] = (rng.standard_normal((n_in, n_out), dtype=np.float32) * np.sqrt(2 / n_in)).astype(np.float32)
-        arrays[f"b{l}"] = (rng.standard_normal(n_out, dtype=np.float32) * 0.1).astype(np.float32)
-    return arrays
-
-
 def publish(uri: str, name: str, sizes: list[int], seed: int) -> tuple[int, float]:
     """Publish a random version of `sizes` to `uri`; (its version, seconds publish() took)."""
     arrays = random_arrays(sizes, seed)
@@ -126,17 +54,17 @@ def publish(uri: str, name: str, sizes: list[int], seed: int) -> tuple[int, floa
 
 # --- the S3 store --------------------------------------------------------------------------------
 
-def start_moto(servers: Servers) -> str:
+def start_moto(servers: sv.Servers) -> str:
     """moto's S3 server on a free loopback port (on this process's CPU, which it inherits), the
     AWS_* variables of this process (and so of every service started after) pointing at it, and
     the bucket; returns the endpoint."""
-    port = free_port()
+    port = sv.free_port()
     env = dict(os.environ)
     env.pop("INITIAL_NO_AUTH_ACTION_COUNT", None)  # moto then accepts any credentials
-    proc = servers.start("moto", [str(SERVICE_VENV / "bin/python"), "-m", "moto.server", "-H", "127.0.0.1",
+    proc = servers.start("moto", [str(sv.SERVICE_VENV / "bin/python"), "-m", "moto.server", "-H", "127.0.0.1",
                                   "-p", str(port)], env)
     endpoint = f"http://127.0.0.1:{port}"
-    wait_ready(proc, endpoint + "/moto-api/")
+    sv.wait_ready(proc, endpoint + "/moto-api/")
     for variable in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):  # nothing of the caller's AWS
         os.environ.pop(variable, None)
     os.environ.update({"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_REGION": REGION,
@@ -148,7 +76,7 @@ def start_moto(servers: Servers) -> str:
 # --- what a service says -------------------------------------------------------------------------
 
 def serving_version(base: str) -> int | None:
-    status, raw = http("GET", base + "/v1/models", timeout=5)
+    status, _, raw = http("GET", base + "/v1/models", timeout=5)
     if status != 200:
         raise RuntimeError(f"{base}/v1/models: HTTP {status}: {raw[:200]!r}")
     return json.loads(raw)["models"][0]["serving_version"]
@@ -156,19 +84,7 @@ def serving_version(base: str) -> int | None:
 
 def repository_requests(base: str) -> dict[str, float]:
     """mnist_model_repository_requests_total by operation, summed over the workers."""
-    status, raw = http("GET", base + "/metrics", timeout=5)
-    if status != 200:
-        raise RuntimeError(f"{base}/metrics: HTTP {status}")
-    counts: dict[str, float] = {}
-    for match in re.finditer(r'^mnist_model_repository_requests_total\{operation="([^"]+)"\} (\S+)$',
-                             raw.decode(), re.MULTILINE):
-        counts[match.group(1)] = counts.get(match.group(1), 0.0) + float(match.group(2))
-    return counts
-
-
-def difference(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
-    return {k: after.get(k, 0.0) - before.get(k, 0.0) for k in sorted(set(after) | set(before))
-            if after.get(k, 0.0) != before.get(k, 0.0)}
+    return totals(scrape(base), "mnist_model_repository_requests_total", by="operation")
 
 
 def wait_swapped(base: str, version: int, published: float) -> dict:
@@ -198,8 +114,8 @@ def wait_swapped(base: str, version: int, published: float) -> dict:
 
 # --- the measurements ----------------------------------------------------------------------------
 
-def serve(servers: Servers, name: str, uri: str, args, cpu: int | None, cache: Path, **kwargs):
-    return start_service(servers, name, uri, args.model_name, cpus=cpu, MODEL_POLL_SECONDS=str(POLL_SECONDS),
+def serve(servers: sv.Servers, name: str, uri: str, args, cpu: int | None, cache: Path, **kwargs):
+    return sv.start_service(servers, name, uri, args.model_name, cpus=cpu, MODEL_POLL_SECONDS=str(POLL_SECONDS),
                          MODEL_CACHE_DIR=str(cache), **kwargs)
 
 
@@ -233,29 +149,24 @@ def measure_idle(procs: dict, bases: dict[str, str], moto_pgid: int, seconds: fl
     """Nothing published for `seconds`: requests to the store per poll per worker, CPU of each service."""
     time.sleep(2 * POLL_SECONDS)  # the last publish's downloads and swaps are over
     requests_before = {store: (repository_requests(base), time.monotonic()) for store, base in bases.items()}
-    started = time.monotonic()
-    cpu_before = {store: group_cpu_seconds(proc.pid) for store, proc in procs.items()}
-    moto_before, busy_before, own_before = group_cpu_seconds(moto_pgid), machine_busy_seconds(), own_cpu_seconds()
+    pgids = {store: proc.pid for store, proc in procs.items()} | {"moto": moto_pgid}
+    cpu_before, others = {name: sv.group_cpu_seconds(pgid) for name, pgid in pgids.items()}, Others()
     time.sleep(seconds)
-    cpu = {store: group_cpu_seconds(proc.pid) - cpu_before[store] for store, proc in procs.items()}
-    moto = group_cpu_seconds(moto_pgid) - moto_before
-    busy, own = machine_busy_seconds() - busy_before, own_cpu_seconds() - own_before
-    window = time.monotonic() - started
-    results = {}
+    cpu = {name: sv.group_cpu_seconds(pgid) - cpu_before[name] for name, pgid in pgids.items()}
+    window = time.perf_counter() - others.started
+    results = {"other_cpu_cores": others.cores(minus=sum(cpu.values()))}
     for store, base in bases.items():
-        counts, at = repository_requests(base), time.monotonic()
         before, then = requests_before[store]
-        delta, elapsed = difference(counts, before), at - then
-        per_second = sum(delta.values()) / elapsed
+        delta = difference(repository_requests(base), before)
+        per_second = sum(delta.values()) / (elapsed := time.monotonic() - then)
         results[store] = {"window_s": elapsed, "requests": delta, "requests_per_s": per_second,
                           "requests_per_poll_per_worker": per_second / (WORKERS / POLL_SECONDS),
                           "service_cpu_percent": 100 * cpu[store] / window}
-    results["s3"]["moto_cpu_percent"] = 100 * moto / window
-    results["other_cpu_cores"] = max(0.0, busy - sum(cpu.values()) - moto - own) / window
+    results["s3"]["moto_cpu_percent"] = 100 * cpu["moto"] / window
     return results
 
 
-def measure_load(servers: Servers, uris: dict[str, str], caches: dict[str, Path], body: Path, args,
+def measure_load(servers: sv.Servers, uris: dict[str, str], caches: dict[str, Path], body: Path, args,
                  cpu: int | None) -> dict:
     """wrk against one service at a time, started for its round: interleaved rounds, local then S3."""
     slices: dict[str, list[dict]] = {store: [] for store in STORES}
@@ -264,40 +175,25 @@ def measure_load(servers: Servers, uris: dict[str, str], caches: dict[str, Path]
             name = f"load-{store}-{round_}"
             proc, base = serve(servers, name, uris[store], args, cpu, caches[store])
             url = base + "/v1/predict"
-            status, raw = http("POST", url, body.read_bytes(), timeout=30)
+            status, _, raw = http("POST", url, body.read_bytes(), timeout=30)
             if status != 200:
                 raise RuntimeError(f"{name}: HTTP {status}: {raw[:300]!r}")
-            run_wrk(servers, url, body, args.warmup, CONNECTIONS)
-            wait_idle(proc.pid)
+            sv.run_wrk(servers, url, body, args.warmup, CONNECTIONS)
             before = repository_requests(base)
-            meter = CpuMeter(proc.pid)
-            result = run_wrk(servers, url, body, args.seconds, CONNECTIONS)
-            used = meter.read()
-            result |= {"server_cpu_cores": used["server_cpu_s"] / result["duration_s"],
-                       "wrk_cpu_cores": used["children_cpu_s"] / result["duration_s"],
-                       "other_cpu_cores": used["other_cpu_cores"],
-                       "repository_requests": difference(repository_requests(base), before)}
+            result = sv.measure_wrk(servers, proc.pid, url, body, args.seconds, CONNECTIONS)
+            result["repository_requests"] = difference(repository_requests(base), before)
             servers.stop(name)
             slices[store].append(result)
-            log(f"repository: load round {round_}/{args.rounds} {store}: {result['rps']:,.0f} req/s, p99 "
-                f"{result['latency_ms']['p99']:.2f} ms, store requests {result['repository_requests'] or 0}, "
-                f"other processes {result['other_cpu_cores']:.2f} cores"
-                + (" (busy machine: suspect)" if result["other_cpu_cores"] > BUSY else ""))
-    results = {}
-    for store, runs in slices.items():
-        errors = sum(sum(r["errors"].values()) for r in runs)
-        results[store] = {"rps": statistics.median(r["rps"] for r in runs), "rps_min": min(r["rps"] for r in runs),
-                          "rps_max": max(r["rps"] for r in runs),
-                          "p99_ms": statistics.median(r["latency_ms"]["p99"] for r in runs),
-                          "server_cpu_cores": statistics.median(r["server_cpu_cores"] for r in runs),
-                          "other_cpu_cores": max(r["other_cpu_cores"] for r in runs),
-                          "errors": errors, "rounds": runs}
+            sv.log_round("repository", f"load round {round_}/{args.rounds} {store} (store requests "
+                         f"{result['repository_requests'] or 0})", result)
+    results = {store: sv.summarize_rounds(runs) | {"errors": sum(sum(r["errors"].values()) for r in runs)}
+               for store, runs in slices.items()}
     results["ratio"] = results["s3"]["rps"] / results["local"]["rps"]
     results["ratio_met"] = abs(results["ratio"] - 1) <= TARGET_RATIO
     return results
 
 
-def measure_starts(servers: Servers, uris: dict[str, str], workdir: Path, args, cpu: int | None) -> dict:
+def measure_starts(servers: sv.Servers, uris: dict[str, str], workdir: Path, args, cpu: int | None) -> dict:
     """Process start to /readyz 200 serving the `best`-shaped version: S3 cold, local, S3 warm, interleaved."""
     sizes = layer_sizes("best")
     versions = {store: publish(uris[store], args.model_name, sizes, seed=7)[0] for store in STORES}
@@ -310,7 +206,7 @@ def measure_starts(servers: Servers, uris: dict[str, str], workdir: Path, args, 
             started = time.monotonic()
             proc, base = serve(servers, name, uris[store], args, cpu, cache, ready_interval=PROBE_INTERVAL)
             seconds = time.monotonic() - started
-            status, raw = http("GET", base + "/readyz")
+            status, _, raw = http("GET", base + "/readyz")
             served = json.loads(raw)["model"]["version"]
             if served != versions[store]:
                 raise RuntimeError(f"{name}: ready with version {served}, not {versions[store]}")
@@ -322,22 +218,11 @@ def measure_starts(servers: Servers, uris: dict[str, str], workdir: Path, args, 
                for case, t in times.items()}}
 
 
-def run(args, servers: Servers) -> dict:
-    cpus = sorted(os.sched_getaffinity(0))
-    server_cpu = None
-    if len(cpus) >= 2:
-        # This process, and so moto and wrk that it starts, on the first CPU; every service on the last.
-        os.sched_setaffinity(0, {cpus[0]})
-        server_cpu = cpus[-1]
-        log(f"repository: publisher, prober, moto and wrk on CPU {cpus[0]}, each mnist-serve on CPU {server_cpu} "
-            "(taskset)")
-    else:
-        log("repository: one CPU: the services share it with everything else")
+def run(args, servers: sv.Servers, test, model_dir: None) -> dict:
+    # This process, and so moto and wrk that it starts, on the first CPU; every service on the last.
+    server_cpu = pin_self("repository")
     workdir = servers.workdir
-    test = load_mnist(mnist_path(args.data)).test
-    body = workdir / "body-single.json"  # bench.py's single-instance body
-    body.write_text(json.dumps({"instances": [test.images[0].reshape(784).tolist()]}, separators=(",", ":")))
-
+    body = sv.single_body(test, workdir)
     endpoint = start_moto(servers)
     log(f"repository: moto's S3 server at {endpoint}, bucket {BUCKET}")
     uris = {"local": str(workdir / "repo-fast"), "s3": f"s3://{BUCKET}/fast"}
@@ -359,13 +244,13 @@ def run(args, servers: Servers) -> dict:
     log(f"repository: start-up, {args.starts} times each ...")
     starts = measure_starts(servers, {"local": str(workdir / "repo-best"), "s3": f"s3://{BUCKET}/best"}, workdir,
                             args, server_cpu)
-    return {"pinned": {"services": server_cpu, "others": cpus[0] if server_cpu is not None else None},
+    return {"pinned": {"services": server_cpu, "others": min(os.sched_getaffinity(0))},
             "swap": swaps, "idle": idle, "load": load, "start": starts}
 
 
 # --- report --------------------------------------------------------------------------------------
 
-def report(r: dict, args) -> str:
+def report(args, r: dict, env: dict) -> tuple[str, str]:
     swap, idle, load, start = r["swap"], r["idle"], r["load"], r["start"]
 
     def seconds(store: str, key: str) -> str:
@@ -420,57 +305,31 @@ def report(r: dict, args) -> str:
                 f"‡ requests/s ÷ ({WORKERS} workers / {POLL_SECONDS} s); a poll starts {POLL_SECONDS} s after the "
                 f"previous one ended, so slightly under 1.00 is one request a poll.\n"
                 f"* a directory is listed with no request to a store (nothing to count).")
-    return "\n".join(text)
+    pinned = r["pinned"]
+    where = (f"services on CPU {pinned['services']}, publisher, prober, moto and wrk on CPU {pinned['others']}"
+             if pinned["services"] is not None else "nothing pinned")
+    heading = (f"bench/service/run repository: MODEL_POLL_SECONDS={POLL_SECONDS}, {WORKERS} workers (gevent) per "
+               f"service, {args.publishes} publishes per store, idle {args.idle_seconds:g} s, wrk {args.rounds} x "
+               f"{args.seconds} s per store ({CONNECTIONS} connections, 1 thread), {args.starts} starts each; "
+               f"{where}; random float32 weights")
+    return heading, "\n".join(text)
 
 
 # --- main ----------------------------------------------------------------------------------------
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = sv.parser("bench/service/run repository", __doc__, model=False)
     parser.add_argument("--publishes", type=int, default=10, help="versions published to each store [10]")
     parser.add_argument("--idle-seconds", type=float, default=30, help="the idle-polling window [30]")
     parser.add_argument("--rounds", type=int, default=3, help="wrk rounds per store, interleaved [3]")
     parser.add_argument("--seconds", type=int, default=10, help="recorded seconds of wrk per round [10]")
     parser.add_argument("--warmup", type=int, default=3, help="unrecorded seconds of wrk first, every round [3]")
     parser.add_argument("--starts", type=int, default=3, help="start-ups of each kind [3]")
-    parser.add_argument("--model-name", default=os.environ.get("MODEL_NAME", "mnist"))
-    parser.add_argument("--data", help="MNIST folder, for the request body (default: $MNIST_DIR, else "
-                                       "../shared/data/mnist)")
-    parser.add_argument("--wait-quiet", type=float, default=0, metavar="MINUTES",
-                        help="first wait up to this long for other processes to use < 0.2 cores over 10 s [0]")
-    parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()
     if min(args.publishes, args.rounds, args.seconds, args.warmup, args.starts) < 1 or args.idle_seconds < 1:
         parser.error("--publishes, --rounds, --seconds, --warmup, --starts and --idle-seconds must be >= 1")
-
-    if args.wait_quiet > 0:
-        wait_quiet(args.wait_quiet)
-    with session() as servers:
-        try:
-            results = run(args, servers)
-        except (RuntimeError, OSError, ArtifactError, RepositoryError, subprocess.CalledProcessError, BotoCoreError,
-                ClientError) as e:
-            log(f"repository: failed: {e}")
-            return 1
-
-    env = environment(boto3=boto3.__version__, moto=_version("moto"), gunicorn=_version("gunicorn"))
-    pinned = results["pinned"]
-    where = (f"services on CPU {pinned['services']}, publisher, prober, moto and wrk on CPU {pinned['others']}"
-             if pinned["services"] is not None else "nothing pinned")
-    print(f"\nbench/service/run repository: MODEL_POLL_SECONDS={POLL_SECONDS}, {WORKERS} workers (gevent) per "
-          f"service, {args.publishes} publishes per store, idle {args.idle_seconds:g} s, wrk {args.rounds} x "
-          f"{args.seconds} s per store ({CONNECTIONS} connections, 1 thread), {args.starts} starts each; "
-          f"{where}; random float32 weights; {env['date']}, Python {env['python']}, {env['cpus']} CPUs\n")
-    print(report(results, args))
-    write_json(args.json, {"environment": env, "settings": {k: v for k, v in vars(args).items() if k != "json"},
-                           "poll_seconds": POLL_SECONDS, "workers": WORKERS, **results})
-    return 0
-
-
-def _version(distribution: str) -> str:
-    from importlib.metadata import version
-
-    return version(distribution)
+    return sv.main("repository", args, run, report, (RepositoryError, BotoCoreError, ClientError),
+                   ("boto3", "moto", "gunicorn"), poll_seconds=POLL_SECONDS, workers=WORKERS)
 
 
 if __name__ == "__main__":

@@ -1,13 +1,12 @@
-"""Servers for the service benchmarks (bench.py, v2_bench.py): started, checked, measured and stopped.
-
-Every server runs in its own process group (session) and is stopped by group id; its CPU time is
-that of the live processes of the group (psutil). `checkout` makes a `git worktree` of another
-commit with its own virtual environment, so that its `mnist-serve` can run beside this tree's.
-Runs in .venv.
+"""What the service benchmarks share: servers started, checked, measured and stopped in process groups;
+one-shot HTTP calls, /metrics, wrk and h2load and their parsers, round summaries, git worktrees of
+other commits, and the main() scaffold (bench/README.md, "Service"). Runs in .venv.
 """
 
 from __future__ import annotations
 
+import argparse
+import collections
 import contextlib
 import json
 import os
@@ -17,20 +16,33 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from statistics import median
 
 import psutil
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import REPO, log, machine_busy_seconds, own_cpu_seconds  # bench/common.py
+from bench.common import (
+    BUSY,
+    REPO,
+    environment,
+    load_mnist,
+    log,
+    machine_busy_seconds,
+    mnist_path,
+    own_cpu_seconds,
+    taskset,
+    tool_version,
+    wait_quiet,
+    write_json,
+)
 
 HERE = Path(__file__).resolve().parent
 SERVICE_VENV = REPO / ".venv"
+MLSERVER_VENV = REPO / ".bench-mlserver-venv"
 WORKERS = 2
 GTHREAD_THREADS = 4  # threads per worker when a benchmark runs mnist-serve's gthread worker
 
@@ -56,11 +68,8 @@ def session():
 
 
 class Servers:
-    """Every server started here: each in its own process group (session), stopped by group id.
-
-    The group ids are also written to $SERVICE_BENCH_PGIDS, so that bench/service/run's trap can stop
-    whatever is left if this process dies without running its own cleanup.
-    """
+    """Every process started here, each in its own session, stopped by process group. The group ids are
+    also written to $SERVICE_BENCH_PGIDS, for bench/service/run's trap if this process dies first."""
 
     def __init__(self, workdir: Path):
         self.workdir = workdir
@@ -71,13 +80,10 @@ class Servers:
               capture: bool = False) -> subprocess.Popen:
         """A process in a new session; its output goes to <name>.log, or to pipes with capture=True."""
         log_path = self.workdir / f"{name}.log"
-        if capture:
-            proc = subprocess.Popen(argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, text=True, start_new_session=True)
-        else:
-            with open(log_path, "wb") as out:
-                proc = subprocess.Popen(argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                                        start_new_session=True)
+        with open(log_path, "wb") as out:
+            output = subprocess.PIPE if capture else out
+            proc = subprocess.Popen(argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=output, stderr=output,
+                                    text=capture or None, start_new_session=True)
         proc.log_path = log_path
         self.running[name] = proc
         self._write_pgids()
@@ -97,7 +103,12 @@ class Servers:
                 os.killpg(proc.pid, sig)
             except ProcessLookupError:
                 break
-            if _group_gone(proc, wait):
+            deadline = time.monotonic() + wait
+            while proc.poll() is None or group_processes(proc.pid):
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
+            else:
                 break
         proc.wait(timeout=5)
         self._write_pgids()
@@ -106,34 +117,30 @@ class Servers:
         for name in list(self.running):
             self.stop(name)
 
-
-def _group_gone(proc: subprocess.Popen, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        proc.poll()
-        if not group_processes(proc.pid):
-            return True
-        time.sleep(0.1)
-    return False
+    def run(self, name: str, argv: list[str], env: dict | None = None, timeout: float | None = None):
+        """A load generator run to its end, registered like a server (stopped too if this process is
+        interrupted), SIGTERMed after `timeout` s: (stdout, stderr, returncode, stopped at the deadline)."""
+        proc = self.start(name, argv, env or dict(os.environ), capture=True)
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout)
+            stopped = False
+        except subprocess.TimeoutExpired:
+            self.stop(name)
+            stdout, stderr = proc.communicate()
+            stopped = True
+        self.running.pop(name, None)
+        self._write_pgids()
+        return stdout, stderr, proc.returncode, stopped
 
 
 def group_processes(pgid: int) -> list[psutil.Process]:
     """The live (not zombie) processes of a process group."""
     found = []
     for pid in psutil.pids():
-        try:
-            if os.getpgid(pid) == pgid:
-                process = psutil.Process(pid)
-                if process.status() != psutil.STATUS_ZOMBIE:
-                    found.append(process)
-        except (OSError, psutil.Error):  # gone meanwhile
-            continue
+        with contextlib.suppress(OSError, psutil.Error):  # gone meanwhile
+            if os.getpgid(pid) == pgid and (process := psutil.Process(pid)).status() != psutil.STATUS_ZOMBIE:
+                found.append(process)
     return found
-
-
-def group_cpu_seconds(pgid: int) -> float:
-    """CPU seconds (user + system) used so far by the live processes of a process group."""
-    return sum(group_cpu_by_pid(pgid).values())
 
 
 def group_cpu_by_pid(pgid: int) -> dict[int, float]:
@@ -146,6 +153,10 @@ def group_cpu_by_pid(pgid: int) -> dict[int, float]:
     return used
 
 
+def group_cpu_seconds(pgid: int) -> float:
+    return sum(group_cpu_by_pid(pgid).values())
+
+
 def group_rss_bytes(pgid: int) -> int:
     """Resident memory of the live processes of a process group (the arbiter and its workers)."""
     total = 0
@@ -155,26 +166,25 @@ def group_rss_bytes(pgid: int) -> int:
     return total
 
 
-def worker_pids(pid: int) -> list[int]:
-    """The worker processes of the gunicorn arbiter `pid`."""
-    try:
-        return sorted(child.pid for child in psutil.Process(pid).children())
-    except psutil.Error:
-        return []
+def group_running(pgid: int, text: str) -> list[int]:
+    """The live processes of group `pgid` whose command line contains `text`."""
+    found = []
+    for process in group_processes(pgid):
+        with contextlib.suppress(psutil.Error):
+            if text in " ".join(process.cmdline()):
+                found.append(process.pid)
+    return found
 
 
 class CpuMeter:
-    """CPU seconds used between start and `read()`: by a server's process group, by this process's
-    waited-for children (wrk, h2load, slowhttptest), by this process, and by everything else on the
-    machine (which includes the kernel's softirq time for loopback traffic, charged to no process).
-    The server's is counted process by process: a worker that dies meanwhile (gunicorn kills one
-    stuck past its TIMEOUT) takes its CPU since the start with it, which then counts as others'."""
+    """CPU seconds used between start and `read()`: by a server's process group (process by process: a
+    worker that dies meanwhile takes its CPU with it, which then counts as others'), by this process's
+    waited-for children (the load generators), by this process, and by everything else on the machine
+    (which includes the kernel's softirq time for loopback traffic, charged to no process)."""
 
     def __init__(self, pgid: int):
-        self.pgid = pgid
-        self.started = time.monotonic()
-        self.server_before = group_cpu_by_pid(pgid)
-        self.before = self._now()
+        self.pgid, self.started = pgid, time.monotonic()
+        self.server_before, self.before = group_cpu_by_pid(pgid), self._now()
 
     @staticmethod
     def _now() -> tuple[float, float, float]:
@@ -186,54 +196,22 @@ class CpuMeter:
         children, own, busy = (after - before for after, before in zip(self._now(), self.before))
         seconds = time.monotonic() - self.started
         other = max(0.0, busy - server - children - own)
-        return {"seconds": seconds, "server_cpu_s": server, "children_cpu_s": children, "own_cpu_s": own,
+        return {"seconds": seconds, "server_cpu_s": server, "generator_cpu_s": children, "own_cpu_s": own,
                 "other_cpu_s": other, "other_cpu_cores": other / seconds if seconds else 0.0}
-
-
-def run_wrk(servers: Servers, url: str, body_path: Path, seconds: float, connections: int, threads: int = 1,
-            timeout: float = 10, name: str = "wrk", content_type: str = "application/json",
-            headers: tuple[str, ...] = ()) -> dict:
-    """wrk POSTing `body_path` (JSON unless `content_type` says otherwise; `headers`, "Name: value", sent
-    too) to `url` with post.lua: its counts, errors and latencies, and req/s."""
-    env = os.environ | {"BODY_FILE": str(body_path), "CONTENT_TYPE": content_type}
-    argv = ["wrk", "--threads", str(threads), "--connections", str(connections),
-            "--duration", f"{seconds:g}s", "--timeout", f"{timeout:g}s", "--latency",
-            *(arg for header in headers for arg in ("--header", header)),
-            "--script", str(HERE / "post.lua"), url]
-    # Registered like a server, so that it is stopped too if this process is interrupted.
-    proc = servers.start(name, argv, env, capture=True)
-    stdout, stderr = proc.communicate()
-    servers.running.pop(name, None)
-    match = re.search(r"^WRK_JSON (.*)$", stdout, re.MULTILINE)
-    if proc.returncode != 0 or not match:
-        raise RuntimeError(f"wrk failed ({proc.returncode}):\n{stdout}\n{stderr}")
-    result = json.loads(match.group(1))
-    result["rps"] = result["requests"] / result["duration_s"]
-    return result
-
-
-def h2load_counts(stdout: str) -> dict[str, int] | None:
-    """The request counts of h2load's summary ("requests: N total, N started, ..."); None without one."""
-    counts = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, "
-                       r"(\d+) errored, (\d+) timeout", stdout)
-    if counts is None:
-        return None
-    fields = ("total", "started", "done", "succeeded", "failed", "errored", "timeout")
-    return dict(zip(fields, map(int, counts.groups())))
 
 
 def wait_idle(pgid: int, seconds: float = 15) -> None:
     """Until the server group uses < 5 % of a core: a load generator stops with requests still queued
     at the server, which must not spill into the next measurement."""
-    deadline = time.monotonic() + seconds
-    before = group_cpu_seconds(pgid)
+    deadline, before = time.monotonic() + seconds, group_cpu_seconds(pgid)
     while time.monotonic() < deadline:
         time.sleep(0.2)
-        now = group_cpu_seconds(pgid)
-        if now - before < 0.01:
+        if (now := group_cpu_seconds(pgid)) - before < 0.01:
             return
         before = now
 
+
+# --- HTTP and /metrics ---------------------------------------------------------------------------
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -241,27 +219,54 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def http(method: str, url: str, body: bytes | None = None, content_type: str = "application/json",
-         timeout: float = 10) -> tuple[int, bytes]:
-    request = urllib.request.Request(url, data=body, method=method, headers={"Content-Type": content_type})
+def http(method: str, url: str, body: bytes | None = None, headers: dict | None = None,
+         timeout: float = 10) -> tuple[int, dict, bytes]:
+    """One request on its own connection: (status, headers, body); JSON unless `headers` say otherwise."""
+    request = urllib.request.Request(url, data=body, method=method,
+                                     headers={"Content-Type": "application/json"} | (headers or {}))
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, response.read()
+            return response.status, dict(response.headers), response.read()
     except urllib.error.HTTPError as e:
-        return e.code, e.read()
+        return e.code, dict(e.headers), e.read()
 
 
-def wait_ready(proc: subprocess.Popen, url: str, seconds: float = 90, interval: float = 0.2) -> None:
+def scrape(base: str) -> list:
+    """The samples of the server's /metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    status, _, raw = http("GET", base + "/metrics", timeout=5)
+    if status != 200:
+        raise RuntimeError(f"{base}/metrics: HTTP {status}")
+    return [sample for family in text_string_to_metric_families(raw.decode()) for sample in family.samples]
+
+
+def totals(samples, name: str, by: str | None = None, **match: str) -> dict[str, float]:
+    """The values of the samples called `name` whose labels match, summed by the label `by` (under ""
+    without)."""
+    summed: dict[str, float] = collections.Counter()
+    for s in samples:
+        if s.name == name and all(s.labels.get(k) == v for k, v in match.items()):
+            summed[s.labels.get(by, "") if by else ""] += s.value
+    return dict(summed)
+
+
+def difference(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
+    """after - before, key by key; keys that did not change left out."""
+    return {k: after.get(k, 0.0) - before.get(k, 0.0) for k in sorted(set(after) | set(before))
+            if after.get(k, 0.0) != before.get(k, 0.0)}
+
+
+def wait_ready(proc: subprocess.Popen, url: str, seconds: float = 90, interval: float = 0.2,
+               method: str = "GET", body: bytes | None = None) -> None:
     """Until `url` answers 200, asking every `interval` seconds; RuntimeError if the server exits first."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode}; log:\n{tail(proc.log_path)}")
-        try:
-            if http("GET", url, timeout=2)[0] == 200:
+        with contextlib.suppress(OSError):
+            if http(method, url, body, timeout=2)[0] == 200:
                 return
-        except OSError:
-            pass
         time.sleep(interval)
     raise RuntimeError(f"not ready after {seconds:.0f} s: {url}; log:\n{tail(proc.log_path)}")
 
@@ -273,24 +278,94 @@ def tail(path: Path, lines: int = 30) -> str:
         return "(no log)"
 
 
-# --- mnist-serve ---------------------------------------------------------------------------------
+# --- load generators -------------------------------------------------------------------------------
+
+def run_wrk(servers: Servers, url: str, body_path: Path, seconds: float, connections: int, threads: int = 1,
+            timeout: float = 10, name: str = "wrk", content_type: str = "application/json",
+            headers: tuple[str, ...] = ()) -> dict:
+    """wrk POSTing `body_path` to `url` with post.lua (`headers`, "Name: value", sent too): its counts,
+    errors by kind and latencies (wrk's own percentiles), and req/s."""
+    env = os.environ | {"BODY_FILE": str(body_path), "CONTENT_TYPE": content_type}
+    argv = ["wrk", "--threads", str(threads), "--connections", str(connections), "--duration", f"{seconds:g}s",
+            "--timeout", f"{timeout:g}s", "--latency", *(arg for header in headers for arg in ("--header", header)),
+            "--script", str(HERE / "post.lua"), url]
+    stdout, stderr, returncode, _ = servers.run(name, argv, env)
+    match = re.search(r"^WRK_JSON (.*)$", stdout, re.MULTILINE)
+    if returncode != 0 or not match:
+        raise RuntimeError(f"wrk failed ({returncode}):\n{stdout}\n{stderr}")
+    result = json.loads(match.group(1))
+    result["rps"] = result["requests"] / result["duration_s"]
+    return result
+
+
+def measure_wrk(servers: Servers, pgid: int, url: str, body: Path, seconds: float, connections: int,
+                **wrk_args) -> dict:
+    """One wrk slice against the server of group `pgid` once it is idle, with the CPU that the server,
+    wrk and everything else used meanwhile."""
+    wait_idle(pgid)
+    meter = CpuMeter(pgid)
+    result = run_wrk(servers, url, body, seconds, connections, **wrk_args)
+    return result | meter.read()
+
+
+def run_h2load(servers: Servers, name: str, argv: list[str], url: str, timeout: float) -> dict:
+    """h2load ARGV URL with a per-request log, stopped after `timeout` s: the request counts, DATA bytes
+    and duration of its summary (None where it printed none), the log's rows (start µs, status, µs)."""
+    requests_log = servers.workdir / f"{name}.tsv"
+    requests_log.unlink(missing_ok=True)  # h2load appends
+    stdout, stderr, returncode, stopped = servers.run(
+        name, ["h2load", *argv, "--log-file", str(requests_log), url], timeout=timeout)
+    if returncode and not stopped:
+        raise RuntimeError(f"h2load failed ({returncode}):\n{stdout[-2000:]}\n{stderr[-2000:]}")
+    counts = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, "
+                       r"(\d+) errored, (\d+) timeout", stdout)
+    traffic = re.search(r"traffic: .*\((\d+)\) total, .*\((\d+)\) headers .*, .*\((\d+)\) data", stdout)
+    finished = re.search(r"finished in ([\d.]+)(m?s)", stdout)
+    rows = []
+    with contextlib.suppress(OSError):
+        rows = [tuple(map(int, line.split("\t")[:3])) for line in requests_log.read_text().splitlines()
+                if line.count("\t") >= 2]
+    requests_log.unlink(missing_ok=True)
+    fields = ("total", "started", "done", "succeeded", "failed", "errored", "timeout")
+    return {"counts": dict(zip(fields, map(int, counts.groups()))) if counts else None,
+            "data_bytes": int(traffic.group(3)) if traffic else None,
+            "duration_s": float(finished.group(1)) / (1000 if finished.group(2) == "ms" else 1) if finished else None,
+            "rows": rows, "stopped": stopped, "output": stdout[-2000:] + stderr[-2000:]}
+
+
+def summarize_rounds(slices: list[dict], images: int = 1) -> dict:
+    """Rounds of one load as one result: req/s, p50 and p99 are medians of the rounds (robust to one
+    slow moment), with the range of req/s and the worst round's p99; CPU from the totals."""
+    requests, seconds = sum(s["requests"] for s in slices), sum(s["duration_s"] for s in slices)
+    rps, cpu = [s["rps"] for s in slices], {k: sum(s[k] for s in slices) for k in ("server_cpu_s", "generator_cpu_s",
+                                                                                    "other_cpu_s")}
+    return {"requests": requests, "duration_s": seconds, "rps": median(rps), "rps_min": min(rps), "rps_max": max(rps),
+            "images_per_request": images, "images_per_s": median(rps) * images,
+            "p50_ms": median(s["latency_ms"]["p50"] for s in slices),
+            "p99_ms": median(s["latency_ms"]["p99"] for s in slices),
+            "p99_ms_worst_round": max(s["latency_ms"]["p99"] for s in slices),
+            "server_cpu_ms_per_request": cpu["server_cpu_s"] * 1000 / max(1, requests),
+            "server_cores": cpu["server_cpu_s"] / seconds, "generator_cores": cpu["generator_cpu_s"] / seconds,
+            "other_cores": cpu["other_cpu_s"] / seconds,
+            "other_cores_max": max(s["other_cpu_s"] / s["duration_s"] for s in slices), "rounds": slices}
+
+
+def log_round(who: str, what: str, result: dict) -> None:
+    other = result["other_cpu_cores"]
+    log(f"{who}: {what}: {result['rps']:,.0f} req/s, p99 {result['latency_ms']['p99'] or 0:.2f} ms, other "
+        f"processes {other:.2f} cores" + (" (busy machine: suspect)" if other > BUSY else ""))
+
+
+# --- mnist-serve, the bare app, MLServer ---------------------------------------------------------
 
 def start_service(servers: Servers, name: str, model_dir: Path | str, model_name: str, *, venv: Path = SERVICE_VENV,
                   worker_class: str | None = None, gunicorn_args: tuple[str, ...] = (), cpus: int | None = None,
                   ready_interval: float = 0.2, **settings: str) -> tuple[subprocess.Popen, str]:
-    """`mnist-serve` of `venv` on a free loopback port with WORKERS workers; returns (process, base URL)
-    once /readyz answers 200. The worker class is the service's default unless `worker_class` is given
-    (gthread with GTHREAD_THREADS threads); `gunicorn_args` go to gunicorn (`--keep-alive 2`), `cpus`
-    pins it to that CPU (taskset), `settings` are more of its environment variables (LOG_LEVEL=...;
-    GRPC_PORT=<a free port> serves gRPC too, which is off here unless asked for).
-    `model_dir` may be an s3:// URI; `ready_interval` is how often /readyz is asked (start-up timing)."""
+    """`mnist-serve` of `venv` on a free loopback port with WORKERS workers, on `cpus` (taskset) if given;
+    returns (process, base URL) once /readyz answers 200. `settings` are more environment variables;
+    gRPC is off (GRPC_PORT=0, as before mnist-serve had gRPC) unless they set GRPC_PORT."""
     port = free_port()
-    env = dict(os.environ)
-    # Whatever the caller's environment says, not here. gRPC is off (GRPC_PORT=0, HTTP alone, as before
-    # mnist-serve had gRPC) unless `settings` turn it on: figures stay comparable with earlier runs, and
-    # no two servers race for the default GRPC_PORT.
-    for variable in ("WORKER_CLASS", "THREADS", "GRPC_PORT", "GRPC_WORKERS"):
-        env.pop(variable, None)
+    env = {k: v for k, v in os.environ.items() if k not in ("WORKER_CLASS", "THREADS", "GRPC_PORT", "GRPC_WORKERS")}
     env |= {"GRPC_PORT": "0"} | settings | {
         "MODEL_DIR": str(model_dir), "MODEL_NAME": model_name, "HOST": "127.0.0.1", "PORT": str(port),
         "WORKERS": str(WORKERS), "PROMETHEUS_MULTIPROC_DIR": str(servers.workdir / f"metrics-{name}")}
@@ -301,27 +376,57 @@ def start_service(servers: Servers, name: str, model_dir: Path | str, model_name
     # Made here too: the trees between d35b212 (the gevent worker) and 02de23f, which `v2 --baseline`
     # may serve, exit when it is missing (the worker class imports the metrics in gunicorn's arbiter).
     Path(env["PROMETHEUS_MULTIPROC_DIR"]).mkdir(parents=True, exist_ok=True)
-    pin = ["taskset", "--cpu-list", str(cpus)] if cpus is not None else []
-    proc = servers.start(name, [*pin, str(venv / "bin/mnist-serve"), *gunicorn_args], env, cwd=servers.workdir)
+    proc = servers.start(name, [*taskset(cpus), str(venv / "bin/mnist-serve"), *gunicorn_args], env,
+                         cwd=servers.workdir)
     base = f"http://127.0.0.1:{port}"
     wait_ready(proc, base + "/readyz", interval=ready_interval)
     return proc, base
 
 
-def add_run_arguments(parser) -> None:
-    """The options bench.py and hostile.py share: the model, the data, waiting for a quiet machine, JSON."""
-    parser.add_argument("--model-dir", help="serve this MODEL_DIR (default: train a `fast` model into a temp dir)")
-    parser.add_argument("--model-name", default=os.environ.get("MODEL_NAME", "mnist"))
-    parser.add_argument("--data", help="MNIST folder (default: $MNIST_DIR, else ../shared/data/mnist)")
-    parser.add_argument("--wait-quiet", type=float, default=0, metavar="MINUTES",
-                        help="first wait up to this long for other processes to use < 0.2 cores over 10 s [0]")
-    parser.add_argument("--json", help="also write the results to this file")
+def start_bare(servers: Servers, version_dir: Path) -> tuple[subprocess.Popen, str]:
+    """bare_app.py under gunicorn, 2 sync workers, one BLAS thread each; returns its /v1/predict URL."""
+    port = free_port()
+    env = {"OPENBLAS_NUM_THREADS": "1"} | os.environ | {"BARE_MODEL_PATH": str(version_dir)}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    argv = [str(SERVICE_VENV / "bin/python"), "-m", "gunicorn", "--chdir", str(HERE), "--workers", str(WORKERS),
+            "--worker-class", "sync", "--bind", f"127.0.0.1:{port}", "--worker-tmp-dir", "/dev/shm",
+            "--no-control-socket", "bare_app:app"]
+    proc = servers.start("bare", argv, env)
+    url = f"http://127.0.0.1:{port}/v1/predict"
+    # No health route: ready when it answers a prediction.
+    wait_ready(proc, url, 60, method="POST", body=b'{"instances": [[' + b",".join([b"0"] * 784) + b"]]}")
+    return proc, url
+
+
+def start_mlserver(servers: Servers, version_dir: Path, model_name: str,
+                   cpus: int | None = None) -> tuple[subprocess.Popen, dict]:
+    """MLServer with mlserver_runtime.py, production-like (no access log, its default metrics, 2 inference
+    processes), on `cpus` if given; returns its settings (ports) once the model is ready."""
+    root = servers.workdir / "mlserver"
+    (root / model_name).mkdir(parents=True)
+    settings = {"host": "127.0.0.1", "http_port": free_port(), "grpc_port": free_port(),
+                "metrics_port": free_port(), "parallel_workers": WORKERS, "debug": False,
+                "metrics_dir": str(root / ".metrics"), "environments_dir": str(root / ".envs")}
+    (root / "settings.json").write_text(json.dumps(settings, indent=2))
+    model_settings = {"name": model_name, "implementation": "mlserver_runtime.MnistRuntime",
+                      "parameters": {"uri": str(version_dir), "version": version_dir.name}}
+    (root / model_name / "model-settings.json").write_text(json.dumps(model_settings, indent=2))
+    env = os.environ | {"PYTHONPATH": str(HERE)}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    proc = servers.start("mlserver", [*taskset(cpus), str(MLSERVER_VENV / "bin/mlserver"), "start", str(root)], env,
+                         cwd=root)
+    settings["infer_url"] = f"http://127.0.0.1:{settings['http_port']}/v2/models/{model_name}/infer"
+    wait_ready(proc, settings["infer_url"].removesuffix("/infer") + "/ready")
+    return proc, settings
+
+
+def mlserver_version() -> str | None:
+    return tool_version([str(MLSERVER_VENV / "bin/python"), "-c", "import mlserver; print(mlserver.__version__)"])
 
 
 def ensure_model(model_dir: str | None, model_name: str, workdir: Path, data_path: str,
                  venv: Path = SERVICE_VENV) -> Path:
-    """The model directory: model_dir, else a `fast` model trained now (by `venv`'s mnist-train) into
-    the work directory."""
+    """model_dir, else a `fast` model trained now (by `venv`'s mnist-train) into the work directory."""
     if model_dir:
         return Path(model_dir).resolve()
     trained = workdir / "models"
@@ -331,13 +436,19 @@ def ensure_model(model_dir: str | None, model_name: str, workdir: Path, data_pat
     return trained
 
 
+def single_body(test, workdir: Path) -> Path:
+    """The single-instance /v1/predict body, compact JSON: the first test digit."""
+    path = workdir / "body-single.json"
+    path.write_text(json.dumps({"instances": [test.images[0].reshape(784).tolist()]}, separators=(",", ":")))
+    return path
+
+
 # --- other commits -------------------------------------------------------------------------------
 
 class Checkout:
-    """A `git worktree` of `ref` at <workdir>/<label>-tree and a virtual environment <workdir>/<label>-venv
-    with that tree's own distributions (each */pyproject.toml: trainer/ and service/, and artifact/
-    where it exists), installed with that tree's constraints.txt by scripts/venv.sh's ensure_venv.
-    `create()` makes both; `remove()` removes them, also after a `create()` that failed half-way."""
+    """A `git worktree` of `ref` at <workdir>/<label>-tree with a virtual environment <workdir>/<label>-venv
+    of that tree's own distributions (each */pyproject.toml), installed with its constraints.txt by
+    scripts/venv.sh's ensure_venv. `create()` makes both; `remove()` removes them, also half-made."""
 
     def __init__(self, ref: str, workdir: Path, label: str):
         self.ref, self.label = ref, label
@@ -364,3 +475,49 @@ def git(*argv: str) -> str:
     if done.returncode:
         raise RuntimeError(f"git {' '.join(argv)}: {done.stderr.strip()}")
     return done.stdout.strip()
+
+
+# --- main ----------------------------------------------------------------------------------------
+
+def parser(prog: str, doc: str, model: bool = True) -> argparse.ArgumentParser:
+    """The options every service benchmark takes: the data, waiting for a quiet machine, JSON; with
+    `model`, the model too."""
+    p = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    if model:
+        p.add_argument("--model-dir", help="serve this MODEL_DIR (default: train a `fast` model into a temp dir)")
+    p.add_argument("--model-name", default=os.environ.get("MODEL_NAME", "mnist"))
+    p.add_argument("--data", help="MNIST folder (default: $MNIST_DIR, else ../shared/data/mnist)")
+    p.add_argument("--wait-quiet", type=float, default=0, metavar="MINUTES",
+                   help="first wait up to this long for other processes to use < 0.2 cores over 10 s [0]")
+    p.add_argument("--json", help="also write the results to this file")
+    return p
+
+
+ERRORS = (RuntimeError, OSError, subprocess.CalledProcessError)
+
+
+def main(who: str, args, run, report, errors: tuple = (), distributions: tuple[str, ...] = (), **versions) -> int:
+    """The scaffold of every service benchmark: wait for a quiet machine if asked, run(args, servers,
+    test, model_dir) in a session of servers (stopped on the way out), print report(args, results) (a
+    heading line and the tables), write the JSON. 1 when the run failed."""
+    from mnist_artifact import ArtifactError
+
+    if args.wait_quiet > 0:
+        wait_quiet(args.wait_quiet)
+    with session() as servers:
+        try:
+            data_path = mnist_path(args.data)
+            test = load_mnist(data_path).test
+            model_dir = (ensure_model(args.model_dir, args.model_name, servers.workdir, data_path)
+                         if hasattr(args, "model_dir") else None)
+            results = run(args, servers, test, model_dir)
+        except (*ERRORS, ArtifactError, *errors) as e:
+            log(f"{who}: failed: {e}")
+            return 1
+    env = environment(*distributions, **versions)
+    heading, text = report(args, results, env)
+    print(f"\n{heading}; {env['date']}, Python {env['python']}, {env['cpus']} CPUs\n")
+    print(text)
+    write_json(args.json, {"environment": env, "settings": {k: v for k, v in vars(args).items() if k != "json"},
+                           **results})
+    return 0

@@ -1,41 +1,25 @@
-"""Open Inference Protocol v2 (binary tensors and JSON, through tritonclient) beside /v1/predict JSON.
+"""Open Inference Protocol v2 (binary tensors and JSON, through tritonclient) beside /v1/predict JSON: one
+sequential client, batch-1 latency and batch-256 images/s, in interleaved rounds; with --baseline REF,
+REF's code against this tree's in the same rounds (bench/README.md, "Open Inference Protocol v2").
 
-    bench/service/v2_bench.py --url http://127.0.0.1:8000 [--seconds 10] [--data DIR]
+    .venv/bin/python -m bench.service.v2_bench --url http://127.0.0.1:8000 [--seconds 10]
     bench/service/run v2 --baseline REF [--after REF] [--model-dir DIR] [--seconds 10]
-
-One client, sequential requests (latency, not saturation), interleaved in rounds so that machine
-noise hits every path alike: batch-1 latency (p50, p99) and batch-256 images/s, for
-  - v2 binary: tritonclient.http with its defaults (binary input and outputs),
-  - v2 JSON: tritonclient.http with binary_data=False for the input and the output,
-  - v1 JSON: requests.post to /v1/predict with {"instances": [[784 ints], ...]}.
-All return the same probabilities (checked once). Prints a Markdown table.
-
-Before/after: with --baseline REF it starts two servers itself, on free loopback ports with the
-same MODEL_DIR (--model-dir, else a `fast` model trained by the "before" code): "before" is REF, a
-`git worktree` in the work directory with its own venv (its constraints.txt and its own
-distributions: trainer/ and service/, and artifact/ where REF has it), "after" is this working tree
-(.venv) or, with --after REF2, a second worktree. Every round measures every path on both servers,
-in alternating order, and one table gives each figure before and after and their ratio. Worktrees,
-venvs and servers are removed and stopped on exit, also on failure (bench/service/run's trap too).
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import requests
 import tritonclient.http as triton
-from servers import SERVICE_VENV, Checkout, ensure_model, group_cpu_seconds, session, start_service
 from tritonclient.utils import InferenceServerException
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import BUSY, load_mnist, log, machine_busy_seconds, markdown_table, mnist_path, own_cpu_seconds
+from bench.common import BUSY, Others, latency_ms, load_mnist, log, markdown_table, mnist_path
+from bench.service.servers import SERVICE_VENV, Checkout, ensure_model, group_cpu_seconds, session, start_service
 
 BATCHES = (1, 256)
 V2_BINARY, V2_JSON, V1_JSON = "v2 binary (tritonclient)", "v2 JSON (tritonclient)", "v1 JSON (/v1/predict)"
@@ -100,9 +84,8 @@ def measure(clients: dict[str, Client], images: dict[int, np.ndarray], seconds: 
 
 
 def summary(values: list[float], size: int) -> dict:
-    values = sorted(values)
-    return {"requests": len(values), "p50_ms": statistics.median(values) * 1e3,
-            "p99_ms": values[min(len(values) - 1, int(0.99 * len(values)))] * 1e3,
+    latency = latency_ms([v * 1e3 for v in values])
+    return {"requests": len(values), "p50_ms": latency["p50"], "p99_ms": latency["p99"],
             "images_per_s": size * len(values) / sum(values)}
 
 
@@ -151,13 +134,9 @@ def compare(args, images: dict[int, np.ndarray], servers) -> int:
         if not np.allclose(answers["before"], answers["after"], atol=1e-6):
             raise RuntimeError("before and after answer different probabilities for the same model")
 
-        def used() -> tuple[float, float]:  # (CPU seconds of this client and both servers, of the machine)
-            return own_cpu_seconds() + sum(map(group_cpu_seconds, pgids)), machine_busy_seconds()
-
-        (ours, busy), started = used(), time.monotonic()
+        servers_cpu, meter = sum(map(group_cpu_seconds, pgids)), Others()
         results = measure(clients, images, args.seconds, args.rounds)
-        (ours_after, busy_after), seconds = used(), time.monotonic() - started
-        others = max(0.0, (busy_after - busy) - (ours_after - ours)) / seconds
+        others = meter.cores(minus=sum(map(group_cpu_seconds, pgids)) - servers_cpu)
     except (RuntimeError, OSError, subprocess.CalledProcessError, requests.RequestException,
             InferenceServerException) as e:
         log(f"bench: failed: {e}")
@@ -178,7 +157,8 @@ def compare(args, images: dict[int, np.ndarray], servers) -> int:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="bench/service/run v2", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--url", default="http://127.0.0.1:8000", help="the running server (without --baseline)")
     parser.add_argument("--name", default="mnist")
     parser.add_argument("--seconds", type=float, default=10.0, help="per case (and server), split over --rounds")

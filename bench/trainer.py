@@ -1,19 +1,6 @@
-"""Benchmarks of the mnist-mlp trainer: speed against PyTorch and scikit-learn, memory, accuracy, augmentation.
-
-Run through bench/run, which sets up .bench-venv/ (see bench/README.md):
-
-    bench/run speed [--repeats 3]        same network, same data, three frameworks, samples/s
-    bench/run memory                     peak RSS of the `default` preset, 1 epoch
-    bench/run accuracy [--presets fast,default] [--seeds N]
-    bench/run augment [--repeats 5]      seconds per epoch of each data augmentation
-    bench/run machine                    how fast the machine is now, and its machine factor
-
-Wall-clock budgets are seconds on the reference machine times the machine factor measured in the
-same run (common.machine_factor; bench/README.md, "Budgets and the machine factor").
-
-Every subcommand prints a Markdown table and, with --json PATH, writes the results as JSON.
-The machine may be shared and noisy: compare the ratios measured within one run, not absolute
-numbers across runs.
+"""Benchmarks of the NumPy trainer: speed against PyTorch and scikit-learn, memory, accuracy, augmentation
+and the machine's speed. `bench/run speed|memory|accuracy|augment|machine` (or `python -m bench.trainer`
+from the repository root, in .bench-venv); what each measures is in bench/README.md.
 """
 
 from __future__ import annotations
@@ -30,22 +17,23 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from common import (
+
+import mnist_trainer
+from bench.common import (
     BUSY,
+    REPO,
+    Others,
     describe_factor,
     describe_speed,
     environment,
     load_mnist,
     log,
-    machine_busy_seconds,
     machine_factor,
     machine_speed,
     markdown_table,
-    own_cpu_seconds,
     write_json,
     yardstick,
 )
-
 from mnist_trainer import MLP, data
 from mnist_trainer.augment import AUGMENTATIONS, random_elastic, random_thickness
 from mnist_trainer.presets import PRESETS
@@ -88,11 +76,6 @@ def limit_threads(threads: int) -> dict:
     threadpool_limits(limits=threads)  # in force for the rest of the process
     pools = [f"{p['internal_api']} ({p['prefix']}) {p['num_threads']}" for p in threadpool_info()]
     return {"torch.get_num_threads": torch.get_num_threads(), "threadpools": pools}
-
-
-def other_cpu_seconds() -> float:
-    """CPU seconds used so far by everything on the machine except this process."""
-    return machine_busy_seconds() - own_cpu_seconds()
 
 
 def speed_numpy(x_train, y_train, x_test, y_test, epochs: int, seed: int) -> dict:
@@ -164,12 +147,11 @@ def cmd_speed(args) -> dict:
     # numpy, torch, numpy, torch, ... so that load changes on a shared machine hit both alike.
     plan = [name for _ in range(args.repeats) for name in list(FRAMEWORKS)[:2]] + ["scikit-learn"]
     for n, name in enumerate(plan, 1):
-        other, started = other_cpu_seconds(), time.perf_counter()
+        others = Others()
         run = FRAMEWORKS[name](train.images, train.labels, test.images, test.labels, args.epochs,
                                seed=len(runs[name]))
         run["samples_per_second"] = samples / run["seconds"]
-        # How busy the rest of the machine was, in cores.
-        run["other_cores"] = max(0.0, (other_cpu_seconds() - other) / (time.perf_counter() - started))
+        run["other_cores"] = others.cores()  # how busy the rest of the machine was
         runs[name].append(run)
         log(f"[{n}/{len(plan)}] {name}: {run['seconds']:.1f} s, {run['samples_per_second']:,.0f} samples/s, "
             f"test accuracy {100 * run['accuracy']:.2f}%, other processes {run.get('other_cores', 0):.2f} cores")
@@ -229,10 +211,10 @@ def memory_child(args) -> None:
 
 
 def cmd_memory(args) -> dict:
-    command = [sys.executable, str(Path(__file__).resolve()), "memory", "--child", "--epochs", str(args.epochs)]
+    command = [sys.executable, "-m", "bench.trainer", "memory", "--child", "--epochs", str(args.epochs)]
     if args.data:
-        command += ["--data", args.data]
-    child = subprocess.run(command, stdout=subprocess.PIPE, text=True)  # stderr passes through
+        command += ["--data", str(Path(args.data).resolve())]
+    child = subprocess.run(command, stdout=subprocess.PIPE, text=True, cwd=REPO)  # stderr passes through
     if child.returncode:
         sys.exit(f"bench: the memory measurement failed (exit status {child.returncode})")
     child = json.loads(child.stdout)
@@ -266,9 +248,9 @@ def cmd_accuracy(args) -> dict:
         for seed in range(args.seeds or (3 if preset == "default" else 1)):
             config = PRESETS[preset].replace(seed=seed)
             train, val = data.split_validation(mnist.train, 5000, seed)  # as `mnist-train train` does
-            other, started = other_cpu_seconds(), time.perf_counter()
+            others = Others()
             model = MLP(config=config).fit(train.images, train.labels, validation=(val.images, val.labels))
-            other_cores = max(0.0, (other_cpu_seconds() - other) / (time.perf_counter() - started))
+            other_cores = others.cores()
             test = model.evaluate(mnist.test.images, mnist.test.labels)
             yardsticks.append(yardstick(args.data))
             factor = machine_factor(*yardsticks[-2:])
@@ -367,9 +349,9 @@ def cmd_augment(args) -> dict:
     runs, speed_before, yardstick_before = {name: [] for name in AUGMENTERS}, machine_speed(), yardstick(args.data)
     for repeat in range(args.repeats):  # round robin, so that load changes hit every augmentation alike
         for name, function in AUGMENTERS.items():
-            other, started = other_cpu_seconds(), time.perf_counter()
+            others = Others()
             seconds = augment_epoch(images, function, seed=repeat)
-            other_cores = max(0.0, (other_cpu_seconds() - other) / (time.perf_counter() - started))
+            other_cores = others.cores()
             runs[name].append({"seconds": seconds, "other_cores": other_cores})
             log(f"[{repeat + 1}/{args.repeats}] {name}: {seconds:.2f} s, other processes {other_cores:.2f} cores")
 
@@ -422,7 +404,8 @@ def positive(text: str) -> int:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="bench/run", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command")
 
     def command(name, help_):
@@ -456,8 +439,6 @@ def main(argv=None) -> None:
         return memory_child(args)
     results = {"speed": cmd_speed, "memory": cmd_memory, "accuracy": cmd_accuracy,
                "augment": cmd_augment, "machine": cmd_machine}[args.command](args)
-    import mnist_trainer
-
     write_json(args.json, {**results, "environment": environment(mnist_trainer=mnist_trainer.__version__)})
 
 

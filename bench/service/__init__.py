@@ -1,0 +1,1 @@
+"""The service benchmarks: bench/service/run (bench/README.md, "Service")."""
