@@ -16,7 +16,7 @@ import boto3
 os.environ["INITIAL_NO_AUTH_ACTION_COUNT"] = "3"
 from moto.server import ThreadedMotoServer  # noqa: E402
 
-from mnist_artifact.s3 import client_config  # noqa: E402
+from mnist_artifact.repository.s3 import client_config  # noqa: E402
 
 REGION = "us-east-1"
 ALLOW_S3 = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}

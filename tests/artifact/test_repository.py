@@ -236,7 +236,7 @@ def test_concurrent_promotions_lose_no_label(repository):
 
 
 def test_a_promotion_that_keeps_losing_fails_clearly(s3_uri, monkeypatch):
-    from mnist_artifact import s3
+    from mnist_artifact.repository import s3
 
     repository = open_repository(parse_location("MODEL_DIR", s3_uri))
     monkeypatch.setattr(s3, "LABEL_ATTEMPTS", 2)

@@ -21,7 +21,7 @@ from google.protobuf import descriptor_pb2
 from kserve import InferenceGRPCClient, InferInput, InferRequest
 from kserve.protocol.grpc import grpc_predict_v2_pb2 as kserve_pb
 
-PROTO = Path(__file__).parents[2] / "service" / "src" / "mnist_service" / "proto" / "grpc_predict_v2.proto"
+PROTO = Path(__file__).parents[2] / "service" / "src" / "mnist_service" / "grpc" / "proto" / "grpc_predict_v2.proto"
 
 
 async def infer(target: str, pixels: list[list[float]]) -> dict:

@@ -20,7 +20,7 @@ from PIL import Image
 
 from artifact_files import random_arrays
 from mnist_artifact import Model
-from mnist_service.app import create_app
+from mnist_service.http.app import create_app
 from mnist_service.settings import Settings
 
 
@@ -104,7 +104,7 @@ class Server:
                        "GRPC_PORT": str(self.grpc_port), "GRPC_WORKERS": str(max(grpc_workers, 1)),
                        "MODEL_POLL_SECONDS": "0.2", **{k: str(v) for k, v in env.items()}}
         self.log = open(self.log_path, "w")
-        self.process = subprocess.Popen([sys.executable, "-m", "mnist_service.cli"], env=environment,
+        self.process = subprocess.Popen([sys.executable, "-m", "mnist_service.process.cli"], env=environment,
                                         stdout=self.log, stderr=subprocess.STDOUT)
         try:
             self._wait_until_up()

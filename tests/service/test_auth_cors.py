@@ -12,7 +12,7 @@ from importlib import resources
 import pytest
 import requests
 
-from mnist_service import auth
+from mnist_service.keys import RELOAD_SECONDS
 from service_helpers import digit, metric_total, wait_for, write_version
 
 BODY = {"instances": [digit().tolist()]}
@@ -22,7 +22,7 @@ OPEN = ["/healthz", "/readyz", "/metrics", "/openapi.json", "/", "/static/app.js
 
 def documented_requests() -> list[tuple[str, str]]:
     """(method, path) of every operation in the OpenAPI document, its parameters filled in."""
-    spec = json.loads(resources.files("mnist_service").joinpath("openapi.json").read_text())
+    spec = json.loads(resources.files("mnist_service.http").joinpath("openapi.json").read_text())
     filled = {"{name}": "mnist", "{version}": "1", "{label}": "stable"}
     requests_ = []
     for path, operations in spec["paths"].items():
@@ -91,7 +91,7 @@ def test_keys_rotate_while_serving(keyed):
     # An empty file would lock everyone out: each worker keeps the last keys it read. A worker that
     # took no request since the rotation still holds the first set, so test a key both sets share.
     keys.write_text("")
-    time.sleep(auth.RELOAD_SECONDS * 1.5)  # past the reload interval: every request now looks at the file
+    time.sleep(RELOAD_SECONDS * 1.5)  # past the reload interval: every request now looks at the file
     assert all(status("first-key") == 200 for _ in range(10))
 
 

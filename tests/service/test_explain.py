@@ -1,4 +1,4 @@
-"""Pixel attributions (mnist_service.explain): exact gradients, completeness, blind pixels, the heatmap."""
+"""Pixel attributions (mnist_service.dataplane.explain): exact gradients, completeness, blind pixels, the heatmap."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from mnist_artifact import Model
-from mnist_service import explain
+from mnist_service.dataplane import explain
 from service_helpers import digit, write_version
 
 SIZES = (784, 32, 16, 10)  # two hidden layers: the backward pass goes through a ReLU between two matrices

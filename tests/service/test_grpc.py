@@ -411,7 +411,7 @@ def grpc_processes(server: Server) -> list[psutil.Process]:
     found = []
     for child in psutil.Process(server.process.pid).children():
         try:
-            if "mnist_service.grpc_server" in " ".join(child.cmdline()):
+            if "mnist_service.grpc.server" in " ".join(child.cmdline()):
                 found.append(child)
         except psutil.Error:  # a zombie, a process gone
             continue
@@ -446,8 +446,8 @@ def test_a_taken_grpc_port_is_one_line_and_exit_2(tmp_path):
         port = taken.getsockname()[1]
         environment = {**os.environ, "MODEL_DIR": str(tmp_path), "HOST": "127.0.0.1", "PORT": str(free_port()),
                        "GRPC_PORT": str(port), "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")}
-        result = subprocess.run([sys.executable, "-m", "mnist_service.cli"], env=environment, capture_output=True,
-                                text=True, timeout=30)
+        result = subprocess.run([sys.executable, "-m", "mnist_service.process.cli"], env=environment,
+                                capture_output=True, text=True, timeout=30)
     assert result.returncode == 2
     assert result.stderr.strip() == f"mnist-serve: GRPC_PORT {port} is in use on 127.0.0.1"
 

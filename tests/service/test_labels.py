@@ -300,7 +300,7 @@ def _check_with_promtool(exposition: str) -> None:
 def test_versions_asked_for_are_cached_least_recently_used_first(tmp_path):
     """?version=N keeps the versions clients keep asking for loaded: the least recently used goes."""
     from mnist_service import metrics
-    from mnist_service.store import ModelStore
+    from mnist_service.dataplane.store import ModelStore
 
     models = versions(tmp_path, 1, 2, 3, 4)
     store = ModelStore(LocalRepository(models), "mnist", cache_size=2)

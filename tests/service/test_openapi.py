@@ -1,6 +1,6 @@
 from openapi_spec_validator import validate
 
-from mnist_service.routes import ROUTES
+from mnist_service.http.routes import ROUTES
 
 ROUTES_NOT_DOCUMENTED = {"/static/<path:filename>"}
 

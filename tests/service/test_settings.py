@@ -74,8 +74,9 @@ def test_the_retired_queue_limit_is_refused_rather_than_ignored():
 
 
 @pytest.mark.parametrize("command", [
-    [sys.executable, "-m", "mnist_service.cli"],
-    [sys.executable, "-m", "gunicorn", "-c", "python:mnist_service.gunicorn_config", "mnist_service.app:create_app()"],
+    [sys.executable, "-m", "mnist_service.process.cli"],
+    [sys.executable, "-m", "gunicorn", "-c", "python:mnist_service.process.gunicorn_config",
+     "mnist_service.http.app:create_app()"],
 ], ids=["mnist-serve", "gunicorn-by-hand"])
 def test_a_bad_value_stops_the_server_with_one_line(command, tmp_path):
     result = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=tmp_path,
@@ -88,7 +89,7 @@ def test_gunicorn_takes_its_settings_from_the_same_object(monkeypatch):
     for variable, value in {"HOST": "127.0.0.2", "PORT": "8123", "WORKERS": "3", "WORKER_CLASS": "gthread",
                             "THREADS": "2", "TIMEOUT": "40", "GRACEFUL_TIMEOUT": "12"}.items():
         monkeypatch.setenv(variable, value)
-    config = importlib.reload(importlib.import_module("mnist_service.gunicorn_config"))
+    config = importlib.reload(importlib.import_module("mnist_service.process.gunicorn_config"))
     assert (config.bind, config.workers, config.worker_class, config.threads, config.timeout,
             config.graceful_timeout) == ("127.0.0.2:8123", 3, "gthread", 2, 40, 12)
     monkeypatch.setenv("WORKER_CLASS", "gevent")
@@ -96,4 +97,4 @@ def test_gunicorn_takes_its_settings_from_the_same_object(monkeypatch):
     monkeypatch.setenv("BACKLOG", "512")
     config = importlib.reload(config)
     assert (config.worker_class, config.worker_connections, config.backlog, config.keepalive) == (
-        "mnist_service.worker.Worker", 64, 512, 0)
+        "mnist_service.process.worker.Worker", 64, 512, 0)

@@ -15,7 +15,7 @@ from PIL import Image
 from mnist_artifact import preprocess as images
 from service_helpers import digit, png
 
-STATIC = resources.files("mnist_service").joinpath("static")
+STATIC = resources.files("mnist_service.http").joinpath("static")
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
        "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 CONTENT_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css"}

@@ -16,7 +16,8 @@ import psutil
 import pytest
 import requests
 
-from mnist_service.overload import Admission, peek_request, waited_seconds
+from mnist_service.admission import Admission
+from mnist_service.process.shedding import peek_request, waited_seconds
 from service_helpers import metric_total, wait_for
 
 BODY = json.dumps({"instances": [[0] * 784]}).encode()

@@ -6,7 +6,7 @@
 `build_manifest` writes the manifest's body, `load` reads a version back and refuses anything the
 format does not allow; `list_versions` finds versions on disk; `read_labels`
 reads the labels. Where versions live (a directory, a bucket) and how they are written atomically
-is repository.py's.
+is the repository package's (repository/).
 """
 
 from __future__ import annotations

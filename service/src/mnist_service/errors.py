@@ -1,13 +1,11 @@
-"""Every error is JSON: {"error": {"code", "message", "details"}} with a 4xx/5xx status."""
+"""Every error is JSON: {"error": {"code", "message", "details"}} with a 4xx/5xx status (gRPC: its
+status code, grpc/interceptor.py). Transport-free: Flask's handlers are in http/responses.py."""
 
 from __future__ import annotations
 
 import logging
-from http import HTTPStatus
 
 import orjson
-from flask import Flask, Response, request
-from werkzeug.exceptions import HTTPException
 
 log = logging.getLogger(__name__)
 
@@ -30,51 +28,15 @@ def error_body_for(path: str, code: str, message: str, details=None) -> bytes:
     return error_body(code, message, details)
 
 
-def answer_error(start_response, path: str, status: int, code: str, message: str, headers=()) -> list[bytes]:
-    """Answer an error from WSGI middleware that runs before any route (API keys, CORS)."""
-    body = error_body_for(path, code, message)
-    start_response(f"{status} {HTTPStatus(status).phrase}",
-                   [("Content-Type", "application/json"), *headers, ("Content-Length", str(len(body)))])
-    return [body]
-
-
-# werkzeug's exceptions, under the codes clients see.
-HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large",
-              415: "unsupported_media_type"}
-
-
-def http_error(e: HTTPException, path: str) -> tuple[bytes, list[tuple[str, str]]]:
-    """The JSON body and extra headers for one of werkzeug's exceptions (404, 405, 413, ...)."""
-    message = {413: "request body is larger than MAX_BODY_BYTES"}.get(e.code, e.description)
-    body = error_body_for(path, HTTP_CODES.get(e.code, "http_error"), message)
-    allow = [("Allow", ", ".join(e.valid_methods))] if e.code == 405 and getattr(e, "valid_methods", None) else []
-    return body, allow
-
-
 def internal_error() -> bytes:
     """Logs the exception being handled; the body tells the client nothing about it."""
     log.exception("unhandled error")
     return error_body("internal_error", "internal server error")
 
 
-def register(app: Flask) -> None:
-    @app.errorhandler(ApiError)
-    def api_error(e: ApiError):
-        body = error_body_for(request.path, e.code, e.message, e.details)
-        return Response(body, status=e.status, mimetype="application/json")
-
-    @app.errorhandler(HTTPException)
-    def werkzeug_error(e: HTTPException):
-        body, headers = http_error(e, request.path)
-        return Response(body, status=e.code, headers=headers, mimetype="application/json")
-
-    @app.errorhandler(Exception)
-    def unexpected(e: Exception):
-        return Response(internal_error(), status=500, mimetype="application/json")
-
-
 class ClientTimeout(BaseException):
-    """A client took longer than CLIENT_TIMEOUT to send its request or to read the answer (worker.py).
+    """A client took longer than CLIENT_TIMEOUT to send its request or to read the answer
+    (process/worker.py).
 
     A BaseException, as gevent's own Timeout: no `except Exception` on the way may mistake it for
     a server error and answer it; the worker closes the connection."""

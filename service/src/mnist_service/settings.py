@@ -16,9 +16,9 @@ from pathlib import Path
 
 from mnist_artifact.repository import S3Location, parse_location
 
-from .files import read_keys
+from .keys import read_keys
 
-WORKER_CLASSES = ("gevent", "sync", "gthread")  # gevent: worker.Worker; measured in bench/README.md
+WORKER_CLASSES = ("gevent", "sync", "gthread")  # gevent: process/worker.py; measured in bench/README.md
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
@@ -45,7 +45,7 @@ class Settings:
     backlog: int = 8192  # connections the kernel may queue for accept() (capped by net.core.somaxconn)
     timeout: int = 30  # a worker silent this long is killed and replaced
     graceful_timeout: int = 30  # SIGTERM: in-flight requests get this long to finish
-    grpc_port: int = 8081  # the Open Inference Protocol over gRPC (grpc_server.py); 0 turns it off
+    grpc_port: int = 8081  # the Open Inference Protocol over gRPC (grpc/); 0 turns it off
     grpc_workers: int = 1  # gRPC server processes (bench/README.md, "gRPC")
     grpc_max_connection_idle: float = 300.0  # a gRPC connection without RPCs this long is closed
     grpc_max_connection_age: float = 600.0  # then clients reconnect: new pods get their share
