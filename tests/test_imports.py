@@ -101,7 +101,7 @@ def test_the_circle_finder_finds_a_circle_through_a_relative_import(tmp_path, mo
     (package / "__init__.py").write_text("")
     (package / "a.py").write_text("from .b import x\n")
     (package / "b.py").write_text("import json\nx = 1\n\ndef f():\n    from . import a\n")
-    (package / "typing_only.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from . import a\n")
+    (package / "typing_only.py").write_text("import typing\nif TYPE_CHECKING:\n    from . import a\n")
     monkeypatch.setitem(PACKAGES, "mnist_service", tmp_path)
     for other in ("mnist_artifact", "mnist_trainer", "bench"):
         monkeypatch.delitem(PACKAGES, other)

@@ -15,6 +15,6 @@ def test_every_route_is_documented(client):
     spec = client.get("/openapi.json").get_json()
     documented = {path.replace("{", "<").replace("}", ">") for path in spec["paths"]}
     flask_rules = [rule.rule for rule in client.application.url_map.iter_rules()]
-    data_plane_rules = [route.rule for route in ROUTES]  # answered in front of Flask (dataplane.py)
+    data_plane_rules = [route.rule for route in ROUTES]  # answered in front of Flask (http/router.py)
     routes = {rule.replace("<int:", "<") for rule in flask_rules + data_plane_rules}
     assert routes - ROUTES_NOT_DOCUMENTED == documented

@@ -1,6 +1,7 @@
-"""worker.py and overload.py through a real mnist-serve: slow and silent clients are cut off after
-CLIENT_TIMEOUT without holding up anyone else, and inference requests that waited too long are
-answered 503 with Retry-After before they are parsed, while health checks still pass."""
+"""process/worker.py, process/shedding.py and admission.py through a real mnist-serve: slow and
+silent clients are cut off after CLIENT_TIMEOUT without holding up anyone else, and inference
+requests that waited too long are answered 503 with Retry-After before they are parsed, while
+health checks still pass."""
 
 from __future__ import annotations
 
