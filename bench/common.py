@@ -40,6 +40,12 @@ def markdown_table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
+def table(rows: list[dict], columns: list[tuple]) -> str:
+    """A Markdown table of `rows`: each column a header and a str.format template of the row (or a function of it)."""
+    return markdown_table([header for header, _ in columns],
+                          [[f(row) if callable(f) else f.format_map(row) for _, f in columns] for row in rows])
+
+
 def percentile(values, q: float) -> float | None:
     """The q-th percentile by nearest rank: the ceil(q/100 * n)-th smallest of the n values (None if
     there are none). The one definition of every percentile the benchmarks compute themselves."""
@@ -64,8 +70,6 @@ def random_arrays(sizes: list[int], seed: int) -> dict[str, np.ndarray]:
     return arrays
 
 
-# --- data --------------------------------------------------------------------------------------
-
 def mnist_path(path: str | None) -> str:
     """--data, else $MNIST_DIR, else the shared copy beside the checkout (never a download)."""
     path = path or os.environ.get("MNIST_DIR")
@@ -85,8 +89,6 @@ def load_mnist(path: str | None):
     except data.DataError as e:
         sys.exit(f"bench: {e}")
 
-
-# --- CPU ---------------------------------------------------------------------------------------
 
 def machine_busy_seconds() -> float:
     """CPU seconds used so far by everything on the machine: every state but idle and iowait."""
@@ -147,8 +149,6 @@ def pin_self(who: str, pin: bool = True) -> int | None:
     log(f"{who}: this script and the load generators on CPU {cpus[0]}, every server on CPU {cpus[-1]} (taskset)")
     return cpus[-1]
 
-
-# --- the machine -------------------------------------------------------------------------------
 
 def machine_speed() -> dict:
     """Float32 matrix products of a wide hidden layer (256x1280 @ 1280x1280, the BLAS threads as set) in
@@ -215,8 +215,6 @@ def describe_factor(factor: dict) -> str:
                  "run, which slows it many times: the factor is inflated, re-run on an idle machine)")
     return line
 
-
-# --- results -----------------------------------------------------------------------------------
 
 def tool_version(argv: list[str], containing: str = "") -> str | None:
     """The first line of a program's output (ANSI colours removed) that contains `containing`."""

@@ -13,7 +13,6 @@ import subprocess
 import sys
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -44,28 +43,15 @@ MEMORY_TARGET_MIB = 1024
 AUGMENT_BUDGET_SECONDS = 2.0  # all augmentation of one epoch of 60,000 images, on the reference machine
 
 
-@dataclass(frozen=True)
-class Target:
-    """A preset's target on the reference machine (mnist_trainer/presets.py)."""
-
-    accuracy: float
-    seconds: float  # training seconds on the reference machine; scaled by the machine factor
-    every_seed: bool  # whether every seed's accuracy must reach `accuracy`, not only their mean
-
-    def describe(self) -> str:
-        who = "every seed" if self.every_seed else "mean of seeds"
-        return f">= {100 * self.accuracy:g}% ({who}), each run in <= {self.seconds:g} s x factor"
-
-
-# The targets stated in mnist_trainer/presets.py.
-ACCURACY_TARGETS = {"default": Target(0.990, 60, every_seed=False), "best": Target(0.9935, 15 * 60, every_seed=True)}
+# The targets stated in mnist_trainer/presets.py: test accuracy (the mean of the seeds, or every seed's)
+# and training seconds on the reference machine, scaled by the machine factor.
+ACCURACY_TARGETS = {"default": {"accuracy": 0.990, "reference_seconds": 60, "every_seed": False},
+                    "best": {"accuracy": 0.9935, "reference_seconds": 15 * 60, "every_seed": True}}
 
 # The speed benchmark's network and optimiser, identical in all three frameworks.
 SPEED = TrainConfig(hidden=(256,), epochs=5, batch_size=128, optimizer="sgd", lr=0.05, momentum=0.9,
                     nesterov=False, schedule="constant")
 
-
-# --- speed -------------------------------------------------------------------------------------
 
 def limit_threads(threads: int) -> dict:
     """Both NumPy's BLAS and torch's intra-op pool to `threads`; returns a description of the pools."""
@@ -189,8 +175,6 @@ def cmd_speed(args) -> dict:
             "max_other_cores": busy, "results": summary, "ratios": ratios, "machine_factor": factor}
 
 
-# --- memory ------------------------------------------------------------------------------------
-
 def peak_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
@@ -230,41 +214,56 @@ def cmd_memory(args) -> dict:
             "target_mib": MEMORY_TARGET_MIB, **child}
 
 
-# --- accuracy ----------------------------------------------------------------------------------
-
 def cmd_accuracy(args) -> dict:
     presets = [p.strip() for p in args.presets.split(",") if p.strip()]
-    for preset in presets:
-        if preset not in PRESETS:
-            sys.exit(f"bench: unknown preset {preset!r} (expected one of {', '.join(PRESETS)})")
+    if unknown := [p for p in presets if p not in PRESETS]:
+        sys.exit(f"bench: unknown preset(s) {unknown} (expected one of {', '.join(PRESETS)})")
     mnist = load_mnist(args.data)
     speed_before = machine_speed()
     # The yardstick before the first run and after every run: each run's factor comes from both sides of it.
     yardsticks = [yardstick(args.data)]
     results, seed_rows, summary_rows = {}, [], []
     for preset in presets:
-        target = ACCURACY_TARGETS.get(preset)
-        runs = []
+        target, runs = ACCURACY_TARGETS.get(preset), []
         for seed in range(args.seeds or (3 if preset == "default" else 1)):
-            config = PRESETS[preset].replace(seed=seed)
             train, val = data.split_validation(mnist.train, 5000, seed)  # as `mnist-train train` does
             others = Others()
-            model = MLP(config=config).fit(train.images, train.labels, validation=(val.images, val.labels))
+            model = MLP(config=PRESETS[preset].replace(seed=seed)).fit(train.images, train.labels,
+                                                                       validation=(val.images, val.labels))
             other_cores = others.cores()
-            test = model.evaluate(mnist.test.images, mnist.test.labels)
+            accuracy = model.evaluate(mnist.test.images, mnist.test.labels)["accuracy"]
             yardsticks.append(yardstick(args.data))
             factor = machine_factor(*yardsticks[-2:])
-            run = {"seed": seed, "test_accuracy": test["accuracy"], "training_seconds": model.training_seconds,
+            run = {"seed": seed, "test_accuracy": accuracy, "training_seconds": model.training_seconds,
                    "best_epoch": model.best_epoch, "other_cores": other_cores, "machine_factor": factor}
+            verdict, budget = "-", "-"
             if target:
-                run["budget_seconds"] = target.seconds * factor["factor"]
+                run["budget_seconds"] = target["reference_seconds"] * factor["factor"]
+                budget = f"{run['budget_seconds']:.0f}"
+                verdict = judge(run["training_seconds"] <= run["budget_seconds"] and (
+                    accuracy >= target["accuracy"] or not target["every_seed"]), factor["other_cores_max"])
             runs.append(run)
-            log(f"{preset} seed {seed}: test accuracy {100 * run['test_accuracy']:.2f}%, "
-                f"{run['training_seconds']:.1f} s, machine factor {factor['factor']:.2f}, "
-                f"other processes {other_cores:.2f} cores")
-            seed_rows.append(_seed_row(preset, run, target))
-        results[preset] = _summary(PRESETS[preset], runs, target)
-        summary_rows.append(_summary_row(preset, results[preset], target))
+            log(f"{preset} seed {seed}: test accuracy {100 * accuracy:.2f}%, {run['training_seconds']:.1f} s, "
+                f"machine factor {factor['factor']:.2f}, other processes {other_cores:.2f} cores")
+            seed_rows.append([f"`{preset}`", seed, f"{100 * accuracy:.2f}%", run["best_epoch"],
+                              f"{run['training_seconds']:.1f}", f"{other_cores:.2f}", f"{factor['factor']:.2f}",
+                              budget, verdict])
+        acc, sec = [r["test_accuracy"] for r in runs], [r["training_seconds"] for r in runs]
+        summary = results[preset] = {"config": PRESETS[preset].as_dict(), "runs": runs,
+                                     "accuracy_mean": statistics.mean(acc), "accuracy_std": std(acc),
+                                     "seconds_mean": statistics.mean(sec), "seconds_std": std(sec)}
+        verdict = described = "-"
+        if target:
+            accurate = (min(acc) if target["every_seed"] else summary["accuracy_mean"]) >= target["accuracy"]
+            summary["target"] = target | {"met": accurate and all(r["training_seconds"] <= r["budget_seconds"]
+                                                                  for r in runs)}
+            verdict = judge(summary["target"]["met"], max(r["machine_factor"]["other_cores_max"] for r in runs))
+            who = "every seed" if target["every_seed"] else "mean of seeds"
+            described = (f">= {100 * target['accuracy']:g}% ({who}), each run in <= "
+                         f"{target['reference_seconds']:g} s x factor")
+        summary_rows.append([f"`{preset}`", len(acc), f"{100 * summary['accuracy_mean']:.2f}% ± "
+                             f"{100 * summary['accuracy_std']:.2f} ({100 * min(acc):.2f}-{100 * max(acc):.2f})",
+                             f"{summary['seconds_mean']:.1f} ± {summary['seconds_std']:.1f}", described, verdict])
     print("Train on 55,000 images (5,000 held out for validation / best epoch), test on 10,000. Each run's "
           "budget is its reference-machine seconds x the machine factor measured just before and after it.\n")
     print(markdown_table(["preset", "seed", "test accuracy", "best epoch", "training s", "others' cores",
@@ -286,46 +285,9 @@ def judge(met: bool, yardstick_other_cores: float) -> str:
     return "met" if yardstick_other_cores <= BUSY else "met only with a suspect factor (busy machine)"
 
 
-def _seed_row(preset: str, run: dict, target: Target | None) -> list:
-    verdict = "-"
-    if target:
-        in_time = run["training_seconds"] <= run["budget_seconds"]
-        accurate = run["test_accuracy"] >= target.accuracy or not target.every_seed
-        verdict = judge(in_time and accurate, run["machine_factor"]["other_cores_max"])
-    return [f"`{preset}`", run["seed"], f"{100 * run['test_accuracy']:.2f}%", run["best_epoch"],
-            f"{run['training_seconds']:.1f}", f"{run['other_cores']:.2f}", f"{run['machine_factor']['factor']:.2f}",
-            f"{run['budget_seconds']:.0f}" if target else "-", verdict]
-
-
-def _summary(config: TrainConfig, runs: list[dict], target: Target | None) -> dict:
-    acc = [r["test_accuracy"] for r in runs]
-    sec = [r["training_seconds"] for r in runs]
-    summary = {"config": config.as_dict(), "runs": runs, "accuracy_mean": statistics.mean(acc),
-               "accuracy_std": std(acc), "seconds_mean": statistics.mean(sec), "seconds_std": std(sec)}
-    if target:
-        accurate = min(acc) >= target.accuracy if target.every_seed else summary["accuracy_mean"] >= target.accuracy
-        in_time = all(r["training_seconds"] <= r["budget_seconds"] for r in runs)
-        summary["target"] = {"accuracy": target.accuracy, "reference_seconds": target.seconds,
-                             "every_seed": target.every_seed, "met": accurate and in_time}
-    return summary
-
-
-def _summary_row(preset: str, summary: dict, target: Target | None) -> list:
-    acc = [100 * r["test_accuracy"] for r in summary["runs"]]
-    return [f"`{preset}`", len(acc),
-            f"{100 * summary['accuracy_mean']:.2f}% ± {100 * summary['accuracy_std']:.2f} "
-            f"({min(acc):.2f}-{max(acc):.2f})",
-            f"{summary['seconds_mean']:.1f} ± {summary['seconds_std']:.1f}",
-            target.describe() if target else "-",
-            judge(summary["target"]["met"], max(r["machine_factor"]["other_cores_max"] for r in summary["runs"]))
-            if target else "-"]
-
-
 def std(values: list[float]) -> float:
     return statistics.stdev(values) if len(values) > 1 else 0.0
 
-
-# --- augment -----------------------------------------------------------------------------------
 
 # What the training loop may call once per batch; the thickness change and the warp alone for comparison.
 AUGMENTERS = {"shift": AUGMENTATIONS["shift"], "affine": AUGMENTATIONS["affine"],
@@ -379,8 +341,6 @@ def cmd_augment(args) -> dict:
             "max_other_cores": busy, "results": summary, "machine_speed": speed}
 
 
-# --- machine -----------------------------------------------------------------------------------
-
 def report_speed(before: dict) -> dict:
     """The machine's speed before a run and now, printed under the run's table; returned for the JSON."""
     speed = {"before": before, "after": machine_speed()}
@@ -394,8 +354,6 @@ def cmd_machine(args) -> dict:
     print(describe_factor(factor))
     return {"benchmark": "machine", "machine_speed": speed, "machine_factor": factor}
 
-
-# --- command line ------------------------------------------------------------------------------
 
 def positive(text: str) -> int:
     if not text.isdigit() or int(text) < 1:

@@ -56,8 +56,6 @@ SLOW_SENDERS = 8  # RPCs stalled mid-message at once
 SERVER_MODULE = "mnist_service.grpc.server"
 
 
-# --- requests and what a real client gets ----------------------------------------------------------
-
 def infer_message(model_name: str, pixels: np.ndarray) -> bytes:
     """A serialized ModelInferRequest: input "images", FP32 [N, 784] in raw_input_contents, no outputs
     named (every output comes back, in raw_output_contents)."""
@@ -141,8 +139,6 @@ def counts_from_directory(path: Path) -> Callable[[], dict[str, float]]:
     return read
 
 
-# --- servers -------------------------------------------------------------------------------------
-
 @dataclass
 class Target:
     """A server under test: its process group, ports and, for ours, its counter of ModelInfer RPCs."""
@@ -209,8 +205,6 @@ def start_standalone(servers: Servers, key: str, label: str, model_dir: Path, ar
         servers.stop(key)
     return target
 
-
-# --- load ----------------------------------------------------------------------------------------
 
 @dataclass
 class Case:
@@ -353,8 +347,6 @@ def build_cases(servers: Servers, groups: set[str], args, model_dir: Path, versi
         case.check()  # every server answers right before any load
     return cases, targets
 
-
-# --- the forward pass, the profile, the idle server, slow senders -------------------------------------
 
 FORWARD_CODE = """import json, statistics, sys, timeit
 import numpy as np
@@ -583,8 +575,6 @@ def slow_phase(servers: Servers, args, model_dir: Path, test) -> dict:
     return {"slow-aio": {"label": label, "alone": alone, "beside_stalled": stalled}}
 
 
-# --- report ----------------------------------------------------------------------------------------
-
 def checks_cell(r: dict) -> str:
     c, parts = r["checks"], []
     if c["server_ok"] is not None:
@@ -725,8 +715,6 @@ def report(args, out: dict, env: dict) -> tuple[str, str]:
                f"model {out['model']['layer_sizes']}")
     return heading, "\n".join(text)
 
-
-# --- main ------------------------------------------------------------------------------------------
 
 def run(args, servers: Servers, test, model_dir: Path) -> dict:
     groups = args.groups

@@ -15,7 +15,6 @@ import resource
 import selectors
 import socket
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -24,14 +23,16 @@ from pathlib import Path
 import numpy as np
 import psutil
 
-from bench.common import BUSY, latency_ms, log, markdown_table, pin_self, taskset, tool_version
+from bench.common import BUSY, latency_ms, log, pin_self, table, taskset, tool_version
 from bench.service import servers as sv
-from bench.service.servers import GTHREAD_THREADS, WORKERS, CpuMeter, Servers, run_wrk
+from bench.service.servers import GTHREAD_THREADS, WORKERS, Servers, run_wrk
 from mnist_service.settings import Settings
 
 CLASSES = ("gevent", "sync", "gthread")
 CASES = ("max", "slow-headers", "slow-body", "slow-silent", "idle", "busy", "crowd", "overload")
 SLOW_CASES = ("slow-headers", "slow-body", "slow-silent")
+SLOWHTTPTEST_MODES = {"slow-headers": ["-H", "-t", "GET"],
+                      "slow-body": ["-B", "-t", "POST", "-s", "8192", "-f", "application/json"]}
 DEFAULTS = Settings()  # the service's defaults, which every server here runs with
 CLIENT_TIMEOUT = DEFAULTS.client_timeout
 CLOSE_MARGIN = 3.0  # idle connections must all be closed within CLIENT_TIMEOUT + this
@@ -41,9 +42,9 @@ REQUEST_TIMEOUT = 2  # h2load -T: seconds a request (= a connection) may take un
 H2LOAD_GRACE = 3  # h2load is stopped this long after its last request's timeout (run_h2load)
 POLL_PERIOD = 0.5
 CALIBRATION = 0.9  # h2load at this fraction of wrk's maximum: the open-loop check of that maximum
+BUSY_FACTOR = 0.5  # the busy machine's offered rate, of the maximum
 CROWDS = (256, 1000, 8000)
 MiB = 1 << 20
-
 # Targets for the default worker (gevent).
 TARGET_SLOW_P99_MS = 1000
 TARGET_CROWD_VS_MAX = 0.80
@@ -52,8 +53,6 @@ TARGET_OVERLOAD_VS_MAX = {2: 0.75, 3: 0.50}  # by factor; at any other, only: ev
 TARGET_HEALTH_S = 0.5
 TARGET_RSS_GROWTH = 1.10
 
-
-# --- what the server says -----------------------------------------------------------------------
 
 def get(url: str, timeout: float, body: bytes | None = None) -> tuple[int | str, float, dict]:
     """(HTTP status or the error's name, seconds, headers) of one request on its own connection."""
@@ -77,228 +76,108 @@ def counters(base: str) -> dict[str, float] | None:
 
 def worker_pids(pid: int) -> list[int]:
     """The worker processes of the gunicorn arbiter `pid`."""
-    try:
+    with contextlib.suppress(psutil.Error):
         return sorted(child.pid for child in psutil.Process(pid).children())
-    except psutil.Error:
-        return []
+    return []
 
 
-def recover(base: str, pgid: int, seconds: float = 60) -> float | None:
-    """Seconds until /healthz answers 200 again and the server is idle; None if it did not within `seconds`."""
+@contextlib.contextmanager
+def background(loop, grace: float = 0):
+    """loop(stopping) in a thread for the block; then (after `grace` s for it to end by itself) `stopping`
+    is set and the thread joined."""
+    stopping = threading.Event()
+    thread = threading.Thread(target=loop, args=(stopping,), daemon=True)
+    thread.start()
+    try:
+        yield stopping
+    finally:
+        thread.join(grace)
+        stopping.set()
+        thread.join()
+
+
+def every(period: float, step):
+    """A loop for background(): step() every `period` seconds until stopped."""
+    def loop(stopping: threading.Event) -> None:
+        due = time.monotonic()
+        while not stopping.is_set():
+            step()
+            due += period
+            stopping.wait(max(0.0, due - time.monotonic()))
+    return loop
+
+
+def silent(port: int, count: int, until, opened: threading.Event | None = None) -> dict:
+    """`count` connections that send nothing, held until the server has closed them all or until();
+    when the server closed each (seconds after all were open) and the first line of what it sent."""
+    selector, sockets, failed, closed_at = selectors.DefaultSelector(), set(), 0, []
+    answers: collections.Counter = collections.Counter()
     started = time.monotonic()
-    while time.monotonic() - started < seconds:
-        if get(base + "/healthz", timeout=2)[0] == 200:
-            sv.wait_idle(pgid)
-            return time.monotonic() - started
-        time.sleep(0.5)
-    return None
-
-
-class Snapshot:
-    """What a case compares before and after: worker pids, RSS, the service's counters, CPU."""
-
-    def __init__(self, proc: subprocess.Popen, base: str):
-        self.proc, self.base = proc, base
-        self.pids, self.rss, self.counters = worker_pids(proc.pid), sv.group_rss_bytes(proc.pid), counters(base)
-        self.meter = CpuMeter(proc.pid)
-
-    def compare(self, recovered: float | None) -> dict:
-        """Call once the server has recovered (its counters are read then)."""
-        cpu = self.meter.read()
-        pids, after = worker_pids(self.proc.pid), counters(self.base)
-        deltas = {k: after[k] - self.counters[k] for k in after} if after and self.counters else None
-        return {"workers_before": self.pids, "workers_after": pids, "workers_replaced": pids != self.pids,
-                "rss_before_mib": self.rss / MiB, "rss_after_mib": sv.group_rss_bytes(self.proc.pid) / MiB,
-                "counters": deltas, "recovered_s": recovered, "cpu": cpu}
-
-
-# --- clients that do not behave -------------------------------------------------------------------
-
-class Silent(threading.Thread):
-    """`count` connections that send nothing; records when the server closes each (seconds after all
-    were opened) and the first line of anything it sends before closing."""
-
-    def __init__(self, port: int, count: int):
-        super().__init__(daemon=True)
-        self.port, self.count = port, count
-        self.stopping, self.ready = threading.Event(), threading.Event()
-        self.failed, self.opened, self.open_s, self.closed_at = 0, 0, 0.0, []
-        self.answers: collections.Counter = collections.Counter()
-        self.started = time.monotonic()
-
-    def run(self) -> None:
-        selector, sockets = selectors.DefaultSelector(), set()
-        try:
-            for _ in range(self.count):
-                sock = socket.socket()
-                sock.settimeout(3)
-                try:
-                    sock.connect(("127.0.0.1", self.port))
-                except OSError:
-                    self.failed += 1
-                    sock.close()
-                    continue
-                sock.setblocking(False)
-                selector.register(sock, selectors.EVENT_READ)
-                sockets.add(sock)
-            self.opened, self.open_s = len(sockets), time.monotonic() - self.started
-            self.started = time.monotonic()
-            self.ready.set()
-            while sockets and not self.stopping.is_set():
-                for key, _ in selector.select(0.1):
-                    try:
-                        data = key.fileobj.recv(4096)
-                    except OSError:  # reset
-                        data = b""
-                    if data:
-                        self.answers[data.split(b"\r\n", 1)[0].decode(errors="replace")[:40]] += 1
-                        continue
-                    self.closed_at.append(time.monotonic() - self.started)
-                    selector.unregister(key.fileobj)
-                    key.fileobj.close()
-                    sockets.discard(key.fileobj)
-        finally:
-            self.ready.set()
-            for sock in sockets:
+    try:
+        for _ in range(count):
+            sock = socket.socket()
+            sock.settimeout(3)
+            try:
+                sock.connect(("127.0.0.1", port))
+            except OSError:
+                failed += 1
                 sock.close()
-
-    def stop(self) -> dict:
-        self.stopping.set()
-        self.join()
-        closed = sorted(self.closed_at)
-        return {"opened": self.opened, "failed": self.failed, "open_s": self.open_s, "closed_by_server": len(closed),
-                "first_closed_s": closed[0] if closed else None,
-                "all_closed_s": closed[-1] if closed and len(closed) == self.opened else None,
-                "answers": dict(self.answers)}
-
-
-class SilentWaves(threading.Thread):
-    """Silent connections in waves until stopped: a new wave whenever the server has closed every
-    connection of the last one (as SlowHttpTest does with slowhttptest)."""
-
-    def __init__(self, port: int, count: int):
-        super().__init__(daemon=True)
-        self.port, self.count = port, count
-        self.stopping = threading.Event()
-        self.waves: list[dict] = []
-
-    def run(self) -> None:
-        started = time.monotonic()
-        while not self.stopping.is_set():
-            wave, wave_started = Silent(self.port, self.count), time.monotonic() - started
-            wave.start()
-            wave.ready.wait()
-            while len(wave.closed_at) < wave.opened and not self.stopping.wait(0.1):
-                pass
-            held = wave.stop()
-            self.waves.append({"started_s": wave_started, "max_connected": held["opened"]} | held)
-            if not held["opened"]:
-                break
-
-    def stop(self) -> list[dict]:
-        self.stopping.set()
-        self.join()
-        return self.waves
+                continue
+            sock.setblocking(False)
+            selector.register(sock, selectors.EVENT_READ)
+            sockets.add(sock)
+        total, open_s, started = len(sockets), time.monotonic() - started, time.monotonic()
+        if opened:
+            opened.set()
+        while sockets and not until():
+            for key, _ in selector.select(0.1):
+                with contextlib.suppress(OSError):  # a reset: closed
+                    if data := key.fileobj.recv(4096):
+                        answers[data.split(b"\r\n", 1)[0].decode(errors="replace")[:40]] += 1
+                        continue
+                closed_at.append(time.monotonic() - started)
+                selector.unregister(key.fileobj)
+                key.fileobj.close()
+                sockets.discard(key.fileobj)
+    finally:
+        for sock in sockets:
+            sock.close()
+    return {"opened": total, "max_connected": total, "failed": failed, "open_s": open_s,
+            "closed_by_server": len(closed_at), "first_closed_s": min(closed_at, default=None),
+            "all_closed_s": max(closed_at) if closed_at and len(closed_at) == total else None,
+            "answers": dict(answers)}
 
 
-class SlowHttpTest(threading.Thread):
-    """slowhttptest in waves against `url` until stopped: a new wave whenever the server has closed
-    every connection of the last one. Each wave's CSV (-g -o) and exit status are kept."""
-
-    def __init__(self, servers: Servers, name: str, mode: list[str], url: str, connections: int, seconds: float):
-        super().__init__(daemon=True)
-        self.servers, self.name, self.mode, self.url = servers, name, mode, url
-        self.connections, self.seconds = connections, seconds
-        self.stopping = threading.Event()
-        self.waves: list[dict] = []
-
-    def run(self) -> None:
-        started = time.monotonic()
-        while not self.stopping.is_set() and (left := self.seconds - (time.monotonic() - started)) >= 2:
-            name = f"{self.name}-{len(self.waves)}"
-            out = self.servers.workdir / name
-            argv = ["slowhttptest", *self.mode, "-c", str(self.connections), "-r", str(self.connections),
-                    "-i", "1", "-x", "2", "-p", "2", "-l", str(math.ceil(left)), "-g", "-o", str(out), "-u", self.url]
-            proc = self.servers.start(name, argv, os.environ)
-            wave_started = time.monotonic()
-            while proc.poll() is None and not self.stopping.is_set():
-                time.sleep(0.05)
-            lasted = time.monotonic() - wave_started
-            self.servers.stop(name)  # only still running when stopped before its end
-            status = re.search(r"Exit status:\s*(?:\x1b\[[0-9;]*m)*([^\x1b\n]*)", _read(proc.log_path))
-            rows = _csv(out.with_suffix(".csv"))
-            self.waves.append({
-                "started_s": wave_started - started, "lasted_s": lasted,
-                "exit_status": status.group(1).strip() if status else "stopped at the end of the measurement",
-                "max_connected": max((r["Connected"] for r in rows), default=0),
-                "first_closed_s": next((r["Seconds"] for r in rows if r["Closed"] > 0), None),
-                # slowhttptest ends a wave once the server has closed all its connections
-                "all_closed_s": lasted if status and "No open connections" in status.group(1) else None})
-
-    def stop(self) -> list[dict]:
-        """After the measurement: the last wave ends by its own -l (so its CSV is written) soon after."""
-        self.join(timeout=10)
-        self.stopping.set()
-        self.join()
-        return self.waves
+def slowhttptest_wave(servers: Servers, name: str, mode: list[str], url: str, connections: int, seconds: float,
+                      stopping: threading.Event) -> dict:
+    """One slowhttptest run (it ends when the server has closed all its connections, or after
+    `seconds`): how long it lasted, its exit status and its CSV's figures."""
+    out = servers.workdir / name
+    proc = servers.start(name, ["slowhttptest", *mode, "-c", str(connections), "-r", str(connections), "-i", "1",
+                                "-x", "2", "-p", "2", "-l", str(math.ceil(seconds)), "-g", "-o", str(out), "-u", url],
+                         dict(os.environ))
+    started = time.monotonic()
+    while proc.poll() is None and not stopping.is_set():
+        time.sleep(0.05)
+    lasted = time.monotonic() - started
+    servers.stop(name)  # only still running when stopped before its end
+    status = re.search(r"Exit status:\s*(?:\x1b\[[0-9;]*m)*([^\x1b\n]*)", read(proc.log_path))
+    lines = read(out.with_suffix(".csv")).splitlines()  # Seconds, Closed, Pending, Connected, ... once a second
+    rows = [dict(zip(lines[0].split(","), map(int, line.split(",")))) for line in lines[1:]
+            if line.count(",") == lines[0].count(",")]
+    return {"lasted_s": lasted, "exit_status": status.group(1).strip() if status else "stopped at the end",
+            "max_connected": max((r["Connected"] for r in rows), default=0),
+            "first_closed_s": next((r["Seconds"] for r in rows if r["Closed"] > 0), None),
+            # slowhttptest ends a wave once the server has closed all its connections
+            "all_closed_s": lasted if status and "No open connections" in status.group(1) else None}
 
 
-def _read(path: Path) -> str:
+def read(path: Path) -> str:
     try:
         return path.read_text(errors="replace")
     except OSError:
         return ""
 
-
-def _csv(path: Path) -> list[dict]:
-    """slowhttptest's CSV: Seconds, Closed, Pending, Connected, Service Available (one row a second)."""
-    lines = _read(path).splitlines()
-    if not lines:
-        return []
-    header = lines[0].split(",")
-    return [dict(zip(header, map(int, line.split(",")))) for line in lines[1:] if line.count(",") == len(header) - 1]
-
-
-class Poller(threading.Thread):
-    """GET (or POST `body` to) `url` every POLL_PERIOD seconds, each with `timeout`; keeps every answer."""
-
-    def __init__(self, url: str, timeout: float, body: bytes | None = None):
-        super().__init__(daemon=True)
-        self.url, self.timeout, self.body = url, timeout, body
-        self.stopping = threading.Event()
-        self.answers: list[tuple[int | str, float, dict]] = []
-
-    def run(self) -> None:
-        due = time.monotonic()
-        while not self.stopping.is_set():
-            self.answers.append(get(self.url, self.timeout, self.body))
-            due += POLL_PERIOD
-            self.stopping.wait(max(0.0, due - time.monotonic()))
-
-    def stop(self) -> list[tuple[int | str, float, dict]]:
-        self.stopping.set()
-        self.join()
-        return self.answers
-
-
-class RssPeak(threading.Thread):
-    """The highest RSS of a process group, sampled every second until stopped."""
-
-    def __init__(self, pgid: int):
-        super().__init__(daemon=True)
-        self.pgid, self.peak, self.stopping = pgid, 0, threading.Event()
-
-    def run(self) -> None:
-        while not self.stopping.wait(1.0 if self.peak else 0.0):
-            self.peak = max(self.peak, sv.group_rss_bytes(self.pgid))
-
-    def stop(self) -> float:
-        self.stopping.set()
-        self.join()
-        return self.peak / MiB
-
-
-# --- h2load -----------------------------------------------------------------------------------------
 
 def run_h2load(servers: Servers, url: str, body: Path, rate: int, seconds: float, period_ms: int, name: str) -> dict:
     """h2load over HTTP/1.1: `rate` connections a second, one request each, for `seconds`, each with a
@@ -329,104 +208,138 @@ def run_h2load(servers: Servers, url: str, body: Path, rate: int, seconds: float
             "ok_per_second_median": statistics.median(full_seconds or [0])}
 
 
-# --- the cases --------------------------------------------------------------------------------------
+def probe_summary(probes: list[tuple[int | str, float, dict]]) -> dict:
+    shed = [headers for status, _, headers in probes if status == 503]
+    return {"sent": len(probes), "statuses": dict(collections.Counter(str(s) for s, _, _ in probes)),
+            "shed_with_retry_after": sum(1 for h in shed if "Retry-After" in h), "shed": len(shed)}
+
 
 class Target:
-    """One mnist-serve under test, and what every case needs to load it."""
+    """One mnist-serve under test, what every case needs to load it, and what a case compares."""
 
-    def __init__(self, servers: Servers, label: str, proc: subprocess.Popen, base: str, body: Path, args):
+    def __init__(self, servers: Servers, label: str, proc, base: str, body: Path, args):
         self.servers, self.label, self.proc, self.base, self.body, self.args = servers, label, proc, base, body, args
-        self.url, self.port = base + "/v1/predict", int(base.rsplit(":", 1)[1])
+        self.url, self.port, self.pgid = base + "/v1/predict", int(base.rsplit(":", 1)[1]), proc.pid
+
+    @contextlib.contextmanager
+    def case(self):
+        """Yields a dict for the case's figures, to which are added, once the server has recovered
+        (/healthz 200 again and idle), its worker pids, RSS, counters and CPU before and after."""
+        pids, rss, before, meter = worker_pids(self.pgid), sv.group_rss_bytes(self.pgid), counters(self.base), \
+            sv.CpuMeter(self.pgid)
+        result: dict = {}
+        yield result
+        started, recovered = time.monotonic(), None
+        while recovered is None and time.monotonic() - started < 60:
+            if get(self.base + "/healthz", timeout=2)[0] == 200:
+                sv.wait_idle(self.pgid)
+                recovered = time.monotonic() - started
+            else:
+                time.sleep(0.5)
+        cpu, after = meter.read(), counters(self.base)
+        result |= {"workers_before": pids, "workers_after": worker_pids(self.pgid), "rss_before_mib": rss / MiB,
+                   "rss_after_mib": sv.group_rss_bytes(self.pgid) / MiB, "recovered_s": recovered, "cpu": cpu,
+                   "counters": {k: after[k] - before[k] for k in after} if after and before else None}
+        result["workers_replaced"] = result["workers_after"] != pids
 
     def normal_traffic(self, seconds: float) -> dict:
         """wrk's figures, and a probe's: wrk counts no request that never gets an answer (it counts a
         timeout only when a late answer comes), so one POST every POLL_PERIOD s on its own connection,
         with a NORMAL_TIMEOUT s timeout, counts those."""
-        probe = Poller(self.url, NORMAL_TIMEOUT, self.body.read_bytes())
-        probe.start()
-        r = run_wrk(self.servers, self.url, self.body, seconds, NORMAL_CONNECTIONS, timeout=NORMAL_TIMEOUT,
-                    name="wrk-normal")
-        answers = probe.stop()
+        answers = []
+        with background(every(POLL_PERIOD, lambda: answers.append(get(self.url, NORMAL_TIMEOUT,
+                                                                        self.body.read_bytes())))):
+            r = run_wrk(self.servers, self.url, self.body, seconds, NORMAL_CONNECTIONS, timeout=NORMAL_TIMEOUT,
+                        name="wrk-normal")
         return {"rps": r["rps"], "requests": r["requests"], "p50_ms": r["latency_ms"]["p50"],
                 "p99_ms": r["latency_ms"]["p99"] if r["requests"] else None, "max_ms": r["latency_ms"]["max"],
-                "errors": r["errors"], "error_count": sum(r["errors"].values()),
-                "probes": len(answers), "probes_ok": sum(1 for status, _, _ in answers if status == 200),
+                "errors": r["errors"], "error_count": sum(r["errors"].values()), "probes": len(answers),
+                "probes_ok": sum(1 for status, _, _ in answers if status == 200),
                 "probe_failures": dict(collections.Counter(str(st) for st, _, _ in answers if st != 200))}
 
-    def finish(self, before: Snapshot) -> dict:
-        return before.compare(recover(self.base, self.proc.pid))
+    def h2load(self, factor: float, maximum: dict, seconds: float, what: str) -> dict:
+        return run_h2load(self.servers, self.url, self.body, round(factor * maximum["rps"]), seconds,
+                          self.args.rate_period_ms, f"h2load-{what}-{self.label}")
 
 
 def case_max(t: Target) -> dict:
-    before = Snapshot(t.proc, t.base)
-    r = sv.measure_wrk(t.servers, t.proc.pid, t.url, t.body, t.args.max_seconds, MAX_CONNECTIONS)
-    wrk = {"rps": r["rps"], "p50_ms": r["latency_ms"]["p50"], "p99_ms": r["latency_ms"]["p99"],
-           "errors": sum(r["errors"].values()), "requests": r["requests"],
-           "server_cpu_ms_per_request": r["server_cpu_s"] * 1000 / max(1, r["requests"]),
-           "server_cores": r["server_cpu_s"] / r["seconds"], "wrk_cores": r["generator_cpu_s"] / r["seconds"]}
-    sv.wait_idle(t.proc.pid)
-    calibration = run_h2load(t.servers, t.url, t.body, round(CALIBRATION * r["rps"]), t.args.calibration_seconds,
-                             t.args.rate_period_ms, f"h2load-calibration-{t.label}")
-    return {"wrk": wrk, "h2load_at_90": calibration} | t.finish(before)
-
-
-SLOWHTTPTEST_MODES = {
-    "slow-headers": ["-H", "-t", "GET"],
-    "slow-body": ["-B", "-t", "POST", "-s", "8192", "-f", "application/json"],
-}
+    """wrk -c16, closed loop; then h2load open loop at 90 % of that rate, as a check of that maximum."""
+    with t.case() as result:
+        r = sv.measure_wrk(t.servers, t.pgid, t.url, t.body, t.args.max_seconds, MAX_CONNECTIONS)
+        result["wrk"] = {"rps": r["rps"], "p50_ms": r["latency_ms"]["p50"], "p99_ms": r["latency_ms"]["p99"],
+                         "errors": sum(r["errors"].values()), "requests": r["requests"],
+                         "server_cpu_ms_per_request": r["server_cpu_s"] * 1000 / max(1, r["requests"]),
+                         "server_cores": r["server_cpu_s"] / r["seconds"],
+                         "wrk_cores": r["generator_cpu_s"] / r["seconds"]}
+        sv.wait_idle(t.pgid)
+        result["h2load_at_90"] = t.h2load(CALIBRATION, r, t.args.calibration_seconds, "calibration")
+    return result
 
 
 def case_slow(t: Target, kind: str) -> dict:
-    before = Snapshot(t.proc, t.base)
-    seconds = t.args.seconds
-    if kind == "slow-silent":
-        attack = SilentWaves(t.port, t.args.slow_connections)
-    else:
-        attack = SlowHttpTest(t.servers, f"{kind}-{t.label}", SLOWHTTPTEST_MODES[kind], t.url,
-                              t.args.slow_connections, seconds + 4)
-    attack.start()
-    time.sleep(2)  # every slow connection open before the normal traffic starts
-    normal = t.normal_traffic(seconds)
-    waves = attack.stop()
-    return {"slow_connections": t.args.slow_connections, "normal": normal, "waves": waves} | t.finish(before)
+    """Slow connections in waves (a new wave whenever the server has closed every connection of the
+    last one, as an attacker would), opened 2 s before the normal traffic and kept to its end."""
+    waves, seconds, started = [], t.args.seconds, time.monotonic()
+
+    def attack(stopping: threading.Event) -> None:
+        while not stopping.is_set() and (left := seconds + 4 - (time.monotonic() - started)) >= 2:
+            wave_started = time.monotonic() - started
+            if kind == "slow-silent":
+                wave = silent(t.port, t.args.slow_connections, stopping.is_set)
+            else:
+                wave = slowhttptest_wave(t.servers, f"{kind}-{t.label}-{len(waves)}", SLOWHTTPTEST_MODES[kind],
+                                         t.url, t.args.slow_connections, left, stopping)
+            waves.append({"started_s": wave_started} | wave)
+            if not wave["max_connected"]:
+                break
+
+    with t.case() as result:
+        # The last slowhttptest wave ends by its own -l (so its CSV is written) soon after the traffic.
+        with background(attack, grace=10 if kind != "slow-silent" else 0):
+            time.sleep(2)  # every slow connection open before the normal traffic starts
+            result["normal"] = t.normal_traffic(seconds)
+        result |= {"slow_connections": t.args.slow_connections, "waves": waves}
+    return result
 
 
 def case_idle(t: Target) -> dict:
-    before = Snapshot(t.proc, t.base)
-    peak = RssPeak(t.proc.pid)
-    peak.start()
-    idle = Silent(t.port, t.args.idle_connections)
-    idle.start()
-    idle.ready.wait()
-    held = time.monotonic()
-    normal = t.normal_traffic(max(t.args.idle_seconds, CLIENT_TIMEOUT + CLOSE_MARGIN))
-    while len(idle.closed_at) < idle.opened and time.monotonic() - held < CLIENT_TIMEOUT + CLOSE_MARGIN:
-        time.sleep(0.2)
-    connections = idle.stop()
-    rss_peak = peak.stop()
-    return {"normal": normal, "connections": connections, "rss_peak_mib": rss_peak} | t.finish(before)
-
-
-BUSY_FACTOR = 0.5
+    """1,000 idle connections during normal traffic; when the server closed them, and its RSS."""
+    limit, rss, held, opened = CLIENT_TIMEOUT + CLOSE_MARGIN, [], {}, threading.Event()
+    with t.case() as result:
+        with background(every(1.0, lambda: rss.append(sv.group_rss_bytes(t.pgid)))):
+            def hold(stopping):
+                try:
+                    held.update(silent(t.port, t.args.idle_connections, stopping.is_set, opened))
+                finally:
+                    opened.set()
+            with background(hold):
+                opened.wait()
+                deadline = time.monotonic() + limit
+                result["normal"] = t.normal_traffic(max(t.args.idle_seconds, limit))
+                while not held and time.monotonic() < deadline:  # hold() returns once the server closed them all
+                    time.sleep(0.2)
+        result |= {"connections": held, "rss_peak_mib": max(rss, default=0) / MiB}
+    return result
 
 
 def case_busy(t: Target, maximum: dict) -> dict:
     """Half the maximum, open loop, on a busy machine: a Python loop burns one core's worth of CPU
     wherever the scheduler puts it, and the server may run on every CPU meanwhile (h2load stays on
-    its own)."""
-    before = Snapshot(t.proc, t.base)
-    every_cpu = sorted(os.sched_getaffinity(t.proc.pid) | set(range(os.cpu_count() or 1)))
-    set_group_cpus(t.proc.pid, every_cpu)
-    hog = t.servers.start(f"busy-loop-{t.label}", [*taskset(",".join(map(str, every_cpu))), sys.executable, "-c",
-                                                   "while True: pass"], os.environ)
-    try:
-        load = run_h2load(t.servers, t.url, t.body, round(BUSY_FACTOR * maximum["rps"]), t.args.seconds,
-                          t.args.rate_period_ms, f"h2load-busy-{t.label}")
-    finally:
-        t.servers.stop(f"busy-loop-{t.label}")
-        if t.args.server_cpu is not None:
-            set_group_cpus(t.proc.pid, [t.args.server_cpu])
-    return {"factor": BUSY_FACTOR, "load": load, "busy_loop_pid": hog.pid} | t.finish(before)
+    its own). Nothing may be shed: a busy machine is not an overloaded service."""
+    every_cpu = sorted(os.sched_getaffinity(t.pgid) | set(range(os.cpu_count() or 1)))
+    with t.case() as result:
+        set_group_cpus(t.pgid, every_cpu)
+        name = f"busy-loop-{t.label}"
+        hog = t.servers.start(name, [*taskset(",".join(map(str, every_cpu))), sys.executable, "-c",
+                                     "while True: pass"], dict(os.environ))
+        try:
+            result |= {"factor": BUSY_FACTOR, "busy_loop_pid": hog.pid,
+                       "load": t.h2load(BUSY_FACTOR, maximum, t.args.seconds, "busy")}
+        finally:
+            t.servers.stop(name)
+            if t.args.server_cpu is not None:
+                set_group_cpus(t.pgid, [t.args.server_cpu])
+    return result
 
 
 def set_group_cpus(pgid: int, cpus: list[int]) -> None:
@@ -437,274 +350,203 @@ def set_group_cpus(pgid: int, cpus: list[int]) -> None:
 
 def case_crowd(t: Target, maximum: dict, connections: int) -> dict:
     """A closed-loop crowd: `connections` clients, each sending its next request as soon as it has an
-    answer. wrk counts a non-2xx answer as a status error: here that is a shed request (503), which
-    the shed counter confirms."""
-    before = Snapshot(t.proc, t.base)
-    probe = Poller(t.url, REQUEST_TIMEOUT, t.body.read_bytes())
-    probe.start()
-    r = run_wrk(t.servers, t.url, t.body, t.args.seconds, connections, threads=2, timeout=REQUEST_TIMEOUT,
-                name=f"wrk-crowd-{connections}")
-    probes = probe.stop()
-    errors = r["errors"]
-    socket_errors = errors["connect"] + errors["read"] + errors["write"] + errors["timeout"]
-    predictions = r["requests"] - errors["status"]
-    return {"connections": connections, "requests": r["requests"], "predictions": predictions,
-            "shed_503": errors["status"], "socket_errors": socket_errors, "errors": errors,
-            "predictions_per_s": predictions / r["duration_s"],
-            "vs_max": predictions / r["duration_s"] / maximum["rps"],
-            "socket_error_share": socket_errors / max(1, r["requests"] + errors["timeout"]),
-            "p50_ms": r["latency_ms"]["p50"], "p99_ms": r["latency_ms"]["p99"], "max_ms": r["latency_ms"]["max"],
-            "probe": _probe_summary(probes)} | t.finish(before)
+    answer. wrk counts a non-2xx answer as a status error: here a shed request (503)."""
+    probes = []
+    with t.case() as result:
+        with background(every(POLL_PERIOD, lambda: probes.append(get(t.url, REQUEST_TIMEOUT, t.body.read_bytes())))):
+            r = run_wrk(t.servers, t.url, t.body, t.args.seconds, connections, threads=2, timeout=REQUEST_TIMEOUT,
+                        name=f"wrk-crowd-{connections}")
+        errors = r["errors"]
+        socket_errors = errors["connect"] + errors["read"] + errors["write"] + errors["timeout"]
+        predictions = r["requests"] - errors["status"]
+        result |= {"connections": connections, "requests": r["requests"], "predictions": predictions,
+                   "shed_503": errors["status"], "socket_errors": socket_errors, "errors": errors,
+                   "predictions_per_s": predictions / r["duration_s"],
+                   "vs_max": predictions / r["duration_s"] / maximum["rps"],
+                   "socket_error_share": socket_errors / max(1, r["requests"] + errors["timeout"]),
+                   "p50_ms": r["latency_ms"]["p50"], "p99_ms": r["latency_ms"]["p99"],
+                   "max_ms": r["latency_ms"]["max"], "probe": probe_summary(probes)}
+    return result
 
 
 def case_overload(t: Target, maximum: dict, factor: float) -> dict:
-    before = Snapshot(t.proc, t.base)
-    health = Poller(t.base + "/healthz", REQUEST_TIMEOUT)
-    probe = Poller(t.url, REQUEST_TIMEOUT, t.body.read_bytes())
-    health.start()
-    probe.start()
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    max_rps = maximum["rps"]
-    load = run_h2load(t.servers, t.url, t.body, round(factor * max_rps), t.args.seconds,
-                      t.args.rate_period_ms, f"h2load-overload-{factor:g}x-{t.label}")
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    load["generator_cpu_s"] = (after.ru_utime + after.ru_stime) - (children.ru_utime + children.ru_stime)
-    healthz, probes = health.stop(), probe.stop()
-    result = t.finish(before)
-    return {
-        "factor": factor, "max_rps": max_rps, "load": load, "vs_max": load["ok_rps"] / max_rps,
-        "server_cores": result["cpu"]["server_cpu_s"] / result["cpu"]["seconds"],
-        "generator_cores": load["generator_cpu_s"] / result["cpu"]["seconds"],
-        "predictions": sum(v for k, v in load["status_counts"].items() if k.startswith("2")),
-        "shed_503": load["shed_503"],
-        "healthz": {"polls": len(healthz), "ok": sum(1 for s, _, _ in healthz if s == 200),
-                    "within_target": sum(1 for s, seconds, _ in healthz if s == 200 and seconds <= TARGET_HEALTH_S),
-                    "max_s": max((seconds for _, seconds, _ in healthz), default=None),
-                    "other": dict(collections.Counter(str(s) for s, _, _ in healthz if s != 200))},
-        "probe": _probe_summary(probes),
-    } | result
+    """h2load at `factor` x the maximum, a new connection per request; /healthz and a prediction polled."""
+    health, probes = [], []
+    with t.case() as result:
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        with (background(every(POLL_PERIOD, lambda: health.append(get(t.base + "/healthz", REQUEST_TIMEOUT)))),
+              background(every(POLL_PERIOD, lambda: probes.append(get(t.url, REQUEST_TIMEOUT, t.body.read_bytes()))))):
+            load = t.h2load(factor, maximum, t.args.seconds, f"overload-{factor:g}x")
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        load["generator_cpu_s"] = (after.ru_utime + after.ru_stime) - (children.ru_utime + children.ru_stime)
+        result |= {"factor": factor, "max_rps": maximum["rps"], "load": load, "vs_max": load["ok_rps"] / maximum["rps"],
+                   "predictions": sum(v for k, v in load["status_counts"].items() if k.startswith("2")),
+                   "shed_503": load["shed_503"], "probe": probe_summary(probes),
+                   "healthz": {"polls": len(health), "ok": sum(1 for s, _, _ in health if s == 200),
+                               "within_target": sum(1 for s, sec, _ in health if s == 200 and sec <= TARGET_HEALTH_S),
+                               "max_s": max((sec for _, sec, _ in health), default=None),
+                               "other": dict(collections.Counter(str(s) for s, _, _ in health if s != 200))}}
+    seconds = result["cpu"]["seconds"]
+    return result | {"server_cores": result["cpu"]["server_cpu_s"] / seconds,
+                     "generator_cores": load["generator_cpu_s"] / seconds}
 
 
-def _probe_summary(probes: list[tuple[int | str, float, dict]]) -> dict:
-    shed = [headers for status, _, headers in probes if status == 503]
-    return {"sent": len(probes), "statuses": dict(collections.Counter(str(s) for s, _, _ in probes)),
-            "shed_with_retry_after": sum(1 for h in shed if "Retry-After" in h), "shed": len(shed)}
-
-
-def measure(servers: Servers, target: tuple[str, Path, str], model_dir: Path, body: Path, args,
-            cases: list[str]) -> dict:
+def measure(servers: Servers, target: tuple[str, Path, str], model_dir: Path, body: Path, args) -> dict:
     """Every case against one mnist-serve: `target` is (label, venv, worker class)."""
     label, venv, worker_class = target
     log(f"hostile: {label}: mnist-serve of {venv}, WORKER_CLASS={worker_class}, {WORKERS} workers"
         + (f", on CPU {args.server_cpu}" if args.server_cpu is not None else ""))
     # The service's defaults, also where this process's environment says otherwise.
-    defaults = {name: "" for name in ("CLIENT_TIMEOUT", "QUEUE_TIMEOUT", "QUEUE_TIMEOUT_MAX", "BACKLOG",
-                                      "QUEUE_LIMIT")}
+    defaults = dict.fromkeys(("CLIENT_TIMEOUT", "QUEUE_TIMEOUT", "QUEUE_TIMEOUT_MAX", "BACKLOG", "QUEUE_LIMIT"), "")
     proc, base = sv.start_service(servers, f"service-{label}", model_dir, args.model_name, venv=venv,
-                               worker_class=worker_class, cpus=args.server_cpu, LOG_LEVEL="WARNING", **defaults)
+                                  worker_class=worker_class, cpus=args.server_cpu, LOG_LEVEL="WARNING", **defaults)
     t = Target(servers, label, proc, base, body, args)
     get(t.url, 10, body.read_bytes())  # first request: imports and caches warm
     results: dict = {}
-    for case in cases:
+    for case in args.case_list:
         log(f"hostile: {label}: {case} ...")
         if case == "max" or (case in ("busy", "crowd", "overload") and "max" not in results):
             results["max"] = case_max(t)
             log(f"hostile: {label}: max {results['max']['wrk']['rps']:,.0f} req/s (wrk -c{MAX_CONNECTIONS})")
-        if case in SLOW_CASES:
-            results[case] = case_slow(t, case)
-            _log_normal(label, case, results[case])
-        elif case == "idle":
-            results[case] = case_idle(t)
-            _log_normal(label, case, results[case])
+        maximum = results["max"]["wrk"] if "max" in results else None
+        if case in (*SLOW_CASES, "idle"):
+            r = results[case] = case_idle(t) if case == "idle" else case_slow(t, case)
+            n, other = r["normal"], r["cpu"]["other_cpu_cores"]
+            log(f"hostile: {label}: {case}: {n['rps']:,.0f} req/s, p99 {fmt_ms(n['p99_ms'])} ms, {n['error_count']} "
+                f"errors, others {other:.2f} cores" + (" (busy machine: suspect)" if other > BUSY else ""))
         elif case == "busy":
-            b = results[case] = case_busy(t, results["max"]["wrk"])
-            load = b["load"]
+            results[case] = case_busy(t, maximum)
+            load = results[case]["load"]
             log(f"hostile: {label}: busy machine, {load['offered_rps']:,.0f} req/s offered: {load['ok']:,} 2xx, "
                 f"{load['shed_503']:,} 503, {load['no_answer']:,} unanswered")
         elif case == "crowd":
             results[case] = {}
             for connections in args.crowds:
-                c = results[case][str(connections)] = case_crowd(t, results["max"]["wrk"], connections)
+                c = results[case][str(connections)] = case_crowd(t, maximum, connections)
                 log(f"hostile: {label}: crowd of {connections:,}: {c['predictions_per_s']:,.0f} predictions/s "
                     f"({c['vs_max']:.0%} of the max), {c['shed_503']:,} 503, {c['socket_errors']:,} socket errors")
         elif case == "overload":
             results[case] = {}
             for factor in args.overload_factors:
-                o = results[case][f"{factor:g}"] = case_overload(t, results["max"]["wrk"], factor)
+                o = results[case][f"{factor:g}"] = case_overload(t, maximum, factor)
                 log(f"hostile: {label}: overload {factor:g}x: {o['load']['ok_rps']:,.0f} predictions/s "
                     f"({o['vs_max']:.0%} of the max), {o['load']['no_answer']:,} unanswered, /healthz max "
-                    f"{o['healthz']['max_s']:.2f} s, others {o['cpu']['other_cpu_cores']:.2f} cores"
-                    + (" (busy machine: suspect)" if o["cpu"]["other_cpu_cores"] > BUSY else ""))
+                    f"{o['healthz']['max_s']:.2f} s, others {o['cpu']['other_cpu_cores']:.2f} cores")
     servers.stop(f"service-{label}")
-    if cost := shed_cost(results):
-        results["shed_cost"] = cost
-        log(f"hostile: {label}: server CPU per shed request {cost['shed_ms']:.3f} ms, per prediction under load "
-            f"{cost['prediction_ms']:.3f} ms (s = {cost['s']:.3f}; fit over {cost['cases']} cases)")
+    # The server's CPU per prediction and per shed request, fitted (least squares) to every crowd and
+    # overload case: CPU seconds = predictions x a + sheds x b. Predictions under load cost less than at
+    # the unloaded maximum (no idle wake-ups), so the maximum's cost per request cannot stand in for a.
+    if len(fitted := [*results.get("crowd", {}).values(), *results.get("overload", {}).values()]) >= 2:
+        (a, b), *_ = np.linalg.lstsq(np.array([[c["predictions"], c["shed_503"]] for c in fitted], dtype=float),
+                                     np.array([c["cpu"]["server_cpu_s"] for c in fitted]), rcond=None)
+        results["shed_cost"] = {"prediction_ms": a * 1000, "shed_ms": b * 1000, "s": b / a, "capacity_per_core": 1 / a,
+                                "cases": len(fitted)}
+        log(f"hostile: {label}: server CPU per shed request {b * 1000:.3f} ms, per prediction under load "
+            f"{a * 1000:.3f} ms (s = {b / a:.3f}; fit over {len(fitted)} cases)")
     return results
 
 
-def shed_cost(results: dict) -> dict | None:
-    """The server's CPU per prediction and per shed request, fitted (least squares) to every crowd and
-    overload case: CPU seconds = predictions x a + sheds x b. Predictions under load cost less than at
-    the unloaded maximum (no idle wake-ups), so the maximum's cost per request cannot stand in for a."""
-    cases = [*results.get("crowd", {}).values(), *results.get("overload", {}).values()]
-    if len(cases) < 2:
-        return None
-    counts = np.array([[c["predictions"], c["shed_503"]] for c in cases], dtype=float)
-    cpu = np.array([c["cpu"]["server_cpu_s"] for c in cases])
-    (per_prediction, per_shed), *_ = np.linalg.lstsq(counts, cpu, rcond=None)
-    return {"prediction_ms": per_prediction * 1000, "shed_ms": per_shed * 1000, "s": per_shed / per_prediction,
-            "capacity_per_core": 1 / per_prediction, "cases": len(cases)}
-
-
-def _log_normal(label: str, case: str, r: dict) -> None:
-    n = r["normal"]
-    log(f"hostile: {label}: {case}: {n['rps']:,.0f} req/s, p99 {_ms(n['p99_ms'])} ms, {n['error_count']} errors, "
-        f"others {r['cpu']['other_cpu_cores']:.2f} cores"
-        + (" (busy machine: suspect)" if r["cpu"]["other_cpu_cores"] > BUSY else ""))
-
-
-# --- report -----------------------------------------------------------------------------------------
-
-def _ms(value: float | None) -> str:
+def fmt_ms(value: float | None) -> str:
     return "-" if value is None else f"{value:,.0f}" if value >= 100 else f"{value:.1f}"
 
 
-def _errors(normal: dict) -> str:
-    parts = [f"{v} {k}" for k, v in normal["errors"].items() if v]
-    return ", ".join(parts) if parts else "0"
+def cut_off(c: dict) -> str:
+    """When the server closed the slow or idle connections."""
+    if conn := c.get("connections"):
+        return f"{conn['closed_by_server']}/{conn['opened']} closed" + (
+            f", last at {fmt_ms(conn['all_closed_s'])} s" if conn["all_closed_s"] is not None else " by the server")
+    if closed := [w["all_closed_s"] for w in c["waves"] if w["all_closed_s"] is not None]:
+        return f"all after {statistics.median(closed):.1f} s ({len(c['waves'])} wave{'s' * (len(c['waves']) > 1)})"
+    first = [w["first_closed_s"] for w in c["waves"] if w["first_closed_s"] is not None]
+    return "never (held to the end)" + (f"; first closed at {first[0]:.0f} s" if first else "")
 
 
-def _probes(normal: dict) -> str:
-    return f"{normal['probes_ok']}/{normal['probes']}"
+def counter(key: str):
+    return lambda r: "-" if not r["counters"] else f"{r['counters'][key]:,.0f}"
 
 
-def _cut_off(waves: list[dict]) -> str:
-    closed = [w["all_closed_s"] for w in waves if w["all_closed_s"] is not None]
-    if not closed:
-        first = [w["first_closed_s"] for w in waves if w["first_closed_s"] is not None]
-        return "never (held to the end)" + (f"; first closed at {first[0]:.0f} s" if first else "")
-    return f"all after {statistics.median(closed):.1f} s ({len(waves)} wave{'s' if len(waves) > 1 else ''})"
-
-
-def _workers(r: dict) -> str:
-    return "replaced" if r["workers_replaced"] else "same"
-
-
-def _counter(r: dict, key: str) -> str:
-    return "-" if not r["counters"] else f"{r['counters'][key]:,.0f}"
+WORKERS_COLUMN = ("workers", lambda r: "replaced" if r["workers_replaced"] else "same")
+RSS_COLUMN = ("RSS MiB before / after", "{rss_before_mib:.0f} / {rss_after_mib:.0f}")
+OTHERS_COLUMN = ("others' cores", "{cpu[other_cpu_cores]:.2f}")
+PROBES = "{shed_503:,} ({probe[shed_with_retry_after]}/{probe[shed]})"
+TABLES = {  # title, columns; every row is a case's result with its server's label in "cls"
+    "max": ("Unloaded maximum (wrk -t1 -c16, closed loop; then h2load open loop at 90 % of that rate, a connection "
+            "per request)", [
+                ("worker class", "{cls}"), ("wrk req/s", "{wrk[rps]:,.0f}"),
+                ("p50 ms", lambda r: fmt_ms(r["wrk"]["p50_ms"])),
+                ("p99 ms", lambda r: fmt_ms(r["wrk"]["p99_ms"])), ("errors", "{wrk[errors]}"),
+                ("h2load offered/s", "{h2load_at_90[offered_rps]:,.0f}"),
+                ("h2load 2xx/s", "{h2load_at_90[ok_rps]:,.0f}"),
+                ("503", "{h2load_at_90[shed_503]:,}"), ("no answer", "{h2load_at_90[no_answer]:,}"),
+                ("h2load p99 ms", lambda r: fmt_ms(r["h2load_at_90"]["ok_ms"]["p99"])), OTHERS_COLUMN]),
+    "slow": (f"Normal traffic (wrk -t1 -c{NORMAL_CONNECTIONS} --timeout {NORMAL_TIMEOUT:g}s, single-instance JSON) "
+             "beside slow or idle connections", [
+                 ("worker class", "{cls}"), ("beside", lambda r: f"{r['connections']['opened']:,} idle connections"
+                                             if "connections" in r else f"{r['slow_connections']} {r['case']}"),
+                 ("req/s", "{normal[rps]:,.0f}"), ("p99 ms", lambda r: fmt_ms(r["normal"]["p99_ms"])),
+                 ("wrk errors", lambda r: ", ".join(f"{v} {k}" for k, v in r["normal"]["errors"].items() if v) or "0"),
+                 ("probes answered within 2 s", "{normal[probes_ok]}/{normal[probes]}"),
+                 ("slow/idle connections cut off", cut_off), ("client timeouts", counter("client_timeouts")),
+                 WORKERS_COLUMN, ("RSS MiB before / peak / after", lambda r: f"{r['rss_before_mib']:.0f} / "
+                                  + (f"{r['rss_peak_mib']:.0f}" if "rss_peak_mib" in r else "-")
+                                  + f" / {r['rss_after_mib']:.0f}"), OTHERS_COLUMN]),
+    "busy": (f"A busy machine (a Python loop burning a core, the server on every core) and h2load at {BUSY_FACTOR:g}x "
+             "the maximum, open loop", [
+                 ("server", "{cls}"), ("offered req/s", "{load[offered_rps]:,.0f}"), ("requests", "{load[requests]:,}"),
+                 ("2xx within 2 s", "{load[ok]:,}"), ("503", "{load[shed_503]:,}"),
+                 ("no answer", "{load[no_answer]:,}"),
+                 ("p50 / p99 ms", lambda r: " / ".join(fmt_ms(r["load"]["answered_ms"][k]) for k in ("p50", "p99"))),
+                 ("shed counter", counter("shed"))]),
+    "crowd": (f"Crowds (wrk -t2 -cN --timeout {REQUEST_TIMEOUT}s, closed loop: each client sends its next request as "
+              "soon as it has an answer, 503s included)", [
+                  ("server", "{cls}"), ("connections", "{connections:,}"), ("requests", "{requests:,}"),
+                  ("predictions/s (vs max)", "{predictions_per_s:,.0f} ({vs_max:.0%})"),
+                  ("503 (probes with Retry-After)", PROBES),
+                  ("socket errors and timeouts", "{socket_errors:,} ({socket_error_share:.2%})"),
+                  ("p50 / p99 ms", lambda r: f"{fmt_ms(r['p50_ms'])} / {fmt_ms(r['p99_ms'])}"), WORKERS_COLUMN,
+                  RSS_COLUMN, ("shed counter", counter("shed")), OTHERS_COLUMN]),
+    "overload": (f"Overload (h2load: a new connection per request at a factor of the unloaded maximum (wrk's), "
+                 f"{REQUEST_TIMEOUT} s timeout each; /healthz polled every {POLL_PERIOD:g} s; * h2load stopped "
+                 f"{REQUEST_TIMEOUT + H2LOAD_GRACE} s after its last request was due: its connect()s to a full accept "
+                 "queue would go on for minutes)", [
+                     ("server", "{cls}"), ("factor", "{factor:g}x"), ("offered req/s", "{load[offered_rps]:,.0f}"),
+                     ("requests", lambda r: f"{r['load']['requests']:,}" + " *" * r["load"]["stopped_at_deadline"]),
+                     ("2xx within 2 s", lambda r: f"{r['load']['ok']:,}" + (
+                         f" (+{r['load']['late_2xx']:,} later)" if r["load"]["late_2xx"] else "")),
+                     ("503 (probes with Retry-After)", PROBES), ("no answer (timeout, error, not sent)",
+                                                                 "{load[no_answer]:,}"),
+                     ("p99 / max ms of answers", lambda r: " / ".join(fmt_ms(r["load"]["answered_ms"][k])
+                                                                      for k in ("p99", "max"))),
+                     ("predictions/s (vs max)", "{load[ok_rps]:,.0f} ({vs_max:.0%})"),
+                     (f"/healthz 200 within {TARGET_HEALTH_S:g} s", "{healthz[within_target]}/{healthz[polls]} "
+                      "(max {healthz[max_s]:.2f} s)"), WORKERS_COLUMN, RSS_COLUMN, ("shed counter", counter("shed"))]),
+    "cpu": ("Where the CPU went, at the unloaded maximum (wrk) and under overload (h2load)", [
+        ("server", "{cls}"), ("factor", "{factor:g}x"), ("server cores at max", "{max[server_cores]:.2f}"),
+        ("wrk cores", "{max[wrk_cores]:.2f}"), ("server cores in overload", "{server_cores:.2f}"),
+        ("h2load cores", "{generator_cores:.2f}"), ("server CPU ms per request at max",
+                                                     "{max[server_cpu_ms_per_request]:.3f}"), OTHERS_COLUMN]),
+    "shed": ("What a shed request costs: the server's CPU seconds of every crowd and overload case fitted (least "
+             "squares) as predictions x a + shed requests x b; s = b / a", [
+                 ("server", "{cls}"), ("a: CPU ms per prediction under load", "{prediction_ms:.3f}"),
+                 ("predictions/s per core (1 / a)", "{capacity_per_core:,.0f}"),
+                 ("b: CPU ms per shed request", "{shed_ms:.3f}"), ("s", "{s:.3f}"), ("cases", "{cases}")]),
+}
 
 
 def report(args, out: dict, env: dict) -> tuple[str, str]:
-    results, text = out["results"], []
-    rows = []
-    for cls, r in results.items():
-        if "max" in r:
-            m = r["max"]
-            cal = m["h2load_at_90"]
-            rows.append([cls, f"{m['wrk']['rps']:,.0f}", _ms(m["wrk"]["p50_ms"]), _ms(m["wrk"]["p99_ms"]),
-                         m["wrk"]["errors"], f"{cal['offered_rps']:,.0f}", f"{cal['ok_rps']:,.0f}",
-                         f"{cal['shed_503']:,}", f"{cal['no_answer']:,}",
-                         _ms(cal["ok_ms"]["p99"]), f"{m['cpu']['other_cpu_cores']:.2f}"])
-    if rows:
-        text.append("Unloaded maximum (wrk -t1 -c16, closed loop; then h2load open loop at 90 % of that rate, "
-                    "a connection per request):\n\n" + markdown_table(
-                        ["worker class", "wrk req/s", "p50 ms", "p99 ms", "errors", "h2load offered/s", "h2load 2xx/s",
-                         "503", "no answer", "h2load p99 ms", "others' cores"], rows))
-    rows = []
-    for cls, r in results.items():
-        for case in (c for c in SLOW_CASES + ("idle",) if c in r):
-            c, n = r[case], r[case]["normal"]
-            if case == "idle":
-                conn = c["connections"]
-                cut = (f"{conn['closed_by_server']}/{conn['opened']} closed, last at {_ms(conn['all_closed_s'])} s"
-                       if conn["all_closed_s"] is not None else
-                       f"{conn['closed_by_server']}/{conn['opened']} closed by the server")
-                what = f"{conn['opened']:,} idle connections"
-                rss = f"{c['rss_before_mib']:.0f} / {c['rss_peak_mib']:.0f} / {c['rss_after_mib']:.0f}"
-            else:
-                cut, what = _cut_off(c["waves"]), f"{c['slow_connections']} {case}"
-                rss = f"{c['rss_before_mib']:.0f} / - / {c['rss_after_mib']:.0f}"
-            rows.append([cls, what, f"{n['rps']:,.0f}", _ms(n["p99_ms"]), _errors(n), _probes(n), cut,
-                         _counter(c, "client_timeouts"), _workers(c), rss, f"{c['cpu']['other_cpu_cores']:.2f}"])
-    if rows:
-        text.append(f"\nNormal traffic (wrk -t1 -c{NORMAL_CONNECTIONS} --timeout {NORMAL_TIMEOUT:g}s, single-instance "
-                    "JSON) beside slow or idle connections:\n\n" + markdown_table(
-                        ["worker class", "beside", "req/s", "p99 ms", "wrk errors", "probes answered within 2 s",
-                         "slow/idle connections cut off",
-                         "client timeouts", "workers", "RSS MiB before / peak / after", "others' cores"], rows))
-    rows = []
-    for cls, r in results.items():
-        if b := r.get("busy"):
-            load = b["load"]
-            rows.append([cls, f"{load['offered_rps']:,.0f}", f"{load['requests']:,}", f"{load['ok']:,}",
-                         f"{load['shed_503']:,}", f"{load['no_answer']:,}",
-                         f"{_ms(load['answered_ms']['p50'])} / {_ms(load['answered_ms']['p99'])}", _counter(b, "shed")])
-    if rows:
-        text.append("\nA busy machine (a Python loop burning a core, the server on every core) and h2load at "
-                    f"{BUSY_FACTOR:g}x the maximum, open loop:\n\n" + markdown_table(
-                        ["server", "offered req/s", "requests", "2xx within 2 s", "503", "no answer",
-                         "p50 / p99 ms", "shed counter"], rows))
-    rows = []
-    for cls, r in results.items():
-        for c in r.get("crowd", {}).values():
-            rows.append([cls, f"{c['connections']:,}", f"{c['requests']:,}", f"{c['predictions_per_s']:,.0f} "
-                         f"({c['vs_max']:.0%})", f"{c['shed_503']:,} ({c['probe']['shed_with_retry_after']}/"
-                         f"{c['probe']['shed']})", f"{c['socket_errors']:,} ({c['socket_error_share']:.2%})",
-                         f"{_ms(c['p50_ms'])} / {_ms(c['p99_ms'])}", _workers(c),
-                         f"{c['rss_before_mib']:.0f} / {c['rss_after_mib']:.0f}", _counter(c, "shed"),
-                         f"{c['cpu']['other_cpu_cores']:.2f}"])
-    if rows:
-        text.append(f"\nCrowds (wrk -t2 -cN --timeout {REQUEST_TIMEOUT}s, closed loop: each client sends its next "
-                    "request as soon as it has an answer, 503s included):\n\n" + markdown_table(
-                        ["server", "connections", "requests", "predictions/s (vs max)", "503 (probes with Retry-After)",
-                         "socket errors and timeouts", "p50 / p99 ms", "workers", "RSS MiB before / after",
-                         "shed counter", "others' cores"], rows))
-    rows, cpu_rows = [], []
-    for cls, r in results.items():
-        for o in r.get("overload", {}).values():
-            load, h = o["load"], o["healthz"]
-            stopped = " *" if load["stopped_at_deadline"] else ""
-            late = f" (+{load['late_2xx']:,} later)" if load["late_2xx"] else ""
-            rows.append([cls, f"{o['factor']:g}x", f"{load['offered_rps']:,.0f}", f"{load['requests']:,}{stopped}",
-                         f"{load['ok']:,}{late}",
-                         f"{load['shed_503']:,} ({o['probe']['shed_with_retry_after']}/{o['probe']['shed']})",
-                         f"{load['no_answer']:,}",
-                         f"{_ms(load['answered_ms']['p99'])} / {_ms(load['answered_ms']['max'])}",
-                         f"{load['ok_rps']:,.0f} ({o['vs_max']:.0%})",
-                         f"{h['within_target']}/{h['polls']} (max {h['max_s']:.2f} s)", _workers(o),
-                         f"{o['rss_before_mib']:.0f} / {o['rss_after_mib']:.0f}", _counter(o, "shed")])
-            cpu_rows.append([cls, f"{o['factor']:g}x", f"{r['max']['wrk']['server_cores']:.2f}",
-                             f"{r['max']['wrk']['wrk_cores']:.2f}", f"{o['server_cores']:.2f}",
-                             f"{o['generator_cores']:.2f}", f"{r['max']['wrk']['server_cpu_ms_per_request']:.3f}",
-                             f"{o['cpu']['other_cpu_cores']:.2f}"])
-    if rows:
-        text.append(f"\nOverload (h2load: a new connection per request at a factor of the unloaded maximum "
-                    f"(wrk's), {REQUEST_TIMEOUT} s timeout each; /healthz polled every {POLL_PERIOD:g} s):\n\n"
-                    + markdown_table(
-                        ["server", "factor", "offered req/s", "requests", "2xx within 2 s",
-                         "503 (probes with Retry-After)", "no answer (timeout, error, not sent)",
-                         "p99 / max ms of answers", "predictions/s (vs max)",
-                         f"/healthz 200 within {TARGET_HEALTH_S:g} s", "workers", "RSS MiB before / after",
-                         "shed counter"], rows))
-        if any(o["load"]["stopped_at_deadline"] for r in results.values() for o in r.get("overload", {}).values()):
-            text.append(f"\n\\* h2load stopped {REQUEST_TIMEOUT + H2LOAD_GRACE} s after its last request was due: "
-                        "its connect()s to a full accept queue would go on for minutes.")
-        text.append("\nWhere the CPU went, at the unloaded maximum (wrk) and under overload (h2load):\n\n"
-                    + markdown_table(["server", "factor", "server cores at max", "wrk cores",
-                                      "server cores in overload", "h2load cores",
-                                      "server CPU ms per request at max", "others' cores"], cpu_rows))
-    rows = [[cls, f"{c['prediction_ms']:.3f}", f"{c['capacity_per_core']:,.0f}", f"{c['shed_ms']:.3f}",
-             f"{c['s']:.3f}", c["cases"]] for cls, r in results.items() if (c := r.get("shed_cost"))]
-    if rows:
-        text.append("\nWhat a shed request costs: the server's CPU seconds of every crowd and overload case fitted "
-                    "(least squares) as predictions x a + shed requests x b; s = b / a:\n\n" + markdown_table(
-                        ["server", "a: CPU ms per prediction under load", "predictions/s per core (1 / a)",
-                         "b: CPU ms per shed request", "s", "cases"], rows))
-    if "gevent" in results:
-        verdict = judge(results["gevent"])
+    rows = collections.defaultdict(list)
+    for cls, r in out["results"].items():
+        rows["max"] += [{"cls": cls} | r["max"]] if "max" in r else []
+        rows["slow"] += [{"cls": cls, "case": case} | r[case] for case in (*SLOW_CASES, "idle") if case in r]
+        rows["busy"] += [{"cls": cls} | r["busy"]] if "busy" in r else []
+        rows["crowd"] += [{"cls": cls} | c for c in r.get("crowd", {}).values()]
+        rows["overload"] += [{"cls": cls} | o for o in r.get("overload", {}).values()]
+        rows["cpu"] += [{"cls": cls, "max": r["max"]["wrk"]} | o for o in r.get("overload", {}).values()]
+        rows["shed"] += [{"cls": cls} | r["shed_cost"]] if "shed_cost" in r else []
+    text = [f"\n{title}:\n\n" + table(rows[key], columns) for key, (title, columns) in TABLES.items() if rows[key]]
+    if out["verdict"]:
         text.append("\nTargets for the default worker (gevent):\n" + "\n".join(
-            f"- {name}: {'met' if ok else 'MISSED'}" for name, ok in verdict.items()))
+            f"- {name}: {'met' if ok else 'MISSED'}" for name, ok in out["verdict"].items()))
     pinning = (f"server on CPU {args.server_cpu}, load generators on the other (taskset)"
                if args.server_cpu is not None else "server and load generators sharing the CPUs")
     heading = (f"bench/service/run hostile: {WORKERS} server workers each (gthread: {GTHREAD_THREADS} threads), "
@@ -722,13 +564,11 @@ def judge(r: dict) -> dict[str, bool]:
         verdict[f"{case}: 0 errors, p99 < {TARGET_SLOW_P99_MS} ms, workers kept"] = (
             n["error_count"] == 0 and n["probes_ok"] == n["probes"] and n["requests"] > 0
             and n["p99_ms"] < TARGET_SLOW_P99_MS and not r[case]["workers_replaced"])
-    if "idle" in r:
-        i = r["idle"]
-        conn = i["connections"]
+    if i := r.get("idle"):
+        closed = i["connections"]["all_closed_s"]
         verdict[f"idle: 0 errors, all closed within {CLIENT_TIMEOUT + CLOSE_MARGIN:g} s, RSS back within 10 %"] = (
             i["normal"]["error_count"] == 0 and i["normal"]["probes_ok"] == i["normal"]["probes"]
-            and conn["all_closed_s"] is not None
-            and conn["all_closed_s"] <= CLIENT_TIMEOUT + CLOSE_MARGIN
+            and closed is not None and closed <= CLIENT_TIMEOUT + CLOSE_MARGIN
             and i["rss_after_mib"] <= TARGET_RSS_GROWTH * i["rss_before_mib"])
     if b := r.get("busy"):
         verdict[f"busy machine, {BUSY_FACTOR:g}x the maximum: no 503, every request answered"] = (
@@ -740,8 +580,7 @@ def judge(r: dict) -> dict[str, bool]:
             c["vs_max"] >= TARGET_CROWD_VS_MAX and c["socket_error_share"] <= limit
             and c["probe"]["shed_with_retry_after"] == c["probe"]["shed"])
     for key, o in r.get("overload", {}).items():
-        target = TARGET_OVERLOAD_VS_MAX.get(o["factor"])
-        if target is not None:
+        if (target := TARGET_OVERLOAD_VS_MAX.get(o["factor"])) is not None:
             verdict[f"overload {key}x: predictions/s >= {target:.0%} of the maximum"] = o["vs_max"] >= target
         load = o["load"]
         verdict[f"overload {key}x: every request answered within {REQUEST_TIMEOUT} s (a prediction or a 503 with "
@@ -754,37 +593,22 @@ def judge(r: dict) -> dict[str, bool]:
     return verdict
 
 
-def raise_open_files(needed: int) -> None:
-    """Lift the soft limit on open files (inherited by h2load and wrk) towards the hard one."""
+def raise_limits(open_files: int, backlog: int | None) -> int | None:
+    """Lift the soft limit on open files (inherited by h2load and wrk) towards the hard one; with `backlog`,
+    the kernel's cap on listen backlogs (net.core.somaxconn) to it when lower and root. Returns the cap."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = hard if hard == resource.RLIM_INFINITY else min(hard, max(soft, needed))
+    wanted = hard if hard == resource.RLIM_INFINITY else min(hard, max(soft, open_files))
     if wanted > soft:
         resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
-    if wanted < needed:
-        log(f"hostile: only {wanted} open files allowed (ulimit -n); {needed} wanted")
-
-
-def numbers(text: str, type_=float) -> list:
-    """A comma-separated list of numbers, for argparse."""
+    if wanted < open_files:
+        log(f"hostile: only {wanted} open files allowed (ulimit -n); {open_files} wanted")
+    if backlog is None:
+        return None
+    somaxconn = Path("/proc/sys/net/core/somaxconn")
     try:
-        values = [type_(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from None
-    if not values or min(values) <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: give one or more numbers above 0")
-    return values
-
-
-SOMAXCONN = Path("/proc/sys/net/core/somaxconn")
-
-
-def raise_somaxconn(backlog: int) -> int | None:
-    """The kernel's cap on listen backlogs, raised to the service's BACKLOG when it is lower and this
-    runs as root (crowds of thousands of connections need it; README.md's configuration table)."""
-    try:
-        cap = int(SOMAXCONN.read_text())
+        cap = int(somaxconn.read_text())
         if cap < backlog and os.geteuid() == 0:
-            SOMAXCONN.write_text(str(backlog))
+            somaxconn.write_text(str(backlog))
             log(f"hostile: net.core.somaxconn {cap} -> {backlog}, the service's BACKLOG")
             cap = backlog
     except (OSError, ValueError):
@@ -793,6 +617,17 @@ def raise_somaxconn(backlog: int) -> int | None:
         log(f"hostile: net.core.somaxconn is {cap}, under the service's BACKLOG {backlog}: crowds larger than "
             "that wait for SYN retransmissions (run as root to raise it)")
     return cap
+
+
+def numbers(text: str, type_=float) -> list:
+    """A comma-separated list of numbers above 0, for argparse."""
+    try:
+        values = [type_(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give one or more numbers above 0, comma-separated")
+    return values
 
 
 def run(args, servers: Servers, test, model_dir: Path) -> dict:
@@ -804,8 +639,7 @@ def run(args, servers: Servers, test, model_dir: Path) -> dict:
         if args.baseline:
             checkout = sv.Checkout(args.baseline, servers.workdir, "baseline").create()
             targets.append((f"gevent@{checkout.commit}", checkout.venv, "gevent"))
-        results = {label: measure(servers, (label, venv, cls), model_dir, body, args, args.case_list)
-                   for label, venv, cls in targets}
+        results = {label: measure(servers, (label, venv, cls), model_dir, body, args) for label, venv, cls in targets}
         return {"somaxconn": args.somaxconn, "results": results,
                 "verdict": judge(results["gevent"]) if "gevent" in results else {}}
     finally:
@@ -818,8 +652,7 @@ def main() -> int:
     parser.add_argument("--worker-classes", default=",".join(CLASSES), help=f"comma-separated [{','.join(CLASSES)}]")
     parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated subset of {','.join(CASES)}")
     parser.add_argument("--seconds", type=float, default=30,
-                        help="seconds of normal traffic beside slow connections, of each crowd and of each overload "
-                             "[30]")
+                        help="seconds of normal traffic beside slow connections, of each crowd and overload [30]")
     parser.add_argument("--max-seconds", type=float, default=10, help="seconds of wrk for the unloaded maximum [10]")
     parser.add_argument("--calibration-seconds", type=float, default=5,
                         help="seconds of h2load at 90 %% of the maximum [5]")
@@ -844,8 +677,8 @@ def main() -> int:
         parser.error(f"--worker-classes: choose from {','.join(CLASSES)}")
     if set(args.cases.split(",")) - set(CASES) or not args.case_list:
         parser.error(f"--cases: choose from {','.join(CASES)}")
-    raise_open_files(max(args.idle_connections, *args.crowds) + 16 * 1024)
-    args.somaxconn = raise_somaxconn(DEFAULTS.backlog) if "crowd" in args.case_list else None
+    args.somaxconn = raise_limits(max(args.idle_connections, *args.crowds) + 16 * 1024,
+                                  DEFAULTS.backlog if "crowd" in args.case_list else None)
     return sv.main("hostile", args, run, report, (), ("gunicorn", "gevent", "flask"),
                    wrk=(tool_version(["wrk", "--version"]) or "").split(" [")[0],
                    h2load=tool_version(["h2load", "--version"]),

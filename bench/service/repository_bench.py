@@ -36,8 +36,6 @@ STORES = ("local", "s3")
 LABELS = {"local": "local directory", "s3": "S3 (moto, loopback)"}
 
 
-# --- models --------------------------------------------------------------------------------------
-
 def layer_sizes(preset: str) -> list[int]:
     return [format.PIXELS, *PRESETS[preset].hidden, len(format.LABELS)]
 
@@ -51,8 +49,6 @@ def publish(uri: str, name: str, sizes: list[int], seed: int) -> tuple[int, floa
     version = repository.publish(name, arrays, manifest)
     return version, time.monotonic() - started
 
-
-# --- the S3 store --------------------------------------------------------------------------------
 
 def start_moto(servers: sv.Servers) -> str:
     """moto's S3 server on a free loopback port (on this process's CPU, which it inherits), the
@@ -72,8 +68,6 @@ def start_moto(servers: sv.Servers) -> str:
     boto3.client("s3", config=client_config()).create_bucket(Bucket=BUCKET)
     return endpoint
 
-
-# --- what a service says -------------------------------------------------------------------------
 
 def serving_version(base: str) -> int | None:
     status, _, raw = http("GET", base + "/v1/models", timeout=5)
@@ -111,8 +105,6 @@ def wait_swapped(base: str, version: int, published: float) -> dict:
                                f"it was published (serving {served})")
         time.sleep(max(0.0, published + probes * PROBE_INTERVAL - time.monotonic()))
 
-
-# --- the measurements ----------------------------------------------------------------------------
 
 def serve(servers: sv.Servers, name: str, uri: str, args, cpu: int | None, cache: Path, **kwargs):
     return sv.start_service(servers, name, uri, args.model_name, cpus=cpu, MODEL_POLL_SECONDS=str(POLL_SECONDS),
@@ -248,8 +240,6 @@ def run(args, servers: sv.Servers, test, model_dir: None) -> dict:
             "swap": swaps, "idle": idle, "load": load, "start": starts}
 
 
-# --- report --------------------------------------------------------------------------------------
-
 def report(args, r: dict, env: dict) -> tuple[str, str]:
     swap, idle, load, start = r["swap"], r["idle"], r["load"], r["start"]
 
@@ -314,8 +304,6 @@ def report(args, r: dict, env: dict) -> tuple[str, str]:
                f"{where}; random float32 weights")
     return heading, "\n".join(text)
 
-
-# --- main ----------------------------------------------------------------------------------------
 
 def main() -> int:
     parser = sv.parser("bench/service/run repository", __doc__, model=False)

@@ -143,14 +143,18 @@ def group_processes(pgid: int) -> list[psutil.Process]:
     return found
 
 
-def group_cpu_by_pid(pgid: int) -> dict[int, float]:
-    """CPU seconds (user + system) used so far by each live process of a process group."""
-    used = {}
+def group_each(pgid: int, read) -> dict[int, object]:
+    """read(process) of each live process of a process group that is still there to be read, by pid."""
+    values = {}
     for process in group_processes(pgid):
         with contextlib.suppress(psutil.Error):
-            times = process.cpu_times()
-            used[process.pid] = times.user + times.system
-    return used
+            values[process.pid] = read(process)
+    return values
+
+
+def group_cpu_by_pid(pgid: int) -> dict[int, float]:
+    """CPU seconds (user + system) used so far by each live process of a process group."""
+    return group_each(pgid, lambda p: sum(p.cpu_times()[:2]))
 
 
 def group_cpu_seconds(pgid: int) -> float:
@@ -159,28 +163,18 @@ def group_cpu_seconds(pgid: int) -> float:
 
 def group_rss_bytes(pgid: int) -> int:
     """Resident memory of the live processes of a process group (the arbiter and its workers)."""
-    total = 0
-    for process in group_processes(pgid):
-        with contextlib.suppress(psutil.Error):
-            total += process.memory_info().rss
-    return total
+    return sum(group_each(pgid, lambda p: p.memory_info().rss).values())
 
 
 def group_running(pgid: int, text: str) -> list[int]:
     """The live processes of group `pgid` whose command line contains `text`."""
-    found = []
-    for process in group_processes(pgid):
-        with contextlib.suppress(psutil.Error):
-            if text in " ".join(process.cmdline()):
-                found.append(process.pid)
-    return found
+    return [pid for pid, line in group_each(pgid, lambda p: " ".join(p.cmdline())).items() if text in line]
 
 
 class CpuMeter:
-    """CPU seconds used between start and `read()`: by a server's process group (process by process: a
-    worker that dies meanwhile takes its CPU with it, which then counts as others'), by this process's
-    waited-for children (the load generators), by this process, and by everything else on the machine
-    (which includes the kernel's softirq time for loopback traffic, charged to no process)."""
+    """CPU seconds used between start and `read()` by a server's process group (process by process: a
+    worker that dies meanwhile takes its CPU with it, to others'), by this process's waited-for children
+    (load generators), by this process, and by everything else (the kernel's loopback softirq included)."""
 
     def __init__(self, pgid: int):
         self.pgid, self.started = pgid, time.monotonic()
@@ -201,8 +195,7 @@ class CpuMeter:
 
 
 def wait_idle(pgid: int, seconds: float = 15) -> None:
-    """Until the server group uses < 5 % of a core: a load generator stops with requests still queued
-    at the server, which must not spill into the next measurement."""
+    """Until the server group uses < 5 % of a core: requests queued when a load stops must not spill over."""
     deadline, before = time.monotonic() + seconds, group_cpu_seconds(pgid)
     while time.monotonic() < deadline:
         time.sleep(0.2)
@@ -210,8 +203,6 @@ def wait_idle(pgid: int, seconds: float = 15) -> None:
             return
         before = now
 
-
-# --- HTTP and /metrics ---------------------------------------------------------------------------
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -234,7 +225,6 @@ def http(method: str, url: str, body: bytes | None = None, headers: dict | None 
 def scrape(base: str) -> list:
     """The samples of the server's /metrics."""
     from prometheus_client.parser import text_string_to_metric_families
-
     status, _, raw = http("GET", base + "/metrics", timeout=5)
     if status != 200:
         raise RuntimeError(f"{base}/metrics: HTTP {status}")
@@ -242,8 +232,7 @@ def scrape(base: str) -> list:
 
 
 def totals(samples, name: str, by: str | None = None, **match: str) -> dict[str, float]:
-    """The values of the samples called `name` whose labels match, summed by the label `by` (under ""
-    without)."""
+    """The values of the samples called `name` whose labels match, summed by the label `by` (else under "")."""
     summed: dict[str, float] = collections.Counter()
     for s in samples:
         if s.name == name and all(s.labels.get(k) == v for k, v in match.items()):
@@ -252,7 +241,7 @@ def totals(samples, name: str, by: str | None = None, **match: str) -> dict[str,
 
 
 def difference(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
-    """after - before, key by key; keys that did not change left out."""
+    """after - before, key by key, the keys that changed."""
     return {k: after.get(k, 0.0) - before.get(k, 0.0) for k in sorted(set(after) | set(before))
             if after.get(k, 0.0) != before.get(k, 0.0)}
 
@@ -278,8 +267,6 @@ def tail(path: Path, lines: int = 30) -> str:
         return "(no log)"
 
 
-# --- load generators -------------------------------------------------------------------------------
-
 def run_wrk(servers: Servers, url: str, body_path: Path, seconds: float, connections: int, threads: int = 1,
             timeout: float = 10, name: str = "wrk", content_type: str = "application/json",
             headers: tuple[str, ...] = ()) -> dict:
@@ -300,8 +287,7 @@ def run_wrk(servers: Servers, url: str, body_path: Path, seconds: float, connect
 
 def measure_wrk(servers: Servers, pgid: int, url: str, body: Path, seconds: float, connections: int,
                 **wrk_args) -> dict:
-    """One wrk slice against the server of group `pgid` once it is idle, with the CPU that the server,
-    wrk and everything else used meanwhile."""
+    """One wrk slice against the server of group `pgid` once it is idle, with the CPU used meanwhile."""
     wait_idle(pgid)
     meter = CpuMeter(pgid)
     result = run_wrk(servers, url, body, seconds, connections, **wrk_args)
@@ -351,12 +337,11 @@ def summarize_rounds(slices: list[dict], images: int = 1) -> dict:
 
 
 def log_round(who: str, what: str, result: dict) -> None:
+    """A slice's log line: req/s, p99, and how busy the rest of the machine was."""
     other = result["other_cpu_cores"]
     log(f"{who}: {what}: {result['rps']:,.0f} req/s, p99 {result['latency_ms']['p99'] or 0:.2f} ms, other "
         f"processes {other:.2f} cores" + (" (busy machine: suspect)" if other > BUSY else ""))
 
-
-# --- mnist-serve, the bare app, MLServer ---------------------------------------------------------
 
 def start_service(servers: Servers, name: str, model_dir: Path | str, model_name: str, *, venv: Path = SERVICE_VENV,
                   worker_class: str | None = None, gunicorn_args: tuple[str, ...] = (), cpus: int | None = None,
@@ -437,13 +422,11 @@ def ensure_model(model_dir: str | None, model_name: str, workdir: Path, data_pat
 
 
 def single_body(test, workdir: Path) -> Path:
-    """The single-instance /v1/predict body, compact JSON: the first test digit."""
+    """The single-instance /v1/predict body (the first test digit), compact JSON."""
     path = workdir / "body-single.json"
     path.write_text(json.dumps({"instances": [test.images[0].reshape(784).tolist()]}, separators=(",", ":")))
     return path
 
-
-# --- other commits -------------------------------------------------------------------------------
 
 class Checkout:
     """A `git worktree` of `ref` at <workdir>/<label>-tree with a virtual environment <workdir>/<label>-venv
@@ -477,8 +460,6 @@ def git(*argv: str) -> str:
     return done.stdout.strip()
 
 
-# --- main ----------------------------------------------------------------------------------------
-
 def parser(prog: str, doc: str, model: bool = True) -> argparse.ArgumentParser:
     """The options every service benchmark takes: the data, waiting for a quiet machine, JSON; with
     `model`, the model too."""
@@ -491,9 +472,6 @@ def parser(prog: str, doc: str, model: bool = True) -> argparse.ArgumentParser:
                    help="first wait up to this long for other processes to use < 0.2 cores over 10 s [0]")
     p.add_argument("--json", help="also write the results to this file")
     return p
-
-
-ERRORS = (RuntimeError, OSError, subprocess.CalledProcessError)
 
 
 def main(who: str, args, run, report, errors: tuple = (), distributions: tuple[str, ...] = (), **versions) -> int:
@@ -511,7 +489,7 @@ def main(who: str, args, run, report, errors: tuple = (), distributions: tuple[s
             model_dir = (ensure_model(args.model_dir, args.model_name, servers.workdir, data_path)
                          if hasattr(args, "model_dir") else None)
             results = run(args, servers, test, model_dir)
-        except (*ERRORS, ArtifactError, *errors) as e:
+        except (RuntimeError, OSError, subprocess.CalledProcessError, ArtifactError, *errors) as e:
             log(f"{who}: failed: {e}")
             return 1
     env = environment(*distributions, **versions)
