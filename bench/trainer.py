@@ -18,21 +18,8 @@ from pathlib import Path
 import numpy as np
 
 import mnist_trainer
-from bench.common import (
-    BUSY,
-    REPO,
-    Others,
-    describe_factor,
-    describe_speed,
-    environment,
-    load_mnist,
-    log,
-    machine_factor,
-    machine_speed,
-    markdown_table,
-    write_json,
-    yardstick,
-)
+from bench import common
+from bench.common import BUSY, Others, load_mnist, log, machine_factor, machine_speed, markdown_table, yardstick
 from mnist_trainer import MLP, data
 from mnist_trainer.augment import AUGMENTATIONS, random_elastic, random_thickness
 from mnist_trainer.presets import PRESETS
@@ -166,7 +153,7 @@ def cmd_speed(args) -> dict:
     print(f"threads: torch.get_num_threads() = {threads['torch.get_num_threads']}; "
           + "; ".join(threads["threadpools"]))
     factor = machine_factor(runs["pytorch"])
-    print(describe_factor(factor))
+    print(common.describe_factor(factor))
     busy = max(r.get("other_cores", 0.0) for rs in runs.values() for r in rs)
     if busy > BUSY:
         print(f"warning: other processes used up to {busy:.2f} cores during a run; {args.threads}-thread "
@@ -198,7 +185,7 @@ def cmd_memory(args) -> dict:
     command = [sys.executable, "-m", "bench.trainer", "memory", "--child", "--epochs", str(args.epochs)]
     if args.data:
         command += ["--data", str(Path(args.data).resolve())]
-    child = subprocess.run(command, stdout=subprocess.PIPE, text=True, cwd=REPO)  # stderr passes through
+    child = subprocess.run(command, stdout=subprocess.PIPE, text=True, cwd=common.REPO)  # stderr passes through
     if child.returncode:
         sys.exit(f"bench: the memory measurement failed (exit status {child.returncode})")
     child = json.loads(child.stdout)
@@ -272,7 +259,7 @@ def cmd_accuracy(args) -> dict:
     print(markdown_table(["preset", "seeds", "test accuracy: mean ± std (min-max)", "training s: mean ± std",
                           "target", "verdict"], summary_rows))
     overall = machine_factor(*yardsticks)
-    print(f"\n{describe_factor(overall)}")
+    print(f"\n{common.describe_factor(overall)}")
     return {"benchmark": "accuracy", "results": results, "machine_factor": overall,
             "machine_speed": report_speed(speed_before)}
 
@@ -331,7 +318,7 @@ def cmd_augment(args) -> dict:
         [[name, f"{s['seconds']:.2f}", f"{s['best_seconds']:.2f}",
           f"{1e6 * s['seconds'] / (batches * AUGMENT_BATCH):.1f}",
           judge(s["seconds"] <= budget, factor["other_cores_max"])] for name, s in summary.items()]))
-    print(f"\n{describe_factor(factor)}")
+    print(f"\n{common.describe_factor(factor)}")
     speed = report_speed(speed_before)
     busy = max(r["other_cores"] for rs in runs.values() for r in rs)
     if busy > BUSY:
@@ -344,14 +331,14 @@ def cmd_augment(args) -> dict:
 def report_speed(before: dict) -> dict:
     """The machine's speed before a run and now, printed under the run's table; returned for the JSON."""
     speed = {"before": before, "after": machine_speed()}
-    print(f"\n{describe_speed(*speed.values())}")
+    print(f"\n{common.describe_speed(*speed.values())}")
     return speed
 
 
 def cmd_machine(args) -> dict:
     speed, factor = machine_speed(), machine_factor(yardstick(args.data))
-    print(describe_speed(speed))
-    print(describe_factor(factor))
+    print(common.describe_speed(speed))
+    print(common.describe_factor(factor))
     return {"benchmark": "machine", "machine_speed": speed, "machine_factor": factor}
 
 
@@ -397,7 +384,8 @@ def main(argv=None) -> None:
         return memory_child(args)
     results = {"speed": cmd_speed, "memory": cmd_memory, "accuracy": cmd_accuracy,
                "augment": cmd_augment, "machine": cmd_machine}[args.command](args)
-    write_json(args.json, {**results, "environment": environment(mnist_trainer=mnist_trainer.__version__)})
+    environment = common.environment(mnist_trainer=mnist_trainer.__version__)
+    common.write_json(args.json, {**results, "environment": environment})
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """Where one single-instance /v1/predict request spends its time inside mnist-serve, in-process: the
-steps every server shares, each feature switched off in turn, the bare app, and cProfile. Prints JSON.
+steps every server shares, each feature switched off in turn, and the bare app. Prints JSON.
 
     .venv/bin/python -m bench.service.profile_request MODEL_DIR BODY_JSON [--name mnist] [--iterations 3000]
 
@@ -9,11 +9,8 @@ Run by bench/service/throughput.py; what each figure is, in bench/README.md ("Se
 from __future__ import annotations
 
 import argparse
-import cProfile
-import io
 import json
 import os
-import pstats
 import shutil
 import statistics
 import sys
@@ -43,7 +40,7 @@ class _NoMetric:
     def inc(self, *args, **kwargs):
         pass
 
-    dec = observe = set = inc
+    dec = inc
 
 
 def main() -> int:
@@ -146,38 +143,21 @@ def main() -> int:
     full = median["full"]
     costs = {"access log (one JSON line per request)": full - median["no access log"],
              "metrics (12 multiprocess-mode updates)": full - median["no metrics"],
-             "validation (codec_v1.decode_json beyond orjson.loads + np.asarray)":
+             "validation (codecs.v1.decode_json beyond orjson.loads + np.asarray)":
                  full - median["no validation (bare parse)"],
              "plumbing (middleware, werkzeug Request, request id, model lookup, options)":
                  median["none of the three"] - shared_total,
              "the shared steps (JSON parse, forward pass, response body)": shared_total}
 
-    profiler = cProfile.Profile()
-    envs = [environ() for _ in range(n)]
-    run = call(app)
-    profiler.enable()
-    for env in envs:
-        run(env)
-    profiler.disable()
-    stream = io.StringIO()
-    stats = pstats.Stats(profiler, stream=stream)
-    top = sorted(stats.stats.items(), key=lambda kv: kv[1][2], reverse=True)[:15]  # by own time
-    top_functions = [{"function": f"{Path(file).name}:{line}({func})", "calls_per_request": round(nc / n, 2),
-                      "own_us_per_request": round(tt / n * 1e6, 1), "cumulative_us_per_request": round(ct / n * 1e6, 1)}
-                     for (file, line, func), (_, nc, tt, ct, _) in top]
-
     sys.stderr = real_stderr
     log_file.close()
     shutil.rmtree(workdir, ignore_errors=True)
-    print(json.dumps({
-        "iterations": n, "instances": int(pixels.shape[0]),
+    print(json.dumps({"iterations": n, "instances": int(pixels.shape[0]),
         "whole_request_us": {k: round(v, 1) for k, v in median.items()},
         "costs_us": {k: round(v, 1) for k, v in costs.items()},
         "bare_app_us": {"Flask's request cycle": round(median["bare app"] - shared_total, 1),
                         "the shared steps": round(shared_total, 1), "total": round(median["bare app"], 1)},
-        "shared_steps_us": {k: round(v, 1) for k, v in shared.items()},
-        "cprofile_top_own_time": top_functions,
-    }, indent=2))
+        "shared_steps_us": {k: round(v, 1) for k, v in shared.items()}}, indent=2))
     return 0
 
 

@@ -284,11 +284,11 @@ def report(args, r: dict, env: dict) -> tuple[str, str]:
     text = [markdown_table(["figure", LABELS["local"], LABELS["s3"], "S3 / local"], rows)]
     verdict = "met" if load["ratio_met"] else "MISSED"
     errors = load["local"]["errors"] + load["s3"]["errors"]
-    busiest = max(idle["other_cpu_cores"], load["local"]["other_cpu_cores"], load["s3"]["other_cpu_cores"])
+    busiest = max(idle["other_cpu_cores"], load["local"]["other_cores_max"], load["s3"]["other_cores_max"])
     text.append(f"\nThroughput while polling every {POLL_SECONDS} s: S3 / local {load['ratio']:.3f}x (target within "
                 f"{TARGET_RATIO:.0%}: {verdict}); wrk errors {errors}. Others' cores: idle window "
                 f"{idle['other_cpu_cores']:.2f}, load rounds ≤ "
-                f"{max(load['local']['other_cpu_cores'], load['s3']['other_cpu_cores']):.2f}"
+                f"{max(load['local']['other_cores_max'], load['s3']['other_cores_max']):.2f}"
                 + (" (busy machine: suspect, re-run)" if busiest > BUSY else "") + ".\n"
                 f"\n† each worker GETs the manifest; the weights once when the workers share MODEL_CACHE_DIR and "
                 f"the second finds the first's copy (then verified again), twice when both download at once.\n"

@@ -25,20 +25,8 @@ from statistics import median
 
 import psutil
 
-from bench.common import (
-    BUSY,
-    REPO,
-    environment,
-    load_mnist,
-    log,
-    machine_busy_seconds,
-    mnist_path,
-    own_cpu_seconds,
-    taskset,
-    tool_version,
-    wait_quiet,
-    write_json,
-)
+from bench import common
+from bench.common import REPO, log, taskset, tool_version
 
 HERE = Path(__file__).resolve().parent
 SERVICE_VENV = REPO / ".venv"
@@ -183,7 +171,7 @@ class CpuMeter:
     @staticmethod
     def _now() -> tuple[float, float, float]:
         children = resource.getrusage(resource.RUSAGE_CHILDREN)
-        return children.ru_utime + children.ru_stime, own_cpu_seconds(), machine_busy_seconds()
+        return children.ru_utime + children.ru_stime, common.own_cpu_seconds(), common.machine_busy_seconds()
 
     def read(self) -> dict:
         server = sum(used - self.server_before.get(pid, 0.0) for pid, used in group_cpu_by_pid(self.pgid).items())
@@ -340,7 +328,7 @@ def log_round(who: str, what: str, result: dict) -> None:
     """A slice's log line: req/s, p99, and how busy the rest of the machine was."""
     other = result["other_cpu_cores"]
     log(f"{who}: {what}: {result['rps']:,.0f} req/s, p99 {result['latency_ms']['p99'] or 0:.2f} ms, other "
-        f"processes {other:.2f} cores" + (" (busy machine: suspect)" if other > BUSY else ""))
+        f"processes {other:.2f} cores" + (" (busy machine: suspect)" if other > common.BUSY else ""))
 
 
 def start_service(servers: Servers, name: str, model_dir: Path | str, model_name: str, *, venv: Path = SERVICE_VENV,
@@ -481,21 +469,21 @@ def main(who: str, args, run, report, errors: tuple = (), distributions: tuple[s
     from mnist_artifact import ArtifactError
 
     if args.wait_quiet > 0:
-        wait_quiet(args.wait_quiet)
+        common.wait_quiet(args.wait_quiet)
     with session() as servers:
         try:
-            data_path = mnist_path(args.data)
-            test = load_mnist(data_path).test
+            data_path = common.mnist_path(args.data)
+            test = common.load_mnist(data_path).test
             model_dir = (ensure_model(args.model_dir, args.model_name, servers.workdir, data_path)
                          if hasattr(args, "model_dir") else None)
             results = run(args, servers, test, model_dir)
         except (RuntimeError, OSError, subprocess.CalledProcessError, ArtifactError, *errors) as e:
             log(f"{who}: failed: {e}")
             return 1
-    env = environment(*distributions, **versions)
+    env = common.environment(*distributions, **versions)
     heading, text = report(args, results, env)
     print(f"\n{heading}; {env['date']}, Python {env['python']}, {env['cpus']} CPUs\n")
     print(text)
-    write_json(args.json, {"environment": env, "settings": {k: v for k, v in vars(args).items() if k != "json"},
+    common.write_json(args.json, {"environment": env, "settings": {k: v for k, v in vars(args).items() if k != "json"},
                            **results})
     return 0
