@@ -1,8 +1,6 @@
-"""What every benchmark shares: log lines, tables, percentiles, the MNIST data, CPU accounting and
-pinning, the machine's speed and factor, tool versions and the JSON output (bench/README.md).
-
-Needs NumPy and psutil (and mnist_trainer for the data), which .venv and .bench-venv both have.
-"""
+"""What every benchmark shares: log lines, tables, percentiles, the MNIST data, CPU accounting and pinning,
+the machine's speed and factor, tool versions and the JSON output. Needs NumPy and psutil (.venv and
+.bench-venv both have them) and, for the data, mnist_trainer."""
 
 from __future__ import annotations
 

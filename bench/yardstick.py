@@ -1,9 +1,5 @@
-"""The machine factor's yardstick: `bench/run speed`'s PyTorch case, run alone in this process.
-
-    .bench-venv/bin/python -m bench.yardstick MNIST_DIR RUNS    (from the repository root)
-
-prints one JSON line, {"runs": [{"samples_per_second", "other_cores"}, ...], "threads": ...}.
-"""
+"""The machine factor's yardstick, `bench/run speed`'s PyTorch case alone in this process (bench/README.md):
+`.bench-venv/bin/python -m bench.yardstick MNIST_DIR RUNS` prints {"runs": [{"samples_per_second", "other_cores"}]}."""
 
 import json
 import sys

@@ -1,11 +1,6 @@
-"""The ceiling for bench/service/run: the least a Flask app under gunicorn can do for /v1/predict.
-
-Same JSON library (orjson), same forward pass (mnist_artifact.Model, the artifact's own), same
-response shape as mnist-serve; no validation, metrics, logging or request ids. Only
-{"instances": [[784 numbers], ...]} bodies. The model version directory comes from BARE_MODEL_PATH.
-
-    BARE_MODEL_PATH=... gunicorn --chdir bench/service -w 2 -b 127.0.0.1:8000 bare_app:app
-"""
+"""The ceiling for bench/service/run: the least a Flask app under gunicorn can do for /v1/predict (orjson,
+mnist_artifact.Model's forward pass, mnist-serve's response shape; no validation, metrics, logs or ids).
+The version directory comes from BARE_MODEL_PATH: `gunicorn --chdir bench/service bare_app:app`."""
 
 from __future__ import annotations
 

@@ -70,15 +70,8 @@ def counters(base: str) -> dict[str, float] | None:
         samples = sv.scrape(base)
     except (OSError, RuntimeError):
         return None
-    return {key: sum(sv.totals(samples, name).values()) for key, name in
-            (("client_timeouts", "mnist_client_timeouts_total"), ("shed", "mnist_http_requests_shed_total"))}
-
-
-def worker_pids(pid: int) -> list[int]:
-    """The worker processes of the gunicorn arbiter `pid`."""
-    with contextlib.suppress(psutil.Error):
-        return sorted(child.pid for child in psutil.Process(pid).children())
-    return []
+    return {key: sum(sv.totals(samples, f"mnist_{name}_total").values())
+            for key, name in (("client_timeouts", "client_timeouts"), ("shed", "http_requests_shed"))}
 
 
 @contextlib.contextmanager
@@ -107,11 +100,10 @@ def every(period: float, step):
     return loop
 
 
-def silent(port: int, count: int, until, opened: threading.Event | None = None) -> dict:
+def silent(port: int, count: int, until, opened: threading.Event) -> dict:
     """`count` connections that send nothing, held until the server has closed them all or until();
     when the server closed each (seconds after all were open) and the first line of what it sent."""
-    selector, sockets, failed, closed_at = selectors.DefaultSelector(), set(), 0, []
-    answers: collections.Counter = collections.Counter()
+    selector, sockets, failed, closed_at, answers = selectors.DefaultSelector(), set(), 0, [], collections.Counter()
     started = time.monotonic()
     try:
         for _ in range(count):
@@ -127,8 +119,7 @@ def silent(port: int, count: int, until, opened: threading.Event | None = None) 
             selector.register(sock, selectors.EVENT_READ)
             sockets.add(sock)
         total, open_s, started = len(sockets), time.monotonic() - started, time.monotonic()
-        if opened:
-            opened.set()
+        opened.set()
         while sockets and not until():
             for key, _ in selector.select(0.1):
                 with contextlib.suppress(OSError):  # a reset: closed
@@ -140,6 +131,7 @@ def silent(port: int, count: int, until, opened: threading.Event | None = None) 
                 key.fileobj.close()
                 sockets.discard(key.fileobj)
     finally:
+        opened.set()
         for sock in sockets:
             sock.close()
     return {"opened": total, "max_connected": total, "failed": failed, "open_s": open_s,
@@ -150,8 +142,8 @@ def silent(port: int, count: int, until, opened: threading.Event | None = None) 
 
 def slowhttptest_wave(servers: Servers, name: str, mode: list[str], url: str, connections: int, seconds: float,
                       stopping: threading.Event) -> dict:
-    """One slowhttptest run (it ends when the server has closed all its connections, or after
-    `seconds`): how long it lasted, its exit status and its CSV's figures."""
+    """One slowhttptest run, which ends when the server has closed all its connections (or after
+    `seconds`, or when stopped): how long it lasted, its exit status and its CSV's figures."""
     out = servers.workdir / name
     proc = servers.start(name, ["slowhttptest", *mode, "-c", str(connections), "-r", str(connections), "-i", "1",
                                 "-x", "2", "-p", "2", "-l", str(math.ceil(seconds)), "-g", "-o", str(out), "-u", url],
@@ -168,7 +160,6 @@ def slowhttptest_wave(servers: Servers, name: str, mode: list[str], url: str, co
     return {"lasted_s": lasted, "exit_status": status.group(1).strip() if status else "stopped at the end",
             "max_connected": max((r["Connected"] for r in rows), default=0),
             "first_closed_s": next((r["Seconds"] for r in rows if r["Closed"] > 0), None),
-            # slowhttptest ends a wave once the server has closed all its connections
             "all_closed_s": lasted if status and "No open connections" in status.group(1) else None}
 
 
@@ -225,8 +216,11 @@ class Target:
     def case(self):
         """Yields a dict for the case's figures, to which are added, once the server has recovered
         (/healthz 200 again and idle), its worker pids, RSS, counters and CPU before and after."""
-        pids, rss, before, meter = worker_pids(self.pgid), sv.group_rss_bytes(self.pgid), counters(self.base), \
-            sv.CpuMeter(self.pgid)
+        def workers() -> list[int]:  # the gunicorn arbiter's children
+            return sorted(pid for pid, parent in sv.group_each(self.pgid, psutil.Process.ppid).items()
+                          if parent == self.pgid)
+
+        pids, rss, before, meter = workers(), sv.group_rss_bytes(self.pgid), counters(self.base), sv.CpuMeter(self.pgid)
         result: dict = {}
         yield result
         started, recovered = time.monotonic(), None
@@ -237,18 +231,22 @@ class Target:
             else:
                 time.sleep(0.5)
         cpu, after = meter.read(), counters(self.base)
-        result |= {"workers_before": pids, "workers_after": worker_pids(self.pgid), "rss_before_mib": rss / MiB,
+        result |= {"workers_before": pids, "workers_after": workers(), "rss_before_mib": rss / MiB,
                    "rss_after_mib": sv.group_rss_bytes(self.pgid) / MiB, "recovered_s": recovered, "cpu": cpu,
                    "counters": {k: after[k] - before[k] for k in after} if after and before else None}
         result["workers_replaced"] = result["workers_after"] != pids
 
+    def probe(self, answers: list, url: str | None = None, timeout: float = REQUEST_TIMEOUT):
+        """A loop for background(): a request every POLL_PERIOD s on its own connection (a prediction, or
+        a GET of `url`), its answer appended to `answers`."""
+        body = None if url else self.body.read_bytes()
+        return every(POLL_PERIOD, lambda: answers.append(get(url or self.url, timeout, body)))
+
     def normal_traffic(self, seconds: float) -> dict:
-        """wrk's figures, and a probe's: wrk counts no request that never gets an answer (it counts a
-        timeout only when a late answer comes), so one POST every POLL_PERIOD s on its own connection,
-        with a NORMAL_TIMEOUT s timeout, counts those."""
+        """wrk's figures, and a probe's: wrk counts no request that never gets an answer, so one POST
+        every POLL_PERIOD s on its own connection with a NORMAL_TIMEOUT s timeout counts those."""
         answers = []
-        with background(every(POLL_PERIOD, lambda: answers.append(get(self.url, NORMAL_TIMEOUT,
-                                                                        self.body.read_bytes())))):
+        with background(self.probe(answers, timeout=NORMAL_TIMEOUT)):
             r = run_wrk(self.servers, self.url, self.body, seconds, NORMAL_CONNECTIONS, timeout=NORMAL_TIMEOUT,
                         name="wrk-normal")
         return {"rps": r["rps"], "requests": r["requests"], "p50_ms": r["latency_ms"]["p50"],
@@ -279,13 +277,13 @@ def case_max(t: Target) -> dict:
 def case_slow(t: Target, kind: str) -> dict:
     """Slow connections in waves (a new wave whenever the server has closed every connection of the
     last one, as an attacker would), opened 2 s before the normal traffic and kept to its end."""
-    waves, seconds, started = [], t.args.seconds, time.monotonic()
+    waves, seconds, started, opened = [], t.args.seconds, time.monotonic(), threading.Event()
 
     def attack(stopping: threading.Event) -> None:
         while not stopping.is_set() and (left := seconds + 4 - (time.monotonic() - started)) >= 2:
             wave_started = time.monotonic() - started
             if kind == "slow-silent":
-                wave = silent(t.port, t.args.slow_connections, stopping.is_set)
+                wave = silent(t.port, t.args.slow_connections, stopping.is_set, opened)
             else:
                 wave = slowhttptest_wave(t.servers, f"{kind}-{t.label}-{len(waves)}", SLOWHTTPTEST_MODES[kind],
                                          t.url, t.args.slow_connections, left, stopping)
@@ -294,8 +292,8 @@ def case_slow(t: Target, kind: str) -> dict:
                 break
 
     with t.case() as result:
-        # The last slowhttptest wave ends by its own -l (so its CSV is written) soon after the traffic.
-        with background(attack, grace=10 if kind != "slow-silent" else 0):
+        # The last slowhttptest wave ends by its own -l soon after the traffic (so its CSV is written).
+        with background(attack, grace=0 if kind == "slow-silent" else 10):
             time.sleep(2)  # every slow connection open before the normal traffic starts
             result["normal"] = t.normal_traffic(seconds)
         result |= {"slow_connections": t.args.slow_connections, "waves": waves}
@@ -303,33 +301,31 @@ def case_slow(t: Target, kind: str) -> dict:
 
 
 def case_idle(t: Target) -> dict:
-    """1,000 idle connections during normal traffic; when the server closed them, and its RSS."""
+    """Idle connections during normal traffic: when the server closed them, and its RSS."""
     limit, rss, held, opened = CLIENT_TIMEOUT + CLOSE_MARGIN, [], {}, threading.Event()
-    with t.case() as result:
-        with background(every(1.0, lambda: rss.append(sv.group_rss_bytes(t.pgid)))):
-            def hold(stopping):
-                try:
-                    held.update(silent(t.port, t.args.idle_connections, stopping.is_set, opened))
-                finally:
-                    opened.set()
-            with background(hold):
-                opened.wait()
-                deadline = time.monotonic() + limit
-                result["normal"] = t.normal_traffic(max(t.args.idle_seconds, limit))
-                while not held and time.monotonic() < deadline:  # hold() returns once the server closed them all
-                    time.sleep(0.2)
+    with t.case() as result, background(every(1.0, lambda: rss.append(sv.group_rss_bytes(t.pgid)))):
+        with background(lambda stopping: held.update(silent(t.port, t.args.idle_connections, stopping.is_set,
+                                                            opened))):
+            opened.wait()
+            deadline = time.monotonic() + limit
+            result["normal"] = t.normal_traffic(max(t.args.idle_seconds, limit))
+            while not held and time.monotonic() < deadline:  # silent() returns once the server closed them all
+                time.sleep(0.2)
         result |= {"connections": held, "rss_peak_mib": max(rss, default=0) / MiB}
     return result
 
 
 def case_busy(t: Target, maximum: dict) -> dict:
-    """Half the maximum, open loop, on a busy machine: a Python loop burns one core's worth of CPU
-    wherever the scheduler puts it, and the server may run on every CPU meanwhile (h2load stays on
-    its own). Nothing may be shed: a busy machine is not an overloaded service."""
-    every_cpu = sorted(os.sched_getaffinity(t.pgid) | set(range(os.cpu_count() or 1)))
+    """Half the maximum, open loop, while a Python loop burns one core's worth of CPU wherever the
+    scheduler puts it and the server may run on every CPU (h2load stays on its own): nothing may be shed."""
+    def cpus(which: list[int]) -> None:
+        for process in sv.group_processes(t.pgid):
+            with contextlib.suppress(psutil.Error):
+                process.cpu_affinity(which)
+
+    every_cpu, name = sorted(os.sched_getaffinity(t.pgid) | set(range(os.cpu_count() or 1))), f"busy-loop-{t.label}"
     with t.case() as result:
-        set_group_cpus(t.pgid, every_cpu)
-        name = f"busy-loop-{t.label}"
+        cpus(every_cpu)
         hog = t.servers.start(name, [*taskset(",".join(map(str, every_cpu))), sys.executable, "-c",
                                      "while True: pass"], dict(os.environ))
         try:
@@ -338,14 +334,8 @@ def case_busy(t: Target, maximum: dict) -> dict:
         finally:
             t.servers.stop(name)
             if t.args.server_cpu is not None:
-                set_group_cpus(t.pgid, [t.args.server_cpu])
+                cpus([t.args.server_cpu])
     return result
-
-
-def set_group_cpus(pgid: int, cpus: list[int]) -> None:
-    for process in sv.group_processes(pgid):
-        with contextlib.suppress(psutil.Error):
-            process.cpu_affinity(cpus)
 
 
 def case_crowd(t: Target, maximum: dict, connections: int) -> dict:
@@ -353,7 +343,7 @@ def case_crowd(t: Target, maximum: dict, connections: int) -> dict:
     answer. wrk counts a non-2xx answer as a status error: here a shed request (503)."""
     probes = []
     with t.case() as result:
-        with background(every(POLL_PERIOD, lambda: probes.append(get(t.url, REQUEST_TIMEOUT, t.body.read_bytes())))):
+        with background(t.probe(probes)):
             r = run_wrk(t.servers, t.url, t.body, t.args.seconds, connections, threads=2, timeout=REQUEST_TIMEOUT,
                         name=f"wrk-crowd-{connections}")
         errors = r["errors"]
@@ -373,12 +363,11 @@ def case_overload(t: Target, maximum: dict, factor: float) -> dict:
     """h2load at `factor` x the maximum, a new connection per request; /healthz and a prediction polled."""
     health, probes = [], []
     with t.case() as result:
-        children = resource.getrusage(resource.RUSAGE_CHILDREN)
-        with (background(every(POLL_PERIOD, lambda: health.append(get(t.base + "/healthz", REQUEST_TIMEOUT)))),
-              background(every(POLL_PERIOD, lambda: probes.append(get(t.url, REQUEST_TIMEOUT, t.body.read_bytes()))))):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        with background(t.probe(health, t.base + "/healthz")), background(t.probe(probes)):
             load = t.h2load(factor, maximum, t.args.seconds, f"overload-{factor:g}x")
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        load["generator_cpu_s"] = (after.ru_utime + after.ru_stime) - (children.ru_utime + children.ru_stime)
+        load["generator_cpu_s"] = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
         result |= {"factor": factor, "max_rps": maximum["rps"], "load": load, "vs_max": load["ok_rps"] / maximum["rps"],
                    "predictions": sum(v for k, v in load["status_counts"].items() if k.startswith("2")),
                    "shed_503": load["shed_503"], "probe": probe_summary(probes),
@@ -386,23 +375,20 @@ def case_overload(t: Target, maximum: dict, factor: float) -> dict:
                                "within_target": sum(1 for s, sec, _ in health if s == 200 and sec <= TARGET_HEALTH_S),
                                "max_s": max((sec for _, sec, _ in health), default=None),
                                "other": dict(collections.Counter(str(s) for s, _, _ in health if s != 200))}}
-    seconds = result["cpu"]["seconds"]
-    return result | {"server_cores": result["cpu"]["server_cpu_s"] / seconds,
-                     "generator_cores": load["generator_cpu_s"] / seconds}
+    return result | {"server_cores": result["cpu"]["server_cpu_s"] / result["cpu"]["seconds"],
+                     "generator_cores": load["generator_cpu_s"] / result["cpu"]["seconds"]}
 
 
-def measure(servers: Servers, target: tuple[str, Path, str], model_dir: Path, body: Path, args) -> dict:
-    """Every case against one mnist-serve: `target` is (label, venv, worker class)."""
-    label, venv, worker_class = target
+def measure(servers: Servers, label: str, venv: Path, worker_class: str, model_dir: Path, body: Path, args) -> dict:
+    """Every case against one mnist-serve, with the service's defaults (also where this process's
+    environment says otherwise)."""
     log(f"hostile: {label}: mnist-serve of {venv}, WORKER_CLASS={worker_class}, {WORKERS} workers"
         + (f", on CPU {args.server_cpu}" if args.server_cpu is not None else ""))
-    # The service's defaults, also where this process's environment says otherwise.
     defaults = dict.fromkeys(("CLIENT_TIMEOUT", "QUEUE_TIMEOUT", "QUEUE_TIMEOUT_MAX", "BACKLOG", "QUEUE_LIMIT"), "")
     proc, base = sv.start_service(servers, f"service-{label}", model_dir, args.model_name, venv=venv,
                                   worker_class=worker_class, cpus=args.server_cpu, LOG_LEVEL="WARNING", **defaults)
-    t = Target(servers, label, proc, base, body, args)
+    t, results = Target(servers, label, proc, base, body, args), {}
     get(t.url, 10, body.read_bytes())  # first request: imports and caches warm
-    results: dict = {}
     for case in args.case_list:
         log(f"hostile: {label}: {case} ...")
         if case == "max" or (case in ("busy", "crowd", "overload") and "max" not in results):
@@ -420,15 +406,13 @@ def measure(servers: Servers, target: tuple[str, Path, str], model_dir: Path, bo
             log(f"hostile: {label}: busy machine, {load['offered_rps']:,.0f} req/s offered: {load['ok']:,} 2xx, "
                 f"{load['shed_503']:,} 503, {load['no_answer']:,} unanswered")
         elif case == "crowd":
-            results[case] = {}
             for connections in args.crowds:
-                c = results[case][str(connections)] = case_crowd(t, maximum, connections)
+                c = results.setdefault(case, {})[str(connections)] = case_crowd(t, maximum, connections)
                 log(f"hostile: {label}: crowd of {connections:,}: {c['predictions_per_s']:,.0f} predictions/s "
                     f"({c['vs_max']:.0%} of the max), {c['shed_503']:,} 503, {c['socket_errors']:,} socket errors")
         elif case == "overload":
-            results[case] = {}
             for factor in args.overload_factors:
-                o = results[case][f"{factor:g}"] = case_overload(t, maximum, factor)
+                o = results.setdefault(case, {})[f"{factor:g}"] = case_overload(t, maximum, factor)
                 log(f"hostile: {label}: overload {factor:g}x: {o['load']['ok_rps']:,.0f} predictions/s "
                     f"({o['vs_max']:.0%} of the max), {o['load']['no_answer']:,} unanswered, /healthz max "
                     f"{o['healthz']['max_s']:.2f} s, others {o['cpu']['other_cpu_cores']:.2f} cores")
@@ -461,70 +445,72 @@ def cut_off(c: dict) -> str:
     return "never (held to the end)" + (f"; first closed at {first[0]:.0f} s" if first else "")
 
 
-def counter(key: str):
-    return lambda r: "-" if not r["counters"] else f"{r['counters'][key]:,.0f}"
+def column(key: str, format_: str = "{:,.0f}"):
+    """A table column of a nested value (`a.b`) or a counter (`counters.x`); "-" where there is none."""
+    def cell(row: dict) -> str:
+        value = row
+        for part in key.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        return "-" if value is None else fmt_ms(value) if format_ == "ms" else format_.format(value)
+    return cell
 
 
-WORKERS_COLUMN = ("workers", lambda r: "replaced" if r["workers_replaced"] else "same")
-RSS_COLUMN = ("RSS MiB before / after", "{rss_before_mib:.0f} / {rss_after_mib:.0f}")
-OTHERS_COLUMN = ("others' cores", "{cpu[other_cpu_cores]:.2f}")
-PROBES = "{shed_503:,} ({probe[shed_with_retry_after]}/{probe[shed]})"
+def ms_pair(*keys: str):
+    return lambda row: " / ".join(column(key, "ms")(row) for key in keys)
+
+
+COMMON = [("workers", lambda r: "replaced" if r["workers_replaced"] else "same"),
+          ("RSS MiB before / after", "{rss_before_mib:.0f} / {rss_after_mib:.0f}"),
+          ("shed counter", column("counters.shed"))]
+OTHERS = ("others' cores", "{cpu[other_cpu_cores]:.2f}")
+PROBES = ("503 (probes with Retry-After)", "{shed_503:,} ({probe[shed_with_retry_after]}/{probe[shed]})")
 TABLES = {  # title, columns; every row is a case's result with its server's label in "cls"
     "max": ("Unloaded maximum (wrk -t1 -c16, closed loop; then h2load open loop at 90 % of that rate, a connection "
             "per request)", [
-                ("worker class", "{cls}"), ("wrk req/s", "{wrk[rps]:,.0f}"),
-                ("p50 ms", lambda r: fmt_ms(r["wrk"]["p50_ms"])),
-                ("p99 ms", lambda r: fmt_ms(r["wrk"]["p99_ms"])), ("errors", "{wrk[errors]}"),
+                ("worker class", "{cls}"), ("wrk req/s", "{wrk[rps]:,.0f}"), ("p50 ms", column("wrk.p50_ms", "ms")),
+                ("p99 ms", column("wrk.p99_ms", "ms")), ("errors", "{wrk[errors]}"),
                 ("h2load offered/s", "{h2load_at_90[offered_rps]:,.0f}"),
                 ("h2load 2xx/s", "{h2load_at_90[ok_rps]:,.0f}"),
                 ("503", "{h2load_at_90[shed_503]:,}"), ("no answer", "{h2load_at_90[no_answer]:,}"),
-                ("h2load p99 ms", lambda r: fmt_ms(r["h2load_at_90"]["ok_ms"]["p99"])), OTHERS_COLUMN]),
+                ("h2load p99 ms", column("h2load_at_90.ok_ms.p99", "ms")), OTHERS]),
     "slow": (f"Normal traffic (wrk -t1 -c{NORMAL_CONNECTIONS} --timeout {NORMAL_TIMEOUT:g}s, single-instance JSON) "
              "beside slow or idle connections", [
                  ("worker class", "{cls}"), ("beside", lambda r: f"{r['connections']['opened']:,} idle connections"
                                              if "connections" in r else f"{r['slow_connections']} {r['case']}"),
-                 ("req/s", "{normal[rps]:,.0f}"), ("p99 ms", lambda r: fmt_ms(r["normal"]["p99_ms"])),
+                 ("req/s", "{normal[rps]:,.0f}"), ("p99 ms", column("normal.p99_ms", "ms")),
                  ("wrk errors", lambda r: ", ".join(f"{v} {k}" for k, v in r["normal"]["errors"].items() if v) or "0"),
                  ("probes answered within 2 s", "{normal[probes_ok]}/{normal[probes]}"),
-                 ("slow/idle connections cut off", cut_off), ("client timeouts", counter("client_timeouts")),
-                 WORKERS_COLUMN, ("RSS MiB before / peak / after", lambda r: f"{r['rss_before_mib']:.0f} / "
-                                  + (f"{r['rss_peak_mib']:.0f}" if "rss_peak_mib" in r else "-")
-                                  + f" / {r['rss_after_mib']:.0f}"), OTHERS_COLUMN]),
+                 ("slow/idle connections cut off", cut_off), ("client timeouts", column("counters.client_timeouts")),
+                 COMMON[0], ("RSS MiB before / peak / after", lambda r: " / ".join(
+                     column(k, "{:.0f}")(r) for k in ("rss_before_mib", "rss_peak_mib", "rss_after_mib"))), OTHERS]),
     "busy": (f"A busy machine (a Python loop burning a core, the server on every core) and h2load at {BUSY_FACTOR:g}x "
              "the maximum, open loop", [
                  ("server", "{cls}"), ("offered req/s", "{load[offered_rps]:,.0f}"), ("requests", "{load[requests]:,}"),
                  ("2xx within 2 s", "{load[ok]:,}"), ("503", "{load[shed_503]:,}"),
-                 ("no answer", "{load[no_answer]:,}"),
-                 ("p50 / p99 ms", lambda r: " / ".join(fmt_ms(r["load"]["answered_ms"][k]) for k in ("p50", "p99"))),
-                 ("shed counter", counter("shed"))]),
+                 ("no answer", "{load[no_answer]:,}"), ("p50 / p99 ms", ms_pair("load.answered_ms.p50",
+                                                                                "load.answered_ms.p99")), COMMON[2]]),
     "crowd": (f"Crowds (wrk -t2 -cN --timeout {REQUEST_TIMEOUT}s, closed loop: each client sends its next request as "
               "soon as it has an answer, 503s included)", [
                   ("server", "{cls}"), ("connections", "{connections:,}"), ("requests", "{requests:,}"),
-                  ("predictions/s (vs max)", "{predictions_per_s:,.0f} ({vs_max:.0%})"),
-                  ("503 (probes with Retry-After)", PROBES),
+                  ("predictions/s (vs max)", "{predictions_per_s:,.0f} ({vs_max:.0%})"), PROBES,
                   ("socket errors and timeouts", "{socket_errors:,} ({socket_error_share:.2%})"),
-                  ("p50 / p99 ms", lambda r: f"{fmt_ms(r['p50_ms'])} / {fmt_ms(r['p99_ms'])}"), WORKERS_COLUMN,
-                  RSS_COLUMN, ("shed counter", counter("shed")), OTHERS_COLUMN]),
+                  ("p50 / p99 ms", ms_pair("p50_ms", "p99_ms")), *COMMON, OTHERS]),
     "overload": (f"Overload (h2load: a new connection per request at a factor of the unloaded maximum (wrk's), "
                  f"{REQUEST_TIMEOUT} s timeout each; /healthz polled every {POLL_PERIOD:g} s; * h2load stopped "
                  f"{REQUEST_TIMEOUT + H2LOAD_GRACE} s after its last request was due: its connect()s to a full accept "
-                 "queue would go on for minutes)", [
+                 "queue would go on for minutes). The CPU at the unloaded maximum (wrk) and under overload (h2load)", [
                      ("server", "{cls}"), ("factor", "{factor:g}x"), ("offered req/s", "{load[offered_rps]:,.0f}"),
                      ("requests", lambda r: f"{r['load']['requests']:,}" + " *" * r["load"]["stopped_at_deadline"]),
                      ("2xx within 2 s", lambda r: f"{r['load']['ok']:,}" + (
-                         f" (+{r['load']['late_2xx']:,} later)" if r["load"]["late_2xx"] else "")),
-                     ("503 (probes with Retry-After)", PROBES), ("no answer (timeout, error, not sent)",
-                                                                 "{load[no_answer]:,}"),
-                     ("p99 / max ms of answers", lambda r: " / ".join(fmt_ms(r["load"]["answered_ms"][k])
-                                                                      for k in ("p99", "max"))),
+                         f" (+{r['load']['late_2xx']:,} later)" if r["load"]["late_2xx"] else "")), PROBES,
+                     ("no answer (timeout, error, not sent)", "{load[no_answer]:,}"),
+                     ("p99 / max ms of answers", ms_pair("load.answered_ms.p99", "load.answered_ms.max")),
                      ("predictions/s (vs max)", "{load[ok_rps]:,.0f} ({vs_max:.0%})"),
                      (f"/healthz 200 within {TARGET_HEALTH_S:g} s", "{healthz[within_target]}/{healthz[polls]} "
-                      "(max {healthz[max_s]:.2f} s)"), WORKERS_COLUMN, RSS_COLUMN, ("shed counter", counter("shed"))]),
-    "cpu": ("Where the CPU went, at the unloaded maximum (wrk) and under overload (h2load)", [
-        ("server", "{cls}"), ("factor", "{factor:g}x"), ("server cores at max", "{max[server_cores]:.2f}"),
-        ("wrk cores", "{max[wrk_cores]:.2f}"), ("server cores in overload", "{server_cores:.2f}"),
-        ("h2load cores", "{generator_cores:.2f}"), ("server CPU ms per request at max",
-                                                     "{max[server_cpu_ms_per_request]:.3f}"), OTHERS_COLUMN]),
+                      "(max {healthz[max_s]:.2f} s)"), *COMMON,
+                     ("server cores at max / in overload", "{max[server_cores]:.2f} / {server_cores:.2f}"),
+                     ("wrk / h2load cores", "{max[wrk_cores]:.2f} / {generator_cores:.2f}"),
+                     ("server CPU ms per request at max", "{max[server_cpu_ms_per_request]:.3f}"), OTHERS]),
     "shed": ("What a shed request costs: the server's CPU seconds of every crowd and overload case fitted (least "
              "squares) as predictions x a + shed requests x b; s = b / a", [
                  ("server", "{cls}"), ("a: CPU ms per prediction under load", "{prediction_ms:.3f}"),
@@ -540,8 +526,7 @@ def report(args, out: dict, env: dict) -> tuple[str, str]:
         rows["slow"] += [{"cls": cls, "case": case} | r[case] for case in (*SLOW_CASES, "idle") if case in r]
         rows["busy"] += [{"cls": cls} | r["busy"]] if "busy" in r else []
         rows["crowd"] += [{"cls": cls} | c for c in r.get("crowd", {}).values()]
-        rows["overload"] += [{"cls": cls} | o for o in r.get("overload", {}).values()]
-        rows["cpu"] += [{"cls": cls, "max": r["max"]["wrk"]} | o for o in r.get("overload", {}).values()]
+        rows["overload"] += [{"cls": cls, "max": r["max"]["wrk"]} | o for o in r.get("overload", {}).values()]
         rows["shed"] += [{"cls": cls} | r["shed_cost"]] if "shed_cost" in r else []
     text = [f"\n{title}:\n\n" + table(rows[key], columns) for key, (title, columns) in TABLES.items() if rows[key]]
     if out["verdict"]:
@@ -549,12 +534,11 @@ def report(args, out: dict, env: dict) -> tuple[str, str]:
             f"- {name}: {'met' if ok else 'MISSED'}" for name, ok in out["verdict"].items()))
     pinning = (f"server on CPU {args.server_cpu}, load generators on the other (taskset)"
                if args.server_cpu is not None else "server and load generators sharing the CPUs")
-    heading = (f"bench/service/run hostile: {WORKERS} server workers each (gthread: {GTHREAD_THREADS} threads), "
-               f"CLIENT_TIMEOUT {CLIENT_TIMEOUT:g} s, QUEUE_TIMEOUT {DEFAULTS.queue_timeout:g} s, QUEUE_TIMEOUT_MAX "
-               f"{DEFAULTS.queue_timeout_max:g} s, BACKLOG {DEFAULTS.backlog} (somaxconn {out['somaxconn']}); "
-               f"{pinning}; gunicorn {env['gunicorn']}, gevent {env['gevent']}, {env['wrk']}, {env['h2load']}, "
-               f"{env['slowhttptest']}")
-    return heading, "\n".join(text)
+    return (f"bench/service/run hostile: {WORKERS} server workers each (gthread: {GTHREAD_THREADS} threads), "
+            f"CLIENT_TIMEOUT {CLIENT_TIMEOUT:g} s, QUEUE_TIMEOUT {DEFAULTS.queue_timeout:g} s, QUEUE_TIMEOUT_MAX "
+            f"{DEFAULTS.queue_timeout_max:g} s, BACKLOG {DEFAULTS.backlog} (somaxconn {out['somaxconn']}); {pinning}; "
+            f"gunicorn {env['gunicorn']}, gevent {env['gevent']}, {env['wrk']}, {env['h2load']}, {env['slowhttptest']}",
+            "\n".join(text))
 
 
 def judge(r: dict) -> dict[str, bool]:
@@ -587,59 +571,51 @@ def judge(r: dict) -> dict[str, bool]:
                 f"Retry-After), /healthz all 200 within {TARGET_HEALTH_S:g} s, workers kept, RSS within 10 %"] = (
             load["no_answer"] == 0 and load["answered_ms"]["max"] is not None
             and load["answered_ms"]["max"] <= REQUEST_TIMEOUT * 1000
-            and o["healthz"]["within_target"] == o["healthz"]["polls"] > 0 and not o["workers_replaced"]
-            and o["probe"]["shed_with_retry_after"] == o["probe"]["shed"]
+            and o["healthz"]["within_target"] == o["healthz"]["polls"] > 0
+            and not o["workers_replaced"] and o["probe"]["shed_with_retry_after"] == o["probe"]["shed"]
             and o["rss_after_mib"] <= TARGET_RSS_GROWTH * o["rss_before_mib"])
     return verdict
 
 
 def raise_limits(open_files: int, backlog: int | None) -> int | None:
-    """Lift the soft limit on open files (inherited by h2load and wrk) towards the hard one; with `backlog`,
-    the kernel's cap on listen backlogs (net.core.somaxconn) to it when lower and root. Returns the cap."""
+    """The soft limit on open files (inherited by h2load and wrk) raised towards the hard one; with `backlog`,
+    the kernel's cap on listen backlogs (net.core.somaxconn) raised to it as root. Returns that cap."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = hard if hard == resource.RLIM_INFINITY else min(hard, max(soft, open_files))
-    if wanted > soft:
+    if (wanted := hard if hard == resource.RLIM_INFINITY else min(hard, max(soft, open_files))) > soft:
         resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
     if wanted < open_files:
         log(f"hostile: only {wanted} open files allowed (ulimit -n); {open_files} wanted")
-    if backlog is None:
-        return None
     somaxconn = Path("/proc/sys/net/core/somaxconn")
     try:
-        cap = int(somaxconn.read_text())
-        if cap < backlog and os.geteuid() == 0:
+        if backlog and (cap := int(somaxconn.read_text())) < backlog and os.geteuid() == 0:
             somaxconn.write_text(str(backlog))
             log(f"hostile: net.core.somaxconn {cap} -> {backlog}, the service's BACKLOG")
-            cap = backlog
+        cap = int(somaxconn.read_text())
     except (OSError, ValueError):
         return None
-    if cap < backlog:
+    if backlog and cap < backlog:
         log(f"hostile: net.core.somaxconn is {cap}, under the service's BACKLOG {backlog}: crowds larger than "
             "that wait for SYN retransmissions (run as root to raise it)")
-    return cap
+    return cap if backlog else None
 
 
 def numbers(text: str, type_=float) -> list:
     """A comma-separated list of numbers above 0, for argparse."""
-    try:
-        values = [type_(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        values = []
-    if not values or min(values) <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: give one or more numbers above 0, comma-separated")
-    return values
+    with contextlib.suppress(ValueError):
+        if (values := [type_(v) for v in text.split(",") if v.strip()]) and min(values) > 0:
+            return values
+    raise argparse.ArgumentTypeError(f"{text!r}: give one or more numbers above 0, comma-separated")
 
 
 def run(args, servers: Servers, test, model_dir: Path) -> dict:
     args.server_cpu = pin_self("hostile", args.pin)
-    body = sv.single_body(test, servers.workdir)
+    body, checkout = sv.single_body(test, servers.workdir), None
     targets = [(cls, sv.SERVICE_VENV, cls) for cls in args.classes]
-    checkout = None
     try:
         if args.baseline:
             checkout = sv.Checkout(args.baseline, servers.workdir, "baseline").create()
             targets.append((f"gevent@{checkout.commit}", checkout.venv, "gevent"))
-        results = {label: measure(servers, (label, venv, cls), model_dir, body, args) for label, venv, cls in targets}
+        results = {label: measure(servers, label, venv, cls, model_dir, body, args) for label, venv, cls in targets}
         return {"somaxconn": args.somaxconn, "results": results,
                 "verdict": judge(results["gevent"]) if "gevent" in results else {}}
     finally:
@@ -649,27 +625,24 @@ def run(args, servers: Servers, test, model_dir: Path) -> dict:
 
 def main() -> int:
     parser = sv.parser("bench/service/run hostile", __doc__)
-    parser.add_argument("--worker-classes", default=",".join(CLASSES), help=f"comma-separated [{','.join(CLASSES)}]")
-    parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated subset of {','.join(CASES)}")
-    parser.add_argument("--seconds", type=float, default=30,
-                        help="seconds of normal traffic beside slow connections, of each crowd and overload [30]")
-    parser.add_argument("--max-seconds", type=float, default=10, help="seconds of wrk for the unloaded maximum [10]")
-    parser.add_argument("--calibration-seconds", type=float, default=5,
-                        help="seconds of h2load at 90 %% of the maximum [5]")
-    parser.add_argument("--idle-seconds", type=float, default=CLIENT_TIMEOUT + CLOSE_MARGIN,
-                        help=f"seconds of normal traffic beside idle connections [{CLIENT_TIMEOUT + CLOSE_MARGIN:g}]")
-    parser.add_argument("--slow-connections", type=int, default=64, help="slow connections [64]")
-    parser.add_argument("--idle-connections", type=int, default=1000, help="idle connections [1000]")
-    parser.add_argument("--crowds", type=lambda t: numbers(t, int), default=list(CROWDS),
-                        help=f"closed-loop crowd sizes, comma-separated [{','.join(map(str, CROWDS))}]")
-    parser.add_argument("--overload-factors", type=numbers, default=[2.0, 3.0, 5.0],
-                        help="offered rates / unloaded maximum, comma-separated [2,3,5]")
-    parser.add_argument("--rate-period-ms", type=int, default=100,
-                        help="h2load opens rate x period connections at the start of each period [100]")
-    parser.add_argument("--baseline", metavar="REF",
-                        help="also measure REF's mnist-serve (a git worktree with its own venv), gevent, its defaults")
-    parser.add_argument("--no-pin", dest="pin", action="store_false",
-                        help="let the server and the load generators share every CPU (default: one core each)")
+    add = parser.add_argument
+    add("--worker-classes", default=",".join(CLASSES), help=f"comma-separated [{','.join(CLASSES)}]")
+    add("--cases", default=",".join(CASES), help=f"comma-separated subset of {','.join(CASES)}")
+    add("--seconds", type=float, default=30, help="seconds of normal traffic beside slow connections, of each crowd "
+        "and of each overload [30]")
+    add("--max-seconds", type=float, default=10, help="seconds of wrk for the unloaded maximum [10]")
+    add("--calibration-seconds", type=float, default=5, help="seconds of h2load at 90 %% of the maximum [5]")
+    add("--idle-seconds", type=float, default=CLIENT_TIMEOUT + CLOSE_MARGIN,
+        help=f"seconds of normal traffic beside idle connections [{CLIENT_TIMEOUT + CLOSE_MARGIN:g}]")
+    add("--slow-connections", type=int, default=64, help="slow connections [64]")
+    add("--idle-connections", type=int, default=1000, help="idle connections [1000]")
+    add("--crowds", type=lambda t: numbers(t, int), default=list(CROWDS),
+        help=f"closed-loop crowd sizes, comma-separated [{','.join(map(str, CROWDS))}]")
+    add("--overload-factors", type=numbers, default=[2.0, 3.0, 5.0],
+        help="offered rates / unloaded maximum, comma-separated [2,3,5]")
+    add("--rate-period-ms", type=int, default=100, help="h2load opens rate x period connections each period [100]")
+    add("--baseline", metavar="REF", help="also measure REF's mnist-serve (a git worktree with its own venv), gevent")
+    add("--no-pin", dest="pin", action="store_false", help="the server and the load generators share every CPU")
     args = parser.parse_args()
     args.classes = [c for c in args.worker_classes.split(",") if c]
     args.case_list = [c for c in CASES if c in args.cases.split(",")]

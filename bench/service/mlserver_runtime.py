@@ -1,11 +1,6 @@
-"""An MLServer custom runtime serving the mnist-mlp artifact (bench/service/run's MLServer case).
-
-`load()` reads and verifies the version directory named by the model's `parameters.uri`
-(mnist_artifact.Model: NumPy, allow_pickle=False); `predict()` runs the artifact's forward pass on
-the V2 input "images" (FP32, [N, 784], 0..255) and returns "label", "confidence" and
-"probabilities", the same three things mnist-serve answers. Runs in .bench-mlserver-venv/, which
-has mlserver and artifact/ (bench/service/run).
-"""
+"""An MLServer custom runtime serving the mnist-mlp artifact (bench/service/run's MLServer case): the version
+directory of `parameters.uri` (mnist_artifact.Model), input "images" (FP32 [N, 784], 0..255), outputs
+"label", "confidence" and "probabilities". Runs in .bench-mlserver-venv/."""
 
 from __future__ import annotations
 
