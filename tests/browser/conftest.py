@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -46,23 +45,12 @@ def browser(chromium_path):
 
 
 @pytest.fixture(scope="session")
-def trained_model_dir(mnist_dir, tmp_path_factory) -> Path:
-    """A model that really recognises digits: `mnist-train` on real MNIST (the fast preset, a few seconds)."""
-    model_dir = tmp_path_factory.mktemp("models")
-    trained = subprocess.run([sys.executable, "-m", "mnist_trainer.cli", "train", "--data", str(mnist_dir),
-                              "--model-dir", str(model_dir), "--preset", "fast", "--epochs", "3"],
-                             capture_output=True, text=True)
-    assert trained.returncode == 0, trained.stderr
-    return model_dir
-
-
-@pytest.fixture(scope="session")
 def server(trained_model_dir, tmp_path_factory):
     """mnist-serve (gunicorn, 2 workers) on a loopback port, serving the trained model."""
     metrics_dir = tmp_path_factory.mktemp("metrics")
     server = Server(trained_model_dir, metrics_dir, workers=2)
     yield server
-    server.stop()
+    server.stop(graceful=False)
 
 
 @pytest.fixture

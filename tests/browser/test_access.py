@@ -27,7 +27,7 @@ def start_server(trained_model_dir, tmp_path):
 
     yield start
     for server in servers:
-        server.stop()
+        server.stop(graceful=False)
 
 
 def draw_a_stroke(page) -> None:

@@ -34,4 +34,4 @@ def serve(tmp_path):
 
     yield start
     for server in servers:
-        server.stop()
+        server.stop(graceful=False)

@@ -89,7 +89,7 @@ def served(tmp_path_factory):
     (root / "metrics").mkdir()
     server = Server(model_dir, root / "metrics", workers=1, grpc_workers=1, MAX_BATCH=256)
     yield server, model_dir
-    server.stop()
+    server.stop(graceful=False)
 
 
 @pytest.fixture(scope="module")

@@ -26,23 +26,12 @@ def serving_version(url: str) -> int | None:
     return response.json()["model"]["version"] if response.status_code == 200 else None
 
 
-@pytest.fixture(scope="module")
-def trained(mnist_dir, tmp_path_factory):
-    """A real model trained by mnist-train on real MNIST (fast preset, 1 epoch)."""
-    models = tmp_path_factory.mktemp("models")
-    result = subprocess.run([sys.executable, "-m", "mnist_trainer.cli", "train", "--data", str(mnist_dir),
-                             "--model-dir", str(models), "--preset", "fast", "--epochs", "1"],
-                            capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr
-    return models
-
-
-def test_parity_with_the_trainer_and_accuracy_over_http(trained, mnist_dir, serve):
+def test_parity_with_the_trainer_and_accuracy_over_http(trained_model_dir, mnist_dir, serve):
     from mnist_trainer import MLP, data  # tests may use the trainer; the service never does
 
     test = data.load(mnist_dir).test
-    server = serve(trained)
-    reference = MLP.from_artifact(trained / "mnist" / "1")
+    server = serve(trained_model_dir)
+    reference = MLP.from_artifact(trained_model_dir / "mnist" / "1")
     first = test.images[:1000]
     body = requests.post(server.url + "/v1/predict", json={"instances": first.reshape(1000, 784).tolist()},
                          timeout=60).json()
