@@ -354,7 +354,7 @@ def profile(servers: Servers, cases: dict[str, Case], seconds: float) -> dict:
     """py-spy on the gRPC process (one image, batches) and on mnist-serve's gunicorn workers (REST
     batches), each under its case's load: the share of busy samples by category, the top leaf frames."""
     if not (spy := shutil.which("py-spy")):
-        return {"skipped": "py-spy is not installed"}
+        return {"py-spy": {"skipped": "not installed"}}
     results = {}
     for case in (cases[k] for k in ("ours-grpc", "ours-grpc-256", "ours-rest-256") if k in cases):
         pgid, name, output = case.target.proc.pid, f"py-spy-{case.key}", servers.workdir / f"py-spy-{case.key}.txt"
@@ -375,24 +375,29 @@ def profile(servers: Servers, cases: dict[str, Case], seconds: float) -> dict:
         if not output.exists():
             results[case.key] = {"skipped": f"py-spy wrote nothing: {sv.tail(spy_proc.log_path, 5)}"}
             continue
-        categories, leaves, waiting = collections.Counter(), collections.Counter(), 0
-        for line in output.read_text().splitlines():  # collapsed stacks: frame;frame;... count
-            stack, _, count = line.rpartition(" ")
-            if not stack or not count.isdigit():
-                continue
-            frames = stack.split(";")
-            if frames[-1].partition(" (")[0] in WAITS:
-                waiting += int(count)
-                continue
-            leaves[frames[-1]] += int(count)
-            categories[next((c for c in map(frame_category, reversed(frames)) if c), FRAMEWORK)] += int(count)
-        total = sum(categories.values()) or 1
-        results[case.key] = {"samples": sum(categories.values()), "waiting_samples_left_out": waiting,
-                             "shares": {k: v / total for k, v in categories.most_common()},
-                             "top_leaves": [[frame, n / total] for frame, n in leaves.most_common(8)],
-                             "requests": requests, "server_cpu_ms_per_request": cpu["server_cpu_s"] * 1000 / max(1,
-                                                                                                         requests)}
+        results[case.key] = shares(output.read_text()) | {
+            "requests": requests, "server_cpu_ms_per_request": cpu["server_cpu_s"] * 1000 / max(1, requests)}
     return results
+
+
+def shares(raw: str) -> dict:
+    """py-spy's collapsed stacks ("frame;frame;... count"): the share of busy samples in each category (by
+    the innermost frame of this project's code), and the top leaf frames."""
+    categories, leaves, waiting = collections.Counter(), collections.Counter(), 0
+    for line in raw.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        frames = stack.split(";")
+        if frames[-1].partition(" (")[0] in WAITS:
+            waiting += int(count)
+            continue
+        leaves[frames[-1]] += int(count)
+        categories[next((c for c in map(frame_category, reversed(frames)) if c), FRAMEWORK)] += int(count)
+    total = sum(categories.values()) or 1
+    return {"samples": sum(categories.values()), "waiting_samples_left_out": waiting,
+            "shares": {k: v / total for k, v in categories.most_common()},
+            "top_leaves": [[frame, n / total] for frame, n in leaves.most_common(8)]}
 
 
 def idle_phase(servers: Servers, args, model_dir: Path, test, expected: np.ndarray) -> dict:
