@@ -255,7 +255,7 @@ def test_corrupt_versions_are_refused_under_load(model_dir, serve, kinds, figure
 
 # -- 6. slow clients, idle connections, overload ------------------------------------------------
 
-HOSTILE = Path(__file__).resolve().parents[2] / "bench" / "service" / "hostile.py"
+REPO = Path(__file__).resolve().parents[2]  # bench.service.hostile is run from here, as `python -m`
 
 
 @pytest.mark.timeout(720)
@@ -270,10 +270,10 @@ def test_slow_clients_idle_connections_and_overload(trained, figures, tmp_path):
     bench/service/run hostile: speed belongs in benchmarks. Broken clients (vanishing mid-request, a
     request line or headers over the limits) are tests/service/test_worker.py's."""
     report = tmp_path / "hostile.json"
-    done = subprocess.run([sys.executable, str(HOSTILE), "--worker-classes", "gevent", "--model-dir", str(trained),
-                           "--cases", "max,slow-headers,slow-body,slow-silent,idle,overload",
-                           "--overload-factors", "2,3", "--seconds", "20", "--wait-quiet", "0",
-                           "--json", str(report)], timeout=680)
+    cases = "max,slow-headers,slow-body,slow-silent,idle,overload"
+    done = subprocess.run([sys.executable, "-m", "bench.service.hostile", "--worker-classes", "gevent",
+                           "--model-dir", str(trained), "--cases", cases, "--overload-factors", "2,3",
+                           "--seconds", "20", "--wait-quiet", "0", "--json", str(report)], timeout=680, cwd=REPO)
     assert done.returncode == 0
     results = json.loads(report.read_text())
     r = results["results"]["gevent"]
