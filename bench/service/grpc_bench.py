@@ -1,7 +1,7 @@
 """The Open Inference Protocol over gRPC: mnist-serve's gRPC server against MLServer's and its own REST v2
-path, batches of 256, an idle gRPC server's cost to /v1/predict, other process models, slow senders, the
-machine factor and py-spy profiles: `bench/service/run grpc [--cases unary,process,batch,idle,slow,factor,
-profile]`. Every server on the last CPU, the load generators on the first (bench/README.md, "gRPC").
+path, batches of 256, an idle gRPC server's cost to /v1/predict, GRPC_WORKERS=2 against 1, the machine
+factor and py-spy profiles: `bench/service/run grpc [--cases unary,process,batch,idle,factor,profile]`.
+Every server on the last CPU, the load generators on the first (bench/README.md, "gRPC").
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import statistics
 import struct
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,8 +38,7 @@ BATCH = 256
 TARGET_VS_MLSERVER = 2.0  # our gRPC req/s >= 2x MLServer's gRPC
 TARGET_P99_MS = 10.0  # on the reference machine
 TARGET_IDLE = 0.03  # /v1/predict req/s with an idle gRPC server within 3 % of without
-GROUPS = ("unary", "process", "batch", "idle", "slow", "factor", "profile")
-SLOW_SENDERS = 8  # RPCs stalled mid-message at once
+GROUPS = ("unary", "process", "batch", "idle", "factor", "profile")
 SERVER_MODULE = "mnist_service.grpc.server"
 GEVENT = "from gevent import monkey\nmonkey.patch_all()\nimport grpc.experimental.gevent as g\ng.init_gevent()\n"
 
@@ -441,81 +439,6 @@ def idle_phase(servers: Servers, args, model_dir: Path, test, expected: np.ndarr
             "within_target": abs(median - 1) <= TARGET_IDLE, "resolved": spread <= TARGET_IDLE}
 
 
-class StalledSender:
-    """A gRPC client whose RPC stalls mid-message: a TCP proxy between it and the server forwards the
-    client's first burst (preface, settings, headers and the message) but its last `hold` bytes, then
-    nothing more. The server has the RPC's headers and part of its message, and waits for the rest."""
-
-    def __init__(self, server_port: int, message: bytes, seconds: float, hold: int = 64):
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.upstream = socket.create_connection(("127.0.0.1", server_port))
-        self.hold, self.sockets = hold, [self.listener, self.upstream]
-        threading.Thread(target=self._proxy, daemon=True).start()
-        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.listener.getsockname()[1]}")
-        self.future = self.channel.unary_unary(METHOD).future(message, timeout=seconds)
-
-    def _proxy(self) -> None:
-        client, _ = self.listener.accept()
-        self.sockets.append(client)
-        threading.Thread(target=self._pump, args=(self.upstream, client), daemon=True).start()
-        client.settimeout(0.3)
-        burst = b""
-        with contextlib.suppress(OSError):
-            while chunk := client.recv(1 << 16):
-                burst += chunk
-        self.upstream.sendall(burst[:-self.hold])
-        client.settimeout(None)
-        with contextlib.suppress(OSError):
-            while client.recv(1 << 16):  # read, never forward: the sender has stalled
-                pass
-
-    @staticmethod
-    def _pump(source: socket.socket, sink: socket.socket) -> None:
-        with contextlib.suppress(OSError):
-            while data := source.recv(1 << 16):
-                sink.sendall(data)
-
-    def close(self) -> None:
-        self.future.cancel()
-        self.channel.close()
-        for sock in self.sockets:
-            sock.close()
-
-
-def sequential_rpcs(port: int, message: bytes, seconds: float) -> dict:
-    """One client's one-image RPCs one after another for `seconds` (2 s deadline each)."""
-    latencies, failures = [], collections.Counter()
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        call, end = channel.unary_unary(METHOD), time.monotonic() + seconds
-        while time.monotonic() < end:
-            started = time.perf_counter()
-            try:
-                call(message, timeout=2)
-                latencies.append((time.perf_counter() - started) * 1000)
-            except grpc.RpcError as e:
-                failures[e.code().name] += 1
-    return {"rps": len(latencies) / seconds, "ok": len(latencies), "failures": dict(failures),
-            "latency_ms": latency_ms(latencies)}
-
-
-def slow_phase(servers: Servers, args, model_dir: Path, test) -> dict:
-    """grpc.aio, a standalone process, alone and then beside SLOW_SENDERS stalled RPCs (StalledSender)."""
-    message = infer_message(args.model_name, test.images[:1].reshape(1, 784).astype(np.float32) / 255)
-    target = start_standalone(servers, "slow-aio", label := "grpc.aio (what ships)", model_dir, args)
-    if target.failed:
-        return {"slow-aio": {"label": label, "failed": target.failed}}
-    alone = sequential_rpcs(target.grpc_port, message, args.seconds)
-    senders = [StalledSender(target.grpc_port, message, args.seconds + 30) for _ in range(SLOW_SENDERS)]
-    time.sleep(1)  # every stalled RPC has reached the server
-    stalled = sequential_rpcs(target.grpc_port, message, args.seconds)
-    for sender in senders:
-        sender.close()
-    servers.stop("slow-aio")
-    log(f"grpc: {label}: {alone['rps']:,.0f} RPC/s alone, {stalled['rps']:,.0f} RPC/s beside {SLOW_SENDERS} "
-        f"stalled senders (failures {stalled['failures'] or 'none'})")
-    return {"slow-aio": {"label": label, "alone": alone, "beside_stalled": stalled}}
-
-
 def checks_cell(r: dict) -> str:
     c, kinds = r["checks"], ", ".join(f"{k} {v}" for k, v in r["checks"]["errors_by_kind"].items() if v)
     parts = []
@@ -634,18 +557,6 @@ def report(args, out: dict, env: dict) -> tuple[str, str]:
                                                                                  "MISSED")
                     + ("" if idle["resolved"] else " at the median, but the rounds spread more than 3 %: this run "
                        "cannot resolve 3 %"))
-    if slow := out["slow"]:
-        rows = []
-        for r in slow.values():
-            a, b = r.get("alone"), r.get("beside_stalled")
-            rows.append([r["label"], "did not serve", "", "", "", ""] if "failed" in r else [
-                r["label"], f"{a['rps']:,.0f}", f"{a['latency_ms']['p99'] or 0:.2f}", f"{b['rps']:,.0f}",
-                f"{b['latency_ms']['p99'] or 0:.2f}",
-                ", ".join(f"{n} {c}" for c, n in b["failures"].items()) or "none"])
-        text.append(f"\nSlow senders: one client's sequential one-image RPCs, alone and beside {SLOW_SENDERS} RPCs "
-                    "stalled mid-message (one gRPC process on one core):\n\n" + markdown_table(
-                        ["gRPC server", "RPC/s alone", "p99 ms alone", f"RPC/s beside {SLOW_SENDERS} stalled",
-                         "p99 ms", "failures (2 s deadline)"], rows))
     heading = (f"bench/service/run grpc: {args.seconds} s per case and round, {args.rounds} rounds (idle: "
                f"{args.idle_rounds}), {STREAMS} concurrent requests; servers on CPU {out['server_cpu']}, load "
                f"generators on the other; commit {env['commit']}{' (service/ modified)' if env['dirty'] else ''}, "
@@ -677,14 +588,13 @@ def run(args, servers: Servers, test, model_dir: Path) -> dict:
     prof = profile(servers, {c.key: c for c in cases}, args.profile_seconds) if "profile" in args.groups else None
     servers.stop_all()
     idle = idle_phase(servers, args, model_dir, test, expected) if "idle" in args.groups else None
-    slow = slow_phase(servers, args, model_dir, test) if "slow" in args.groups else None
     factor = None
     if factor_before is not None:
         os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
         factor = machine_factor(factor_before, yardstick(args.data, args.factor_runs))
     out = {"model": {"layer_sizes": layers, "version": str(model.version)}, "results": results,
            "failed": {t.label: t.failed for t in targets.values() if t.failed}, "forward_pass_ms": forward,
-           "profile": prof, "idle": idle, "slow": slow, "machine_factor": factor, "server_cpu": args.server_cpu}
+           "profile": prof, "idle": idle, "machine_factor": factor, "server_cpu": args.server_cpu}
     return out | {"verdict": verdicts(out)[0]}
 
 
