@@ -11,7 +11,6 @@ import contextlib
 import json
 import os
 import shutil
-import socket
 import statistics
 import struct
 import subprocess
@@ -40,7 +39,6 @@ TARGET_P99_MS = 10.0  # on the reference machine
 TARGET_IDLE = 0.03  # /v1/predict req/s with an idle gRPC server within 3 % of without
 GROUPS = ("unary", "process", "batch", "idle", "factor", "profile")
 SERVER_MODULE = "mnist_service.grpc.server"
-GEVENT = "from gevent import monkey\nmonkey.patch_all()\nimport grpc.experimental.gevent as g\ng.init_gevent()\n"
 
 
 def infer_message(model_name: str, pixels: np.ndarray) -> bytes:
@@ -102,11 +100,6 @@ def rest_check(name: str, url: str, body: bytes, headers: dict, expected: np.nda
     return len(raw)
 
 
-def infer_counts(samples) -> dict[str, float]:
-    """ModelInfer RPCs by gRPC status, from mnist_http_requests_total's samples."""
-    return sv.totals(samples, "mnist_http_requests_total", by="status", protocol="grpc", route=METHOD)
-
-
 @dataclass
 class Target:
     """A server under test: its process group, ports and, for ours, its counter of ModelInfer RPCs."""
@@ -115,7 +108,6 @@ class Target:
     grpc_port: int
     http_base: str | None = None
     counts: Callable[[], dict[str, float]] | None = None
-    failed: str | None = None
 
 
 def wait_grpc(target: Target, seconds: float = 20) -> None:
@@ -130,12 +122,9 @@ def wait_grpc(target: Target, seconds: float = 20) -> None:
                 if ready(pb.ServerReadyRequest(), timeout=1).ready:
                     return
             time.sleep(0.2)
-    if target.proc.poll() is not None:
-        raise RuntimeError(f"exited with {target.proc.returncode}; log:\n{sv.tail(target.proc.log_path, 8)}")
-    with socket.socket() as probe:
-        probe.settimeout(1)
-        port = "open" if probe.connect_ex(("127.0.0.1", target.grpc_port)) == 0 else "not open"
-    raise RuntimeError(f"not serving after {seconds:g} s (port {port}); log:\n{sv.tail(target.proc.log_path, 8)}")
+    exited = target.proc.poll() is not None
+    what = f"exited with {target.proc.returncode}" if exited else f"not serving after {seconds:g} s"
+    raise RuntimeError(f"{target.label}: {what}; log:\n{sv.tail(target.proc.log_path, 8)}")
 
 
 def start_ours(servers: Servers, key: str, label: str, model_dir: Path, args, **settings: str) -> Target:
@@ -143,39 +132,9 @@ def start_ours(servers: Servers, key: str, label: str, model_dir: Path, args, **
     port = sv.free_port()
     proc, base = sv.start_service(servers, key, model_dir, args.model_name, cpus=args.server_cpu,
                                   GRPC_PORT=str(port), **settings)
-    target = Target(label, proc, port, base, lambda: infer_counts(sv.scrape(base)))
+    target = Target(label, proc, port, base, lambda: sv.totals(sv.scrape(base), "mnist_http_requests_total",
+                                                               by="status", protocol="grpc", route=METHOD))
     wait_grpc(target)
-    return target
-
-
-def start_standalone(servers: Servers, key: str, label: str, model_dir: Path, args, gevent: bool = False) -> Target:
-    """One gRPC server process (mnist_service.grpc.server's main()) as mnist-serve's supervisor starts it,
-    on the server CPU, after gevent's patches with `gevent`; its counter read from its metrics files. A
-    server that does not serve is returned with .failed set."""
-    from prometheus_client import CollectorRegistry
-    from prometheus_client.multiprocess import MultiProcessCollector
-
-    port, metrics_dir = sv.free_port(), servers.workdir / f"metrics-{key}"
-    metrics_dir.mkdir()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GRPC_")} | {
-        "MODEL_DIR": str(model_dir), "MODEL_NAME": args.model_name, "HOST": "127.0.0.1", "GRPC_PORT": str(port),
-        "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir), "OPENBLAS_NUM_THREADS": "1"}
-    code = (GEVENT if gevent else "") + f"import sys\nimport {SERVER_MODULE} as server\nsys.exit(server.main())\n"
-    proc = servers.start(key, [*taskset(args.server_cpu), str(sv.SERVICE_VENV / "bin/python"), "-c", code], env,
-                         cwd=servers.workdir)
-
-    def counts() -> dict[str, float]:  # no /metrics: the multiprocess files, read as /metrics would
-        registry = CollectorRegistry()
-        MultiProcessCollector(registry, path=str(metrics_dir))
-        return infer_counts(s for metric in registry.collect() for s in metric.samples)
-
-    target = Target(label, proc, port, None, counts)
-    try:
-        wait_grpc(target)
-    except RuntimeError as e:
-        target.failed = str(e)
-        log(f"grpc: {label}: {e}")
-        servers.stop(key)
     return target
 
 
@@ -246,12 +205,11 @@ class Case:
             "transport": "rest" if self.url else "grpc", "checks": checks}
 
 
-def build_cases(servers: Servers, args, model_dir: Path, version_dir: Path, test,
-                expected: np.ndarray) -> tuple[list[Case], dict[str, Target]]:
+def build_cases(servers: Servers, args, model_dir: Path, version_dir: Path, test, expected: np.ndarray) -> list[Case]:
     """Start the servers the groups need (each checked) and describe every case."""
     images = test.images[:BATCH].reshape(BATCH, 784).astype(np.float32)
     unit = images / np.float32(255)  # FP32 in [0, 1]: the service's v2 input
-    targets, cases = {}, []
+    cases = []
 
     def grpc_case(key, group, target, server, n, connections, streams, pixels=unit):
         message = infer_message(args.model_name, pixels[:n])
@@ -270,15 +228,14 @@ def build_cases(servers: Servers, args, model_dir: Path, version_dir: Path, test
 
     if args.groups & {"unary", "batch", "process"}:
         log("grpc: starting mnist-serve (its defaults, gRPC on a free port) ...")
-        ours = targets["ours"] = start_ours(servers, "ours", "mnist-serve", model_dir, args)
+        ours = start_ours(servers, "ours", "mnist-serve", model_dir, args)
         label = "mnist-serve gRPC (grpc.aio, GRPC_WORKERS=1: what ships)"
         grpc_case("ours-grpc", "unary", ours, label, 1, STREAMS, 1)
         grpc_case("ours-grpc-1conn", "unary", ours, label, 1, 1, STREAMS)
     if "unary" in args.groups:
         log("grpc: starting MLServer ...")
         proc, settings = sv.start_mlserver(servers, version_dir, args.model_name, cpus=args.server_cpu)
-        ml = targets["mlserver"] = Target(f"MLServer {sv.mlserver_version()}, parallel_workers {WORKERS}: gRPC", proc,
-                                          settings["grpc_port"])
+        ml = Target(f"MLServer {sv.mlserver_version()}, parallel_workers {WORKERS}: gRPC", proc, settings["grpc_port"])
         wait_grpc(ml)
         grpc_case("mlserver-grpc", "unary", ml, ml.label, 1, STREAMS, 1, images)  # its runtime takes 0..255
         grpc_case("mlserver-grpc-1conn", "unary", ml, ml.label, 1, 1, STREAMS, images)
@@ -288,19 +245,14 @@ def build_cases(servers: Servers, args, model_dir: Path, version_dir: Path, test
         rest_case("ours-rest-256", "batch", ours, "mnist-serve REST v2 binary", BATCH)
         rest_case("ours-rest-json-256", "batch", ours, "mnist-serve REST v2 JSON", BATCH, binary=False)
     if "process" in args.groups:
-        log("grpc: starting the other process models ...")
-        two = targets["workers2"] = start_ours(servers, "workers2", "mnist-serve GRPC_WORKERS=2", model_dir, args,
-                                               GRPC_WORKERS="2")
+        log("grpc: starting mnist-serve with GRPC_WORKERS=2 ...")
+        two = start_ours(servers, "workers2", "mnist-serve GRPC_WORKERS=2", model_dir, args, GRPC_WORKERS="2")
         label = "mnist-serve gRPC (grpc.aio), GRPC_WORKERS=2"
         grpc_case("workers2-grpc", "process", two, label, 1, STREAMS, 1)
         grpc_case("workers2-grpc-1conn", "process", two, label, 1, 1, STREAMS)
-        label = "grpc.aio server (this tree) under gevent"
-        gevent = targets["gevent-aio"] = start_standalone(servers, "gevent-aio", label, model_dir, args, gevent=True)
-        if not gevent.failed:
-            grpc_case("gevent-aio-grpc", "process", gevent, label, 1, STREAMS, 1)
     for case in cases:
         case.check()  # every server answers right before any load
-    return cases, targets
+    return cases
 
 
 FORWARD_CODE = """import json, statistics, sys, timeit
@@ -534,11 +486,10 @@ def report(args, out: dict, env: dict) -> tuple[str, str]:
                     f"of that load's {p['server_cpu_ms_per_request']:.2f} ms of server CPU per request):\n\n"
                     + markdown_table(["part", "share", "ms/request"], rows) + "\n\nTop leaf frames: "
                     + "; ".join(f"{frame} {share:.0%}" for frame, share in p["top_leaves"][:5]))
-    if (process := [r for r in results.values() if r["group"] == "process"]) or out["failed"]:
+    if process := [r for r in results.values() if r["group"] == "process"]:
         base = results.get("ours-grpc")
         text.append("\nProcess models, one image (server on one core):\n\n"
                     + load_table(([base] if base else []) + process, f, base or {"rps": float("nan")}))
-        text += [f"- {label}: did not serve: {reason}" for label, reason in out["failed"].items()]
     if idle:
         se = idle["standard_error"]
         text.append("\n/v1/predict (one instance, JSON, wrk 16 connections) with and without an idle gRPC server:\n\n"
@@ -573,7 +524,7 @@ def run(args, servers: Servers, test, model_dir: Path) -> dict:
     log(f"grpc: model {version_dir.name} of {args.model_name!r}, layers {layers}")
     factor_before = yardstick(args.data, args.factor_runs) if "factor" in args.groups else None
     args.server_cpu = pin_self("grpc")
-    cases, targets = build_cases(servers, args, model_dir, version_dir, test, expected)
+    cases = build_cases(servers, args, model_dir, version_dir, test, expected)
     if cases and args.warmup > 0:
         log(f"grpc: warm-up, {args.warmup:g} s per case")
         for case in cases:
@@ -593,7 +544,7 @@ def run(args, servers: Servers, test, model_dir: Path) -> dict:
         os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
         factor = machine_factor(factor_before, yardstick(args.data, args.factor_runs))
     out = {"model": {"layer_sizes": layers, "version": str(model.version)}, "results": results,
-           "failed": {t.label: t.failed for t in targets.values() if t.failed}, "forward_pass_ms": forward,
+           "forward_pass_ms": forward,
            "profile": prof, "idle": idle, "machine_factor": factor, "server_cpu": args.server_cpu}
     return out | {"verdict": verdicts(out)[0]}
 
