@@ -8,7 +8,6 @@ import base64
 import functools
 import io
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -82,7 +81,7 @@ def check_answer(name: str, url: str, body_path: Path, label: int, v2: bool = Fa
 
 
 def run(args, servers: sv.Servers, test, model_dir: Path) -> dict:
-    """Start, check, warm up and measure the servers of the cases, then profile one request."""
+    """Start, check, warm up and measure the servers of the cases."""
     cases = args.case_list
     version_dir = LocalRepository(model_dir).directory(args.model_name)
     reference = Model.load(version_dir)
@@ -142,16 +141,8 @@ def run(args, servers: sv.Servers, test, model_dir: Path) -> dict:
         results[case] = sv.summarize_rounds(slices[case], targets[case][3])
         errors = {k: sum(s["errors"][k] for s in slices[case]) for k in slices[case][0]["errors"]}
         results[case] |= {"errors": errors, "error_count": sum(errors.values())}
-    servers.stop_all()
-    prof = None
-    if not args.no_profile:
-        log("bench: profiling one single-instance request in-process (profile_request.py) ...")
-        done = subprocess.run([str(sv.SERVICE_VENV / "bin/python"), "-m", "bench.service.profile_request",
-                               str(model_dir), str(bodies["single"]), "--name", args.model_name],
-                              capture_output=True, text=True, check=True, cwd=sv.REPO)
-        prof = json.loads(done.stdout)
     return {"model": {"layer_sizes": layers, "version": str(reference.version)}, "results": results,
-            "verdict": verdict_lines(results)[0], "profile": prof}
+            "verdict": verdict_lines(results)[0]}
 
 
 def _met(ok: bool, judged: bool) -> str:
@@ -182,7 +173,7 @@ def verdict_lines(results: dict[str, dict]) -> tuple[dict, list[str]]:
 
 
 def report(args, out: dict, env: dict) -> tuple[str, str]:
-    results, prof = out["results"], out["profile"]
+    results = out["results"]
     rows = [[*DESCRIPTIONS[name], f"{r['rps']:,.0f} ({r['rps_min']:,.0f}-{r['rps_max']:,.0f})",
              f"{r['images_per_s']:,.0f}", f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}", f"{r['p99_ms_worst_round']:.2f}",
              f"{r['server_cpu_ms_per_request']:.2f}", f"{r['other_cores']:.2f}", r["error_count"]]
@@ -192,17 +183,6 @@ def report(args, out: dict, env: dict) -> tuple[str, str]:
     if lines := verdict_lines(results)[1]:
         text.append("\nTargets (single-instance JSON; medians of the rounds of this run), judged on the default "
                     "worker; the other classes for comparison:\n" + "\n".join(lines))
-    if prof:
-        whole = prof["whole_request_us"]
-        rows = [[k, f"{v:.0f}", f"{v / whole['full']:.0%}"] for k, v in prof["costs_us"].items()]
-        rows.append(["total (one request, in-process)", f"{whole['full']:.0f}", "100%"])
-        text.append("\nWhere one single-instance request's time goes inside mnist-serve (in-process, WSGI call, "
-                    "no HTTP server; medians of interleaved rounds):\n\n"
-                    + markdown_table(["part", "µs", "share"], rows)
-                    + "\n\nShared by every server: " + ", ".join(f"{k} {v:.0f} µs" for k, v in
-                                                                  prof["shared_steps_us"].items())
-                    + ". The bare app in the same rounds: "
-                    + ", ".join(f"{k} {v:.0f} µs" for k, v in prof["bare_app_us"].items()) + ".")
     heading = (f"bench/service/run: {args.duration:g} s per case in {args.rounds} interleaved rounds, "
                f"{args.connections} connections, wrk {args.threads} thread(s), {sv.WORKERS} server workers each")
     return heading, "\n".join(text)
@@ -219,7 +199,6 @@ def main() -> int:
                         help="wrk threads [1: the client takes as little as possible of the 2 cores]")
     parser.add_argument("--cases", default=",".join(DEFAULT_CASES),
                         help=f"comma-separated subset of {','.join(DESCRIPTIONS)} [all but service-keepalive]")
-    parser.add_argument("--no-profile", action="store_true", help="skip the in-process profile of one request")
     args = parser.parse_args()
     args.case_list = [c for c in args.cases.split(",") if c]
     if unknown := set(args.case_list) - set(DESCRIPTIONS):
