@@ -153,7 +153,6 @@ class Case:
     streams: int = 1
     url: str = ""  # REST
     headers: dict = field(default_factory=dict)
-    slices: list[dict] = field(default_factory=list)
 
     def load(self, servers: Servers, seconds: float) -> dict:
         if not self.url:
@@ -166,13 +165,12 @@ class Case:
             return {"requests": c["succeeded"], "started": c["started"], "data_bytes": done["data_bytes"],
                     "duration_s": done["duration_s"], "rps": c["succeeded"] / done["duration_s"],
                     "latency_ms": latency_ms([us / 1000 for _, status, us in done["rows"] if 200 <= status < 300]),
-                    "errors": c["failed"] + c["errored"] + c["timeout"]}
+                    "errors": {k: c[k] for k in ("failed", "errored", "timeout")}}
         headers = [f"{k}: {v}" for k, v in self.headers.items() if k != "Content-Type"]
         r = sv.run_wrk(servers, self.url, self.body, seconds, self.connections,
                        content_type=self.headers["Content-Type"], headers=tuple(headers))
         # Answered is not served: a shed request (503) is a status error, counted out of req/s.
-        return r | {"errors_by_kind": r["errors"], "errors": sum(r["errors"].values()),
-                    "requests": r["requests"] - r["errors"]["status"],
+        return r | {"requests": r["requests"] - r["errors"]["status"],
                     "rps": (r["requests"] - r["errors"]["status"]) / r["duration_s"]}
 
     def measure(self, servers: Servers, seconds: float) -> dict:
@@ -191,15 +189,16 @@ class Case:
             delta = sv.difference(counted(), before)
             result |= {"server_ok": delta.pop("OK", 0), "server_other": delta}
             result["counts_agree"] = result["requests"] <= result["server_ok"] <= result["started"] and not delta
+        result["checks_ok"] = result.get("counts_agree", True) and result.get("answers_whole", True) and not any(
+            result["errors"].values())
         return result
 
-    def summary(self) -> dict:
-        s, add = self.slices, lambda key: dict(sum((collections.Counter(x.get(key, {})) for x in self.slices),
-                                                   collections.Counter()))
-        checks = {"errors": sum(x["errors"] for x in s), "answers_whole": all(x.get("answers_whole", 1) for x in s),
-                  "counts_agree": all(x.get("counts_agree", True) for x in s), "errors_by_kind": add("errors_by_kind"),
+    def summary(self, s: list[dict]) -> dict:
+        checks = {"answers_whole": all(x.get("answers_whole", 1) for x in s),
+                  "counts_agree": all(x.get("counts_agree", True) for x in s),
                   "server_ok": sum(x["server_ok"] for x in s) if "server_ok" in s[0] else None,
-                  "server_other": add("server_other")}
+                  "server_other": dict(sum((collections.Counter(x.get("server_other", {})) for x in s),
+                                           collections.Counter()))}
         return sv.summarize_rounds(s, self.images) | {
             "key": self.key, "group": self.group, "server": self.server, "request": self.request,
             "transport": "rest" if self.url else "grpc", "checks": checks}
@@ -374,10 +373,7 @@ def idle_phase(servers: Servers, args, model_dir: Path, test, expected: np.ndarr
                 grpc_cpu = sum(sv.group_cpu_by_pid(proc.pid).get(pid, 0) - by_pid.get(pid, 0) for pid in grpc_pids)
             finally:
                 servers.stop(name)
-            row[config] = {"rps": result["rps"], "p99_ms": result["latency_ms"]["p99"],
-                           "errors": sum(result["errors"].values()), "other_cores": result["other_cpu_cores"],
-                           "server_cpu_ms_per_request": result["server_cpu_s"] * 1000 / max(1, result["requests"]),
-                           "grpc_process_cores": grpc_cpu / result["seconds"]}
+            row[config] = result | {"grpc_process_cores": grpc_cpu / result["seconds"]}
             sv.log_round("grpc", f"idle round {round_ + 1}/{args.idle_rounds} gRPC {config}", result)
         row["ratio"] = row["on"]["rps"] / row["off"]["rps"]
         row["cpu_ratio"] = row["on"]["server_cpu_ms_per_request"] / row["off"]["server_cpu_ms_per_request"]
@@ -392,7 +388,7 @@ def idle_phase(servers: Servers, args, model_dir: Path, test, expected: np.ndarr
 
 
 def checks_cell(r: dict) -> str:
-    c, kinds = r["checks"], ", ".join(f"{k} {v}" for k, v in r["checks"]["errors_by_kind"].items() if v)
+    c, kinds = r["checks"], ", ".join(f"{k} {v}" for k, v in r["errors"].items() if v)
     parts = []
     if c["server_ok"] is not None:
         parts.append(f"OK counter {c['server_ok']:,.0f} vs {r['requests']:,} "
@@ -401,19 +397,15 @@ def checks_cell(r: dict) -> str:
         parts.append("whole answers" if c["answers_whole"] else "ANSWERS MISSING")
     if c["server_other"]:
         parts.append("other statuses " + ", ".join(f"{k} {v:,.0f}" for k, v in c["server_other"].items()))
-    return "; ".join([*parts, f"{c['errors']} errors" + (f" ({kinds})" if kinds else "")])
+    return "; ".join([*parts, f"{r['error_count']} errors" + (f" ({kinds})" if kinds else "")])
 
 
 def load_table(rows: list[dict], factor: float | None, base: dict | None = None) -> str:
     """The load cases' table; with `base`, each one's req/s against it (the process models)."""
-    return table(rows, [
-        ("server", "{server}"), ("request", "{request}"),
-        ("req/s (range of rounds)", "{rps:,.0f} ({rps_min:,.0f}-{rps_max:,.0f})"), ("images/s", "{images_per_s:,.0f}"),
-        *([("vs what ships", lambda r: f"{r['rps'] / base['rps']:.2f}x")] if base else []),
-        ("p50 ms", "{p50_ms:.2f}"), ("p99 ms", "{p99_ms:.2f}"), ("worst p99 ms", "{p99_ms_worst_round:.2f}"),
-        ("p99 ms, reference machine", lambda r: f"{r['p99_ms'] / factor:.2f}" if factor else "-"),
-        ("server CPU ms/req", "{server_cpu_ms_per_request:.3f}"), ("load generator cores", "{generator_cores:.2f}"),
-        ("others' cores", "{other_cores:.2f}"), ("checks", checks_cell)])
+    return table(rows, [*sv.ROUND_COLUMNS, *([("vs what ships", lambda r: f"{r['rps'] / base['rps']:.2f}x")] if base
+                                             else []),
+                        ("p99 ms, reference machine", lambda r: f"{r['p99_ms'] / factor:.2f}" if factor else "-"),
+                        ("load generator cores", "{generator_cores:.2f}"), ("checks", checks_cell)])
 
 
 def verdicts(out: dict) -> tuple[dict, list[str], list[str]]:
@@ -499,7 +491,7 @@ def report(args, out: dict, env: dict) -> tuple[str, str]:
                         ("CPU ms/req off", "{off[server_cpu_ms_per_request]:.3f}"),
                         ("CPU ms/req on", "{on[server_cpu_ms_per_request]:.3f}"),
                         ("idle gRPC process, % of a core", lambda r: f"{r['on']['grpc_process_cores'] * 100:.2f} %"),
-                        ("others' cores (max)", lambda r: f"{max(r[k]['other_cores'] for k in ('on', 'off')):.2f}")])
+                        ("others' cores, off / on", "{off[other_cpu_cores]:.2f} / {on[other_cpu_cores]:.2f}")])
                     + f"\n\n- on/off req/s: median **{idle['ratio_median']:.3f}** (rounds {idle['ratio_min']:.3f}-"
                     f"{idle['ratio_max']:.3f}, ±{idle['half_range']:.1%}" + (f", standard error {se:.1%}" if se else "")
                     + f"); CPU per request on/off {idle['cpu_ratio_median']:.3f}; the idle gRPC process used "
@@ -525,16 +517,9 @@ def run(args, servers: Servers, test, model_dir: Path) -> dict:
     factor_before = yardstick(args.data, args.factor_runs) if "factor" in args.groups else None
     args.server_cpu = pin_self("grpc")
     cases = build_cases(servers, args, model_dir, version_dir, test, expected)
-    if cases and args.warmup > 0:
-        log(f"grpc: warm-up, {args.warmup:g} s per case")
-        for case in cases:
-            case.load(servers, args.warmup)
-    for round_ in range(args.rounds if cases else 0):
-        for case in cases if round_ % 2 == 0 else cases[::-1]:
-            case.slices.append(s := case.measure(servers, args.seconds))
-            good = s.get("counts_agree", True) and s.get("answers_whole", True) and not s["errors"]
-            sv.log_round("grpc", f"round {round_ + 1}/{args.rounds} {case.key}" + ("" if good else " CHECK FAILED"), s)
-    results = {case.key: case.summary() for case in cases}
+    slices = sv.interleave("grpc", {c.key: c for c in cases}, args.rounds, args.warmup,
+                           lambda c, seconds: c.load(servers, seconds), lambda c: c.measure(servers, args.seconds))
+    results = {case.key: case.summary(slices[case.key]) for case in cases}
     forward = forward_pass_ms(version_dir, test, args, servers.workdir) if "batch" in args.groups else None
     prof = profile(servers, {c.key: c for c in cases}, args.profile_seconds) if "profile" in args.groups else None
     servers.stop_all()

@@ -278,8 +278,9 @@ def measure_wrk(servers: Servers, pgid: int, url: str, body: Path, seconds: floa
     """One wrk slice against the server of group `pgid` once it is idle, with the CPU used meanwhile."""
     wait_idle(pgid)
     meter = CpuMeter(pgid)
-    result = run_wrk(servers, url, body, seconds, connections, **wrk_args)
-    return result | meter.read()
+    result = run_wrk(servers, url, body, seconds, connections, **wrk_args) | meter.read()
+    return result | {"server_cpu_ms_per_request": result["server_cpu_s"] * 1000 / max(1, result["requests"]),
+                     "error_count": sum(result["errors"].values())}
 
 
 def run_h2load(servers: Servers, name: str, argv: list[str], url: str, timeout: float) -> dict:
@@ -307,10 +308,26 @@ def run_h2load(servers: Servers, name: str, argv: list[str], url: str, timeout: 
             "rows": rows, "stopped": stopped, "output": stdout[-2000:] + stderr[-2000:]}
 
 
+def interleave(who: str, cases: dict, rounds: int, warmup: float, warm, measure) -> dict[str, list[dict]]:
+    """warm(case, warmup) for every case, then `rounds` rounds of one measure(case) slice of every case, the
+    order reversed every other round: a slow moment of the shared machine hits every case, not one."""
+    if warmup > 0:
+        log(f"{who}: warm-up, {warmup:g} s per case")
+        for case in cases.values():
+            warm(case, warmup)
+    slices = {key: [] for key in cases}
+    for r in range(rounds):
+        for key in list(cases)[:: -1 if r % 2 else 1]:
+            slices[key].append(s := measure(cases[key]))
+            log_round(who, f"round {r + 1}/{rounds} {key}" + ("" if s.get("checks_ok", True) else " CHECK FAILED"), s)
+    return slices
+
+
 def summarize_rounds(slices: list[dict], images: int = 1) -> dict:
     """Rounds of one load as one result: req/s, p50 and p99 are medians of the rounds (robust to one
-    slow moment), with the range of req/s and the worst round's p99; CPU from the totals."""
+    slow moment), with the range of req/s and the worst round's p99; CPU and errors (by kind) from the totals."""
     requests, seconds = sum(s["requests"] for s in slices), sum(s["duration_s"] for s in slices)
+    errors = sum((collections.Counter(s["errors"]) for s in slices), collections.Counter())
     rps, cpu = [s["rps"] for s in slices], {k: sum(s[k] for s in slices) for k in ("server_cpu_s", "generator_cpu_s",
                                                                                     "other_cpu_s")}
     return {"requests": requests, "duration_s": seconds, "rps": median(rps), "rps_min": min(rps), "rps_max": max(rps),
@@ -321,7 +338,16 @@ def summarize_rounds(slices: list[dict], images: int = 1) -> dict:
             "server_cpu_ms_per_request": cpu["server_cpu_s"] * 1000 / max(1, requests),
             "server_cores": cpu["server_cpu_s"] / seconds, "generator_cores": cpu["generator_cpu_s"] / seconds,
             "other_cores": cpu["other_cpu_s"] / seconds,
-            "other_cores_max": max(s["other_cpu_s"] / s["duration_s"] for s in slices), "rounds": slices}
+            "other_cores_max": max(s["other_cpu_s"] / s["duration_s"] for s in slices), "errors": dict(errors),
+            "error_count": sum(errors.values()), "rounds": slices}
+
+
+# The columns of a table of summarize_rounds() results, each with its "server" and "request".
+ROUND_COLUMNS = [("server", "{server}"), ("request", "{request}"),
+                 ("req/s (range of rounds)", "{rps:,.0f} ({rps_min:,.0f}-{rps_max:,.0f})"),
+                 ("images/s", "{images_per_s:,.0f}"), ("p50 ms", "{p50_ms:.2f}"), ("p99 ms", "{p99_ms:.2f}"),
+                 ("worst p99 ms", "{p99_ms_worst_round:.2f}"), ("server CPU ms/req", "{server_cpu_ms_per_request:.3f}"),
+                 ("others' cores", "{other_cores:.2f}")]
 
 
 def log_round(who: str, what: str, result: dict) -> None:

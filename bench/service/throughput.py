@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import log, markdown_table, tool_version
+from bench.common import log, table, tool_version
 from bench.service import servers as sv
 from mnist_artifact import Model
 from mnist_artifact.repository import LocalRepository
@@ -120,27 +120,12 @@ def run(args, servers: sv.Servers, test, model_dir: Path) -> dict:
         proc, settings = sv.start_mlserver(servers, version_dir, args.model_name)
         checked("mlserver", settings["infer_url"], bodies["v2"], v2=True)
         targets["mlserver"] = (proc, settings["infer_url"], bodies["v2"], 1)
-    order = [c for c in DESCRIPTIONS if c in cases]
-
-    if args.warmup > 0:
-        log(f"bench: warm-up, {args.warmup:g} s per case")
-        for case in order:
-            proc, url, body, _ = targets[case]
-            sv.run_wrk(servers, url, body, args.warmup, args.connections, args.threads)
-    # Interleaved rounds: a noisy minute on the shared machine then hits every case, not one.
-    slices: dict[str, list[dict]] = {case: [] for case in order}
-    for round_ in range(1, args.rounds + 1):
-        for case in order:
-            proc, url, body, _ = targets[case]
-            s = sv.measure_wrk(servers, proc.pid, url, body, args.duration / args.rounds, args.connections,
-                               threads=args.threads)
-            slices[case].append(s)
-            sv.log_round("bench", f"round {round_}/{args.rounds} {case}", s)
-    results = {}
-    for case in order:
-        results[case] = sv.summarize_rounds(slices[case], targets[case][3])
-        errors = {k: sum(s["errors"][k] for s in slices[case]) for k in slices[case][0]["errors"]}
-        results[case] |= {"errors": errors, "error_count": sum(errors.values())}
+    order = {case: targets[case] for case in DESCRIPTIONS if case in cases}
+    slices = sv.interleave("bench", order, args.rounds, args.warmup,
+                           lambda t, seconds: sv.run_wrk(servers, t[1], t[2], seconds, args.connections, args.threads),
+                           lambda t: sv.measure_wrk(servers, t[0].pid, t[1], t[2], args.duration / args.rounds,
+                                                    args.connections, threads=args.threads))
+    results = {case: sv.summarize_rounds(slices[case], targets[case][3]) for case in order}
     return {"model": {"layer_sizes": layers, "version": str(reference.version)}, "results": results,
             "verdict": verdict_lines(results)[0]}
 
@@ -174,12 +159,8 @@ def verdict_lines(results: dict[str, dict]) -> tuple[dict, list[str]]:
 
 def report(args, out: dict, env: dict) -> tuple[str, str]:
     results = out["results"]
-    rows = [[*DESCRIPTIONS[name], f"{r['rps']:,.0f} ({r['rps_min']:,.0f}-{r['rps_max']:,.0f})",
-             f"{r['images_per_s']:,.0f}", f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}", f"{r['p99_ms_worst_round']:.2f}",
-             f"{r['server_cpu_ms_per_request']:.2f}", f"{r['other_cores']:.2f}", r["error_count"]]
-            for name, r in results.items()]
-    text = [markdown_table(["server", "request", "req/s (range of rounds)", "instances/s", "p50 ms", "p99 ms",
-                            "worst p99 ms", "server CPU ms/req", "others' cores", "errors"], rows)]
+    rows = [dict(zip(("server", "request"), DESCRIPTIONS[name])) | r for name, r in results.items()]
+    text = [table(rows, [*sv.ROUND_COLUMNS, ("errors", "{error_count}")])]
     if lines := verdict_lines(results)[1]:
         text.append("\nTargets (single-instance JSON; medians of the rounds of this run), judged on the default "
                     "worker; the other classes for comparison:\n" + "\n".join(lines))
