@@ -372,7 +372,7 @@ def start_service(servers: Servers, name: str, model_dir: Path | str, model_name
         env["WORKER_CLASS"] = worker_class
     if worker_class == "gthread":
         env["THREADS"] = str(GTHREAD_THREADS)
-    # Made here too: the trees between d35b212 (the gevent worker) and 02de23f, which `v2 --baseline`
+    # Made here too: the trees between d35b212 (the gevent worker) and 02de23f, which `hostile --baseline`
     # may serve, exit when it is missing (the worker class imports the metrics in gunicorn's arbiter).
     Path(env["PROMETHEUS_MULTIPROC_DIR"]).mkdir(parents=True, exist_ok=True)
     proc = servers.start(name, [*taskset(cpus), str(venv / "bin/mnist-serve"), *gunicorn_args], env,
@@ -423,14 +423,13 @@ def mlserver_version() -> str | None:
     return tool_version([str(MLSERVER_VENV / "bin/python"), "-c", "import mlserver; print(mlserver.__version__)"])
 
 
-def ensure_model(model_dir: str | None, model_name: str, workdir: Path, data_path: str,
-                 venv: Path = SERVICE_VENV) -> Path:
-    """model_dir, else a `fast` model trained now (by `venv`'s mnist-train) into the work directory."""
+def ensure_model(model_dir: str | None, model_name: str, workdir: Path, data_path: str) -> Path:
+    """model_dir, else a `fast` model trained now (by .venv's mnist-train) into the work directory."""
     if model_dir:
         return Path(model_dir).resolve()
     trained = workdir / "models"
     log("bench: training a `fast` model into a temporary MODEL_DIR (--model-dir to use yours) ...")
-    subprocess.run([str(venv / "bin/mnist-train"), "train", "--data", data_path, "--model-dir", str(trained),
+    subprocess.run([str(SERVICE_VENV / "bin/mnist-train"), "train", "--data", data_path, "--model-dir", str(trained),
                     "--name", model_name, "--preset", "fast"], check=True, stdout=subprocess.DEVNULL)
     return trained
 
