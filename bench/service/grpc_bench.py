@@ -24,6 +24,7 @@ import grpc
 import numpy as np
 import tritonclient.http as triton_http
 
+from bench import common
 from bench.common import BUSY, latency_ms, log, machine_factor, markdown_table, pin_self, table, taskset, yardstick
 from bench.service import servers as sv
 from bench.service.servers import WORKERS, Servers
@@ -455,15 +456,8 @@ def report(args, out: dict, env: dict) -> tuple[str, str]:
     f = factor["factor"] if factor else None
     _, unary_lines, batch_lines = verdicts(out)
     if factor:
-        before, after = (len(runs) for runs in factor["measurements"])
-        text.append(f"Machine factor: {factor['reference_samples_per_second']:,} / {factor['samples_per_second']:,.0f} "
-                    f"PyTorch samples/s here (median of {before} runs before and {after} after; others up to "
-                    f"{factor['other_cores_max']:.2f} cores) = **{f:.2f}** (> 1: this machine is slower than the "
-                    "reference). Reference-machine figures below are this run's divided by it: a linear scaling, "
-                    "not a measurement." + (" Other processes used a core's worth meanwhile: two-thread PyTorch then "
-                                            "slows down many times (bench/README.md, Noise), so this factor overstates "
-                                            "how slow the machine is for one-core servers."
-                                            if factor["other_cores_max"] > BUSY else "") + "\n")
+        text.append(common.describe_factor(factor) + " (runs before and after the servers). Reference-machine "
+                    "figures below are this run's divided by it: a linear scaling, not a measurement.\n")
     for group, title, lines in (("unary", "Unary ModelInfer, one image, 16 concurrent requests", unary_lines),
                                 ("batch", f"Batches of {BATCH} images, 16 concurrent requests", batch_lines)):
         if rows := [r for r in results.values() if r["group"] == group]:

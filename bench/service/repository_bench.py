@@ -178,8 +178,7 @@ def measure_load(servers: sv.Servers, uris: dict[str, str], caches: dict[str, Pa
             slices[store].append(result)
             sv.log_round("repository", f"load round {round_}/{args.rounds} {store} (store requests "
                          f"{result['repository_requests'] or 0})", result)
-    results = {store: sv.summarize_rounds(runs) | {"errors": sum(sum(r["errors"].values()) for r in runs)}
-               for store, runs in slices.items()}
+    results = {store: sv.summarize_rounds(runs) for store, runs in slices.items()}
     results["ratio"] = results["s3"]["rps"] / results["local"]["rps"]
     results["ratio_met"] = abs(results["ratio"] - 1) <= TARGET_RATIO
     return results
@@ -283,7 +282,7 @@ def report(args, r: dict, env: dict) -> tuple[str, str]:
     ]
     text = [markdown_table(["figure", LABELS["local"], LABELS["s3"], "S3 / local"], rows)]
     verdict = "met" if load["ratio_met"] else "MISSED"
-    errors = load["local"]["errors"] + load["s3"]["errors"]
+    errors = load["local"]["error_count"] + load["s3"]["error_count"]
     busiest = max(idle["other_cpu_cores"], load["local"]["other_cores_max"], load["s3"]["other_cores_max"])
     text.append(f"\nThroughput while polling every {POLL_SECONDS} s: S3 / local {load['ratio']:.3f}x (target within "
                 f"{TARGET_RATIO:.0%}: {verdict}); wrk errors {errors}. Others' cores: idle window "
