@@ -375,14 +375,15 @@ def case_overload(t: Target, maximum: dict, factor: float) -> dict:
                      "generator_cores": load["generator_cpu_s"] / result["cpu"]["seconds"]}
 
 
-def measure(servers: Servers, label: str, venv: Path, worker_class: str, model_dir: Path, body: Path, args) -> dict:
+def measure(servers: Servers, worker_class: str, model_dir: Path, body: Path, args) -> dict:
     """Every case against one mnist-serve, with the service's defaults (also where this process's
     environment says otherwise)."""
-    log(f"hostile: {label}: mnist-serve of {venv}, WORKER_CLASS={worker_class}, {WORKERS} workers"
+    label = worker_class
+    log(f"hostile: {label}: mnist-serve, WORKER_CLASS={worker_class}, {WORKERS} workers"
         + (f", on CPU {args.server_cpu}" if args.server_cpu is not None else ""))
     defaults = dict.fromkeys(("CLIENT_TIMEOUT", "QUEUE_TIMEOUT", "QUEUE_TIMEOUT_MAX", "BACKLOG", "QUEUE_LIMIT"), "")
-    proc, base = sv.start_service(servers, f"service-{label}", model_dir, args.model_name, venv=venv,
-                                  worker_class=worker_class, cpus=args.server_cpu, LOG_LEVEL="WARNING", **defaults)
+    proc, base = sv.start_service(servers, f"service-{label}", model_dir, args.model_name, worker_class=worker_class,
+                                  cpus=args.server_cpu, LOG_LEVEL="WARNING", **defaults)
     t, results = Target(servers, label, proc, base, body, args), {}
     get(t.url, 10, body.read_bytes())  # first request: imports and caches warm
     for case in args.case_list:
@@ -606,18 +607,10 @@ def numbers(text: str, type_=float) -> list:
 
 def run(args, servers: Servers, test, model_dir: Path) -> dict:
     args.server_cpu = pin_self("hostile", args.pin)
-    body, checkout = sv.single_body(test, servers.workdir), None
-    targets = [(cls, sv.SERVICE_VENV, cls) for cls in args.classes]
-    try:
-        if args.baseline:
-            checkout = sv.Checkout(args.baseline, servers.workdir, "baseline").create()
-            targets.append((f"gevent@{checkout.commit}", checkout.venv, "gevent"))
-        results = {label: measure(servers, label, venv, cls, model_dir, body, args) for label, venv, cls in targets}
-        return {"somaxconn": args.somaxconn, "results": results,
-                "verdict": judge(results["gevent"]) if "gevent" in results else {}}
-    finally:
-        if checkout:
-            checkout.remove()
+    body = sv.single_body(test, servers.workdir)
+    results = {cls: measure(servers, cls, model_dir, body, args) for cls in args.classes}
+    return {"somaxconn": args.somaxconn, "results": results,
+            "verdict": judge(results["gevent"]) if "gevent" in results else {}}
 
 
 def main() -> int:
@@ -638,7 +631,6 @@ def main() -> int:
     add("--overload-factors", type=numbers, default=[2.0, 3.0, 5.0],
         help="offered rates / unloaded maximum, comma-separated [2,3,5]")
     add("--rate-period-ms", type=int, default=100, help="h2load opens rate x period connections each period [100]")
-    add("--baseline", metavar="REF", help="also measure REF's mnist-serve (a git worktree with its own venv), gevent")
     add("--no-pin", dest="pin", action="store_false", help="the server and the load generators share every CPU")
     args = parser.parse_args()
     args.classes = [c for c in args.worker_classes.split(",") if c]

@@ -1,6 +1,6 @@
 """What the service benchmarks share: servers started, checked, measured and stopped in process groups;
-one-shot HTTP calls, /metrics, wrk and h2load and their parsers, round summaries, git worktrees of
-other commits, and the main() scaffold (bench/README.md, "Service"). Runs in .venv.
+one-shot HTTP calls, /metrics, wrk and h2load and their parsers, round summaries and the main()
+scaffold (bench/README.md, "Service"). Runs in .venv.
 """
 
 from __future__ import annotations
@@ -357,10 +357,10 @@ def log_round(who: str, what: str, result: dict) -> None:
         f"processes {other:.2f} cores" + (" (busy machine: suspect)" if other > common.BUSY else ""))
 
 
-def start_service(servers: Servers, name: str, model_dir: Path | str, model_name: str, *, venv: Path = SERVICE_VENV,
+def start_service(servers: Servers, name: str, model_dir: Path | str, model_name: str, *,
                   worker_class: str | None = None, gunicorn_args: tuple[str, ...] = (), cpus: int | None = None,
                   ready_interval: float = 0.2, **settings: str) -> tuple[subprocess.Popen, str]:
-    """`mnist-serve` of `venv` on a free loopback port with WORKERS workers, on `cpus` (taskset) if given;
+    """`mnist-serve` on a free loopback port with WORKERS workers, on `cpus` (taskset) if given;
     returns (process, base URL) once /readyz answers 200. `settings` are more environment variables;
     gRPC is off (GRPC_PORT=0, as before mnist-serve had gRPC) unless they set GRPC_PORT."""
     port = free_port()
@@ -372,10 +372,7 @@ def start_service(servers: Servers, name: str, model_dir: Path | str, model_name
         env["WORKER_CLASS"] = worker_class
     if worker_class == "gthread":
         env["THREADS"] = str(GTHREAD_THREADS)
-    # Made here too: the trees between d35b212 (the gevent worker) and 02de23f, which `hostile --baseline`
-    # may serve, exit when it is missing (the worker class imports the metrics in gunicorn's arbiter).
-    Path(env["PROMETHEUS_MULTIPROC_DIR"]).mkdir(parents=True, exist_ok=True)
-    proc = servers.start(name, [*taskset(cpus), str(venv / "bin/mnist-serve"), *gunicorn_args], env,
+    proc = servers.start(name, [*taskset(cpus), str(SERVICE_VENV / "bin/mnist-serve"), *gunicorn_args], env,
                          cwd=servers.workdir)
     base = f"http://127.0.0.1:{port}"
     wait_ready(proc, base + "/readyz", interval=ready_interval)
@@ -439,31 +436,6 @@ def single_body(test, workdir: Path) -> Path:
     path = workdir / "body-single.json"
     path.write_text(json.dumps({"instances": [test.images[0].reshape(784).tolist()]}, separators=(",", ":")))
     return path
-
-
-class Checkout:
-    """A `git worktree` of `ref` at <workdir>/<label>-tree with a virtual environment <workdir>/<label>-venv
-    of that tree's own distributions (each */pyproject.toml), installed with its constraints.txt by
-    scripts/venv.sh's ensure_venv. `create()` makes both; `remove()` removes them, also half-made."""
-
-    def __init__(self, ref: str, workdir: Path, label: str):
-        self.ref, self.label = ref, label
-        self.tree, self.venv = workdir / f"{label}-tree", workdir / f"{label}-venv"
-        self.commit = None
-
-    def create(self) -> Checkout:
-        self.commit = git("rev-parse", "--short", f"{self.ref}^{{commit}}")
-        log(f"bench: {self.label} = {self.ref} ({self.commit}), a git worktree with its own venv ...")
-        git("worktree", "add", "--detach", "--quiet", str(self.tree), self.commit)
-        packages = [f"./{p.parent.name}" for p in sorted(self.tree.glob("*/pyproject.toml"))]
-        subprocess.run(["bash", "-c", 'source "$0" && ensure_venv "$@"', str(REPO / "scripts/venv.sh"),
-                        str(self.venv), *packages], cwd=self.tree, check=True)
-        return self
-
-    def remove(self) -> None:
-        if self.tree.exists():
-            subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(self.tree)], check=False)
-        shutil.rmtree(self.venv, ignore_errors=True)
 
 
 def git(*argv: str) -> str:
