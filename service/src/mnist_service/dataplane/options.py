@@ -36,6 +36,11 @@ class Limits:
     max_image_pixels: int = 4096 * 4096
     max_explain: int = 64  # instances per explained request: integrated gradients runs steps x this many
 
+    @classmethod
+    def of(cls, settings) -> Limits:
+        """The limits a Settings object sets (MAX_BATCH, MAX_IMAGE_PIXELS), the same for both transports."""
+        return cls(max_batch=settings.max_batch, max_image_pixels=settings.max_image_pixels)
+
 
 def _parse_explain(value, text: bool) -> str | None:
     """true (the default method), false, or a method's name."""

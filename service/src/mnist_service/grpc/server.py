@@ -73,8 +73,7 @@ def build_server(settings: Settings, store: ModelStore,
     admission = Admission(settings.queue_timeout, settings.queue_timeout_max)
     server = grpc.aio.server(interceptors=[ObservedRpcs(keys, admission, lag)],
                              options=server_options(settings, reuse_port=settings.grpc_workers > 1))
-    limits = Limits(max_batch=settings.max_batch, max_image_pixels=settings.max_image_pixels)
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(store, limits), server)
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(store, Limits.of(settings)), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server)

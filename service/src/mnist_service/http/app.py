@@ -40,7 +40,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     def note_route():
         access.note(request.environ, route=request.url_rule.rule if request.url_rule else "unmatched")
 
-    context = Context(store, Limits(max_batch=settings.max_batch, max_image_pixels=settings.max_image_pixels))
+    context = Context(store, Limits.of(settings))
     served = Router(ROUTES, app.wsgi_app, context, settings.max_body_bytes)
     if settings.api_keys_file:
         served = RequireApiKey(served, ApiKeys(settings.api_keys_file), _route_namer(app))
