@@ -520,6 +520,8 @@ def run(args, servers: Servers, test, model_dir: Path) -> dict:
     idle = idle_phase(servers, args, model_dir, test, expected) if "idle" in args.groups else None
     factor = None
     if factor_before is not None:
+        # Unpinned again, although common.yardstick gives its child every CPU: from this process pinned
+        # to one, the yardstick ran about 35 % slower (2026-12-07: 67-70k against 102-111k samples/s).
         os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
         factor = machine_factor(factor_before, yardstick(args.data, args.factor_runs))
     out = {"model": {"layer_sizes": layers, "version": str(model.version)}, "results": results,
