@@ -2,7 +2,7 @@
 
 Handlers tell what they learned (route, batch size, the version that answered) with `note`, into
 the request's WSGI environ or the RPC's notes dict; the transport's outermost layer
-(http/observe.py, grpc/interceptor.py) calls `record` once the status is known. Never the payload.
+(http/observe.py, grpc/observe.py) calls `record` once the status is known. Never the payload.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ import time
 
 class Admission:
     """One worker's shedding budget. `on_time(waited)`: whether a request that waited that long may
-    still be started; a late inference request is shed (process/shedding.py; gRPC: grpc/interceptor.py)."""
+    still be started; a late inference request is shed (process/shedding.py; gRPC: grpc/observe.py)."""
 
     def __init__(self, budget: float, ceiling: float, window: float = 0.25, hold: float = 5.0,
                  clock=time.monotonic):

@@ -1,5 +1,5 @@
 """Every error is JSON: {"error": {"code", "message", "details"}} with a 4xx/5xx status (gRPC: its
-status code, grpc/interceptor.py). Transport-free: Flask's handlers are in http/responses.py."""
+status code, grpc/observe.py). Transport-free: Flask's handlers are in http/responses.py."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""API keys (API_KEYS_FILE), for HTTP (http/api_keys.py) and gRPC (grpc/interceptor.py) alike.
+"""API keys (API_KEYS_FILE), for HTTP (http/api_keys.py) and gRPC (grpc/observe.py) alike.
 
 The file holds one key per line, in clear or as `sha256:<hex digest of the key>` (so a mounted
 Secret need not hold keys in clear); `#` starts a comment. It is re-read when it changes (rotation

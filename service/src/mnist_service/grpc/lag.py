@@ -1,4 +1,4 @@
-"""The event loop's lag: how long an RPC that is ready waits for its turn (interceptor.py sheds by it)."""
+"""The event loop's lag: how long an RPC that is ready waits for its turn (observe.py sheds by it)."""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ is received by the pool thread that will run the RPC, so a client that sends slo
 here receiving costs nothing until the message is whole, and RPCs run one at a time on the event
 loop, as requests do in a gevent worker. It serves the same models (its own ModelStore, polling
 MODEL_DIR like each gunicorn worker), the same keys and the same answers as the REST path:
-servicer.py answers through the data plane, codec.py speaks the messages, interceptor.py records
+servicer.py answers through the data plane, codec.py speaks the messages, observe.py records
 every unary RPC in the same metrics (protocol="grpc"), in the same multiprocess directory, and in
 one access line. This module builds the server and runs the process.
 """
@@ -31,8 +31,8 @@ from ..dataplane.options import Limits
 from ..dataplane.store import ModelStore, open_store
 from ..keys import ApiKeys
 from ..settings import Settings
-from .interceptor import ObservedRpcs
 from .lag import EventLoopLag
+from .observe import ObservedRpcs
 from .proto import grpc_predict_v2_pb2_grpc as pb_grpc
 from .servicer import SERVICE, InferenceServicer
 
@@ -71,11 +71,12 @@ def build_server(settings: Settings, store: ModelStore,
     """The server with every service added, not yet started (in the event loop that will run it)."""
     keys = ApiKeys(settings.api_keys_file) if settings.api_keys_file else None
     admission = Admission(settings.queue_timeout, settings.queue_timeout_max)
-    server = grpc.aio.server(interceptors=[ObservedRpcs(keys, admission, lag)],
-                             options=server_options(settings, reuse_port=settings.grpc_workers > 1))
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(store, Limits.of(settings)), server)
+    server = grpc.aio.server(options=server_options(settings, reuse_port=settings.grpc_workers > 1))
+    observed = ObservedRpcs(server, keys, admission, lag)  # every unary method of these services
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(store, Limits.of(settings)), observed)
     health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, observed)
+    # A stream, which observe.py leaves alone; and reflection picks its servicer by the server's class.
     reflection.enable_server_reflection((SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     server.add_insecure_port(f"{host}:{settings.grpc_port}")  # RuntimeError when it cannot bind

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from contextvars import ContextVar
+from typing import NamedTuple
 
 from .. import access
 from ..dataplane.inference import check_name, pick_model, run_model
@@ -16,7 +17,16 @@ from .proto import grpc_predict_v2_pb2 as pb
 from .proto import grpc_predict_v2_pb2_grpc as pb_grpc
 
 SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
-rpc_notes: ContextVar[dict] = ContextVar("rpc_notes")  # the current RPC's access.note fields (interceptor.py)
+
+
+class Rpc(NamedTuple):
+    """The RPC being answered (observe.py sets it): its metadata, and its access.note carrier."""
+
+    metadata: dict[str, str]
+    notes: dict
+
+
+current_rpc: ContextVar[Rpc] = ContextVar("current_rpc")
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
@@ -52,13 +62,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return codec.model_metadata(self.store.name, self.store.versions())
 
     async def ModelInfer(self, request, context):
-        metadata = dict(context.invocation_metadata())
+        metadata, notes = current_rpc.get()
         label = metadata.get("x-model-label")
         if label is not None and request.model_version:
             raise ApiError(400, "invalid_request", "ask for a model_version or an x-model-label, not both")
         picked = pick_model(self.store, request.model_name, request.model_version or None, label,
                             metadata.get("x-client-id"))
-        notes = rpc_notes.get()
         access.note(notes, model_version=picked.model.version, model_label=picked.label,
                      metadata=[(name.lower(), value) for name, value in picked.headers()])
         pixels = codec.decode_pixels(request, self.limits)

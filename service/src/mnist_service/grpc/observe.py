@@ -1,6 +1,11 @@
 """What every unary RPC goes through before and after the servicer: a request id, API keys
 (keys.py), shedding by the event loop's lag (admission.py, lag.py), deadlines, and its record
-(access.py: metrics and one access line)."""
+(access.py: metrics and one access line).
+
+Each method's handler is wrapped once, as its service is added to the server, not per RPC as a
+grpc.aio ServerInterceptor would: an interceptor is awaited and builds a new handler for every
+RPC, which cost more than this module's own work (bench/README.md, "Service").
+"""
 
 from __future__ import annotations
 
@@ -15,7 +20,7 @@ from ..admission import Admission
 from ..errors import ApiError
 from ..keys import ApiKeys, presented_key
 from .lag import EventLoopLag
-from .servicer import SERVICE, rpc_notes
+from .servicer import SERVICE, Rpc, current_rpc
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +34,9 @@ STATUS_CODES = {  # the REST path's HTTP statuses (ApiError.status) as gRPC stat
 }
 
 
-class ObservedRpcs(grpc.aio.ServerInterceptor):
-    """Request id, API keys, shedding, deadlines, metrics and one access line for every unary RPC.
+class ObservedRpcs:
+    """Stands in for the server while services are added (the generated `add_*_to_server(servicer,
+    observed)`): their unary methods reach the server wrapped in `_observe`; streams pass as they are.
 
     Under overload the RPCs wait on the event loop, each behind the work of those before it, and the
     wait is the loop's lag (EventLoopLag). While it is longer than QUEUE_TIMEOUT (QUEUE_TIMEOUT_MAX
@@ -38,24 +44,29 @@ class ObservedRpcs(grpc.aio.ServerInterceptor):
     at once.
     """
 
-    def __init__(self, keys: ApiKeys | None, admission: Admission, lag: EventLoopLag):
-        self.keys, self.admission, self.lag = keys, admission, lag
+    def __init__(self, server: grpc.aio.Server, keys: ApiKeys | None, admission: Admission, lag: EventLoopLag):
+        self.server, self.keys, self.admission, self.lag = server, keys, admission, lag
 
-    async def intercept_service(self, continuation, details):
-        handler = await continuation(details)
+    def add_generic_rpc_handlers(self, handlers) -> None:
+        self.server.add_generic_rpc_handlers(tuple(_WrappedHandlers(h, self._wrap) for h in handlers))
+
+    def add_registered_method_handlers(self, service: str, handlers: dict) -> None:
+        self.server.add_registered_method_handlers(
+            service, {name: self._wrap(f"/{service}/{name}", handler) for name, handler in handlers.items()})
+
+    def _wrap(self, method: str, handler: grpc.RpcMethodHandler | None) -> grpc.RpcMethodHandler | None:
         if handler is None or handler.unary_unary is None:  # unknown methods; reflection and Watch stream
             return handler
-        observed = functools.partial(self._observe, handler.unary_unary, details.method)
-        return grpc.unary_unary_rpc_method_handler(observed, request_deserializer=handler.request_deserializer,
+        return grpc.unary_unary_rpc_method_handler(functools.partial(self._observe, handler.unary_unary, method),
+                                                   request_deserializer=handler.request_deserializer,
                                                    response_serializer=handler.response_serializer)
 
     async def _observe(self, behaviour, method: str, request, context):
         arrived = time.perf_counter()
         metadata = dict(context.invocation_metadata())
         request_id = access.make_request_id(metadata.get("x-request-id"))
-        notes: dict = {}
-        access.note(notes, route=method)
-        token = rpc_notes.set(notes)
+        notes = {access.NOTES: {"route": method}}
+        token = current_rpc.set(Rpc(metadata, notes))
         code, message, response = grpc.StatusCode.OK, "", None
         metrics.IN_FLIGHT.inc()
         try:
@@ -67,7 +78,7 @@ class ObservedRpcs(grpc.aio.ServerInterceptor):
             log.exception("unhandled error", extra={"route": method, "request_id": request_id})
             code, message = grpc.StatusCode.INTERNAL, "internal server error"
         finally:
-            rpc_notes.reset(token)
+            current_rpc.reset(token)
             seconds = time.perf_counter() - arrived
             metrics.IN_FLIGHT.dec()
             access.record(notes, request_id=request_id, protocol="grpc", method="POST", status=code.name,
@@ -97,3 +108,19 @@ class ObservedRpcs(grpc.aio.ServerInterceptor):
         remaining = context.time_remaining()
         if remaining is not None and remaining <= 0:
             raise ApiError(504, "deadline_exceeded", "the deadline passed before the RPC could start")
+
+
+class _WrappedHandlers(grpc.GenericRpcHandler):
+    """A service's generic handler, its methods wrapped by `wrap` the first time each is called."""
+
+    def __init__(self, handlers: grpc.GenericRpcHandler, wrap):
+        self.handlers, self.wrap, self.wrapped = handlers, wrap, {}
+
+    def service(self, details):
+        wrapped = self.wrapped.get(details.method)
+        if wrapped is None:
+            handler = self.handlers.service(details)
+            if handler is None:  # an unknown method: not remembered, or any caller could grow the dict
+                return None
+            wrapped = self.wrapped[details.method] = self.wrap(details.method, handler)
+        return wrapped
