@@ -22,6 +22,7 @@ from ..dataplane.options import Limits, check_batch
 from ..errors import ApiError
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
+HEADER_LENGTH_KEY = "HTTP_INFERENCE_HEADER_CONTENT_LENGTH"  # its key in a WSGI environ
 INPUT_TYPES = {"FP32": np.dtype("<f4"), "UINT8": np.dtype("u1")}  # binary tensors are little-endian
 INPUT_SHAPES = ([PIXELS], [SIDE, SIDE])  # after the batch dimension
 OUTPUT_TYPES = {"FP32": np.dtype("<f4"), "INT64": np.dtype("<i8")}
@@ -160,10 +161,10 @@ def to_pixels(values: np.ndarray, datatype: str) -> np.ndarray:
         if values.dtype != np.uint8 and (values.min() < 0 or values.max() > 255):
             raise bad(f"UINT8 pixels must be in 0..255, found {values.min()}..{values.max()}")
         return values.astype(np.float32)
-    if not np.isfinite(values).all():
-        raise bad("FP32 pixels must be finite: found NaN or infinity")
-    low, high = float(values.min()), float(values.max())
-    if low < 0 or high > 1:
+    low, high = float(values.min()), float(values.max())  # NaN if there is one
+    if not (low >= 0 and high <= 1):
+        if not np.isfinite(values).all():
+            raise bad("FP32 pixels must be finite: found NaN or infinity")
         raise bad(f"FP32 pixels must be in [0, 1], found {low:g}..{high:g} (send 0..255 as UINT8)")
     return np.multiply(values, 255, dtype=np.float32)  # in float32, as /v1/predict scales [0, 1] pixels
 

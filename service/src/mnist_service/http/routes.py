@@ -22,7 +22,7 @@ def _pick(req: Request, context: Context, name: str | None = None, version: str 
           label: str | None = None) -> Picked:
     """The model for this request (a client's X-Client-Id keeps it on one side of a canary split),
     noted for the access line and the per-version metrics, errors included."""
-    picked = pick_model(context.store, name, version, label, req.headers.get("X-Client-Id"))
+    picked = pick_model(context.store, name, version, label, req.environ.get("HTTP_X_CLIENT_ID"))
     access.note(req.environ, model_version=picked.model.version, model_label=picked.label)
     return picked
 
@@ -63,7 +63,7 @@ def explain_route(req: Request, context: Context, name: str, version: str | None
 def infer(req: Request, context: Context, name: str, version: str | None = None) -> tuple[bytes, list]:
     """POST /v2/models/<name>[/versions/<version>]/infer: the Open Inference Protocol."""
     picked = _pick(req, context, name, version)
-    request = v2.InferRequest(req.get_data(cache=False), req.headers.get(v2.HEADER_LENGTH), context.limits)
+    request = v2.InferRequest(req.get_data(cache=False), req.environ.get(v2.HEADER_LENGTH_KEY), context.limits)
     probabilities = run_model(picked, request.pixels, req.environ)
     body, headers = v2.encode_response(picked.model, request, probabilities)
     return body, [*headers, *picked.headers()]
