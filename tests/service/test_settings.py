@@ -17,7 +17,7 @@ from mnist_service.settings import Settings
 CLEAN = {k: v for k, v in os.environ.items() if k not in {
     "MODEL_DIR", "MODEL_NAME", "MODEL_VERSION", "MODEL_POLL_SECONDS", "MAX_BATCH", "MAX_BODY_BYTES", "MAX_IMAGE_PIXELS",
     "LOG_LEVEL", "HOST", "PORT", "WORKERS", "WORKER_CLASS", "THREADS", "TIMEOUT", "GRACEFUL_TIMEOUT",
-    "WORKER_CONNECTIONS", "CLIENT_TIMEOUT", "QUEUE_LIMIT", "QUEUE_TIMEOUT", "QUEUE_TIMEOUT_MAX", "BACKLOG"}}
+    "WORKER_CONNECTIONS", "CLIENT_TIMEOUT", "KEEPALIVE", "QUEUE_LIMIT", "QUEUE_TIMEOUT", "QUEUE_TIMEOUT_MAX", "BACKLOG"}}
 
 
 def test_defaults_and_every_variable():
@@ -27,19 +27,19 @@ def test_defaults_and_every_variable():
         "MAX_BATCH": "8", "MAX_BODY_BYTES": "1000", "MAX_IMAGE_PIXELS": "99", "LOG_LEVEL": "debug",
         "HOST": "127.0.0.1", "PORT": "9000", "WORKERS": "3", "WORKER_CLASS": "GTHREAD", "THREADS": "4",
         "TIMEOUT": "60", "GRACEFUL_TIMEOUT": "45", "WORKER_CONNECTIONS": "50", "CLIENT_TIMEOUT": "2.5",
-        "QUEUE_TIMEOUT": "0.2", "QUEUE_TIMEOUT_MAX": "1", "BACKLOG": "100"})
+        "KEEPALIVE": "2", "QUEUE_TIMEOUT": "0.2", "QUEUE_TIMEOUT_MAX": "1", "BACKLOG": "100"})
     assert settings == Settings(model_dir=Path("/m"), model_name="digits", model_version=3, model_poll_seconds=0.5,
                                 max_batch=8, max_body_bytes=1000, max_image_pixels=99, log_level="DEBUG",
                                 host="127.0.0.1", port=9000, workers=3, worker_class="gthread", threads=4,
                                 timeout=60, graceful_timeout=45, worker_connections=50, client_timeout=2.5,
-                                queue_timeout=0.2, queue_timeout_max=1.0, backlog=100)
+                                keepalive=2, queue_timeout=0.2, queue_timeout_max=1.0, backlog=100)
 
 
 @pytest.mark.parametrize("variable, value", [
     ("WORKERS", "two"), ("WORKERS", "0"), ("PORT", "70000"), ("PORT", "80.5"), ("THREADS", "-1"), ("TIMEOUT", "0"),
     ("GRACEFUL_TIMEOUT", "soon"), ("MODEL_POLL_SECONDS", "nan"), ("MODEL_POLL_SECONDS", "inf"),
     ("MODEL_VERSION", "0"), ("MAX_BATCH", "1e3"), ("WORKER_CLASS", "eventlet"), ("LOG_LEVEL", "loud"),
-    ("CLIENT_TIMEOUT", "0"), ("QUEUE_TIMEOUT", "-1"), ("QUEUE_TIMEOUT_MAX", "0"), ("BACKLOG", "0"),
+    ("CLIENT_TIMEOUT", "0"), ("KEEPALIVE", "-1"), ("KEEPALIVE", "2.5"), ("QUEUE_TIMEOUT", "-1"), ("QUEUE_TIMEOUT_MAX", "0"), ("BACKLOG", "0"),
     ("WORKER_CONNECTIONS", "many"), ("GRPC_PORT", "65536"), ("GRPC_PORT", "-1"), ("GRPC_WORKERS", "0"),
     ("GRPC_MAX_CONNECTION_IDLE", "0"), ("GRPC_MAX_CONNECTION_AGE", "never"),
 ])
@@ -97,4 +97,6 @@ def test_gunicorn_takes_its_settings_from_the_same_object(monkeypatch):
     monkeypatch.setenv("BACKLOG", "512")
     config = importlib.reload(config)
     assert (config.worker_class, config.worker_connections, config.backlog, config.keepalive) == (
-        "mnist_service.process.worker.Worker", 64, 512, 0)
+        "mnist_service.process.worker.Worker", 64, 512, 5)
+    monkeypatch.setenv("KEEPALIVE", "0")  # one request per connection
+    assert importlib.reload(config).keepalive == 0

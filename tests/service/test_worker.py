@@ -24,9 +24,17 @@ from service_helpers import metric_total, wait_for
 BODY = json.dumps({"instances": [[0] * 784]}).encode()
 
 
-def request_bytes(path: str = "/v1/predict", body: bytes = BODY) -> bytes:
+def request_bytes(path: str = "/v1/predict", body: bytes = BODY, close: bool = True) -> bytes:
+    """A request; `close`: the client asks for the connection to be closed after the answer."""
     return (f"POST {path} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+            + ("Connection: close\r\n" if close else "")
+            + f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+
+
+def read_one_answer(reader) -> bytes:
+    """One whole answer from a kept-alive connection's reader (sock.makefile("rb")): head and body."""
+    head = b"".join(iter(reader.readline, b"\r\n"))
+    return head + b"\r\n" + reader.read(int(re.search(rb"Content-Length: (\d+)", head)[1]))
 
 
 def closed_within(sock: socket.socket, seconds: float) -> float | None:
@@ -180,26 +188,76 @@ def test_requests_that_waited_too_long_are_shed_unparsed_while_health_checks_pas
 
 
 def test_a_request_that_waited_on_a_kept_alive_connection_is_shed_too(model_dir, serve):
-    """With gunicorn's --keep-alive, a connection's second request is never accepted: it is checked
-    against the same budget once its head is parsed."""
-    server = serve(model_dir, workers=1, QUEUE_TIMEOUT=0.1, GUNICORN_CMD_ARGS="--keep-alive 5")
+    """A kept-alive connection's second request is never accepted: it is checked against the same
+    budget once its head is parsed."""
+    server = serve(model_dir, workers=1, QUEUE_TIMEOUT=0.1)
     (worker,) = worker_pids(server)
     with socket.create_connection(("127.0.0.1", server.port)) as sock:
         sock.settimeout(5)
-        sock.sendall(request_bytes())
+        sock.sendall(request_bytes(close=False))
         reader = sock.makefile("rb")
-        head = b"".join(iter(reader.readline, b"\r\n"))
-        assert head.startswith(b"HTTP/1.1 200") and b"Connection: close" not in head
-        reader.read(int(re.search(rb"Content-Length: (\d+)", head)[1]))  # the whole first answer
+        first = read_one_answer(reader)
+        assert first.startswith(b"HTTP/1.1 200") and b"Connection: close" not in first
         os.kill(worker, signal.SIGSTOP)
         try:
-            sock.sendall(request_bytes())
+            sock.sendall(request_bytes(close=False))
             time.sleep(0.5)
         finally:
             os.kill(worker, signal.SIGCONT)
         second = reader.read()  # to the server's close
     assert second.startswith(b"HTTP/1.1 503") and b"\r\nRetry-After: 1\r\n" in second
     assert metric_total(server.url, "mnist_http_requests_shed_total") == 1
+
+
+def test_a_kept_alive_connection_serves_request_after_request_then_closes_when_idle(model_dir, serve):
+    """KEEPALIVE: the next request may take that long to come; an idle connection is then closed
+    quietly, not counted as a client too slow."""
+    server = serve(model_dir, KEEPALIVE=1)
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.settimeout(5)
+        reader = sock.makefile("rb")
+        for _ in range(3):
+            sock.sendall(request_bytes(close=False))
+            assert read_one_answer(reader).startswith(b"HTTP/1.1 200")
+        idle = closed_within(sock, 5)
+    assert idle is not None and 0.8 <= idle <= 3
+    assert metric_total(server.url, "mnist_client_timeouts_total") == 0
+
+
+def test_a_crowd_of_connections_is_not_kept_alive(model_dir, serve):
+    """Past a sixteenth of WORKER_CONNECTIONS open, a worker closes each connection after its answer, so
+    that a crowd takes turns through accept instead of the first connections keeping the worker."""
+    server = serve(model_dir, workers=1, WORKER_CONNECTIONS=32)  # kept alive while at most 2 are open
+
+    def answer_on_a_kept_alive_connection() -> bytes:
+        with socket.create_connection(("127.0.0.1", server.port)) as sock:
+            sock.settimeout(5)
+            sock.sendall(request_bytes(close=False))
+            return read_one_answer(sock.makefile("rb"))
+
+    assert b"Connection: close" not in answer_on_a_kept_alive_connection()
+    crowd = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(3)]
+    try:
+        time.sleep(0.5)  # accepted by now: each holds a greenlet, waiting for its request
+        answer = answer_on_a_kept_alive_connection()
+    finally:
+        for sock in crowd:
+            sock.close()
+    assert answer.startswith(b"HTTP/1.1 200") and b"Connection: close" in answer
+
+
+def test_a_kept_alive_request_that_trickles_its_body_is_cut_off_after_client_timeout(model_dir, serve):
+    """A connection's later request has CLIENT_TIMEOUT for its body and answer, as its first had."""
+    server = serve(model_dir, CLIENT_TIMEOUT=1, KEEPALIVE=5)
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.settimeout(5)
+        reader = sock.makefile("rb")
+        sock.sendall(request_bytes(close=False))
+        assert read_one_answer(reader).startswith(b"HTTP/1.1 200")
+        sock.sendall(request_bytes(close=False)[:-100])  # the head and most of the body, then nothing
+        cut = closed_within(sock, 5)
+    assert cut is not None and 0.8 <= cut <= 3
+    assert metric_total(server.url, "mnist_client_timeouts_total") == 1
 
 
 def test_a_slow_client_that_waited_is_not_shed_for_its_own_slowness(model_dir, serve):

@@ -40,6 +40,7 @@ class Settings:
     threads: int = 1  # gthread only
     worker_connections: int = 1000  # gevent: open connections per worker, idle ones included
     client_timeout: float = 10.0  # gevent: to send a whole request and read the answer
+    keepalive: int = 5  # seconds a connection may wait idle for its next request; 0: one request per connection
     queue_timeout: float = 0.25  # gevent: shed an inference request that waited longer than this...
     queue_timeout_max: float = 1.0  # ...or than this while a crowd keeps every request waiting
     backlog: int = 8192  # connections the kernel may queue for accept() (capped by net.core.somaxconn)
@@ -76,6 +77,7 @@ class Settings:
             threads=_number(environ, "THREADS", int, default.threads, minimum=1),
             worker_connections=_number(environ, "WORKER_CONNECTIONS", int, default.worker_connections, minimum=1),
             client_timeout=_number(environ, "CLIENT_TIMEOUT", float, default.client_timeout, minimum=0.1),
+            keepalive=_number(environ, "KEEPALIVE", int, default.keepalive, minimum=0),
             queue_timeout=_number(environ, "QUEUE_TIMEOUT", float, default.queue_timeout, minimum=0.01),
             queue_timeout_max=_number(environ, "QUEUE_TIMEOUT_MAX", float, default.queue_timeout_max, minimum=0.01),
             backlog=_number(environ, "BACKLOG", int, default.backlog, minimum=1),

@@ -1,7 +1,7 @@
 """gunicorn settings for mnist-serve (`gunicorn -c python:mnist_service.process.gunicorn_config ...`).
 
 Values come from the service's one Settings object (settings.py: HOST, PORT, WORKERS, WORKER_CLASS,
-THREADS, WORKER_CONNECTIONS, BACKLOG, TIMEOUT, GRACEFUL_TIMEOUT; worker.py reads CLIENT_TIMEOUT,
+THREADS, WORKER_CONNECTIONS, BACKLOG, KEEPALIVE, TIMEOUT, GRACEFUL_TIMEOUT; worker.py reads CLIENT_TIMEOUT,
 QUEUE_TIMEOUT and QUEUE_TIMEOUT_MAX). PROMETHEUS_MULTIPROC_DIR must already be set in the
 environment gunicorn starts with (mnist-serve sets it).
 """
@@ -27,10 +27,10 @@ worker_connections = _settings.worker_connections
 backlog = _settings.backlog
 timeout = _settings.timeout
 graceful_timeout = _settings.graceful_timeout
-# One request per connection. With keep-alive, gevent workers did 1.5x the requests per second at
-# 16 connections but with 3x the p99 latency (bench/README.md); one request per connection also
-# lets CLIENT_TIMEOUT bound a connection's whole life.
-keepalive = 0
+# Kept-alive connections: a new connection per request cost a gevent worker more than the request
+# itself (bench/README.md, "Service"). The worker serves them in turn and bounds each request by
+# CLIENT_TIMEOUT (worker.py); 0 is one request per connection.
+keepalive = _settings.keepalive
 # The worker heartbeat file on a disk-backed /tmp can stall workers (gunicorn FAQ); /dev/shm is
 # RAM and also works with a read-only root filesystem.
 worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None

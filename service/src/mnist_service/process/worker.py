@@ -3,8 +3,11 @@
 A sync worker is busy for as long as one client takes to send its request, so a few clients that
 trickle their headers stop the service (bench/README.md, "Slow clients and overload"). Under gevent
 a waiting client costs a greenlet, not a worker; this class adds the two bounds gevent lacks:
-- CLIENT_TIMEOUT: a connection must deliver its request and take its answer within this many
-  seconds, else it is closed (one request per connection: gunicorn_config.py turns keep-alive off);
+- CLIENT_TIMEOUT: a connection must deliver its first request and take its answer within this many
+  seconds, else it is closed; on a kept-alive connection the next request's head must come within
+  KEEPALIVE seconds (gunicorn's wait: else the connection is closed quietly, as idle), its body and
+  answer within CLIENT_TIMEOUT. Each next request waits one turn of the event loop, so that all
+  connections are served in turn, and a crowd of connections is not kept alive (CROWD_SHARE);
 - QUEUE_TIMEOUT (QUEUE_TIMEOUT_MAX under a crowd): an inference request that waited longer than
   this before its worker starts it is answered 503 with Retry-After straight from the socket, before
   gunicorn parses it (shedding.py; a later request on a kept-alive connection: once its head is
@@ -14,6 +17,7 @@ a waiting client costs a greenlet, not a worker; this class adds the two bounds 
 from __future__ import annotations
 
 import _socket
+import contextlib
 
 import gevent
 from gevent.server import StreamServer
@@ -28,6 +32,11 @@ from ..settings import Settings
 from .shedding import answer_503, shed_if_late, waited_seconds
 
 SHED_BATCH = 256  # connections one wake-up may shed before it lets the event loop run
+TURN_SECONDS = 1e-6  # a kept-alive connection's next request waits one turn of the event loop
+# Past WORKER_CONNECTIONS / CROWD_SHARE open connections, a worker closes each after its answer: kept
+# alive, the first thousand of a crowd of 8,000 kept the workers while the others timed out in the
+# accept queue; closed, they take turns through accept, where late requests are shed (shedding.py).
+CROWD_SHARE = 16
 
 
 class Worker(ggevent.GeventWorker):
@@ -36,30 +45,75 @@ class Worker(ggevent.GeventWorker):
     def init_process(self):
         settings = Settings.from_env()
         self.client_timeout = settings.client_timeout
+        self.open_connections, self.crowd = 0, settings.worker_connections // CROWD_SHARE
         Worker.admission = Admission(settings.queue_timeout, settings.queue_timeout_max)
         super().init_process()  # patches the standard library for gevent, loads the app, runs
 
     def handle(self, listener, client, addr):
-        with gevent.Timeout(self.client_timeout, ClientTimeout()):
-            super().handle(listener, client, addr)
+        self.open_connections += 1
+        try:
+            with _deadline(self.client_timeout):
+                super().handle(listener, client, addr)
+        finally:
+            self.open_connections -= 1
+
+    def timeout_ctx(self):
+        """The wait for a request's head: CLIENT_TIMEOUT (handle) for a connection's first request,
+        gunicorn's KEEPALIVE wait for the next ones, after which an idle connection is closed quietly."""
+        return super().timeout_ctx() if _deadline_of_this_connection().served else contextlib.nullcontext()
 
     def handle_request(self, listener_name, req, sock, addr):
-        """A later request on a kept-alive connection (only with gunicorn's --keep-alive) was not
-        seen at accept: the same budget applies to it once its head is parsed."""
-        rule = req.req_number > 1 and inference_rule(req.path)
-        if rule and not self.admission.on_time(waited_seconds(sock)):
-            while req.body.read(1 << 16):  # unread data would reset the connection instead
-                pass
-            sock.sendall(answer_503(req.path.startswith("/v2")))
-            metrics.observe_shed(rule, req.method)
-            raise StopIteration  # gunicorn's way to end a connection after its answer
-        return super().handle_request(listener_name, req, sock, addr)
+        """A later request on a kept-alive connection waits its turn behind the other connections' and
+        was not seen at accept: the same budget applies to it once its head is parsed."""
+        deadline = _deadline_of_this_connection()
+        if req.req_number > 1:
+            deadline.resume()  # the head came within KEEPALIVE; the body and the answer get CLIENT_TIMEOUT
+            # A timer, not sleep(0), which would pass over greenlets whose sockets became readable
+            # meanwhile: a connection whose client sends at once could keep the worker to itself
+            # (p99 14 against 21 ms at 16 connections on one core, 100 ms and more without a turn).
+            gevent.sleep(TURN_SECONDS)
+            rule = inference_rule(req.path)
+            if rule and not self.admission.on_time(waited_seconds(sock)):
+                while req.body.read(1 << 16):  # unread data would reset the connection instead
+                    pass
+                sock.sendall(answer_503(req.path.startswith("/v2")))
+                metrics.observe_shed(rule, req.method)
+                raise StopIteration  # gunicorn's way to end a connection after its answer
+        if self.open_connections > self.crowd:
+            req.must_close = True  # answered with Connection: close: the crowd takes turns through accept
+        try:
+            return super().handle_request(listener_name, req, sock, addr)
+        finally:
+            deadline.pause()  # until the next request's head, which KEEPALIVE bounds
 
     def handle_error(self, req, client, addr, exc):
         if isinstance(exc, ClientTimeout):
             metrics.CLIENT_TIMEOUTS.inc()
             return  # nothing to answer a client that does not keep up; the caller closes the socket
         super().handle_error(req, client, addr, exc)
+
+
+class _Deadline(gevent.Timeout):
+    """CLIENT_TIMEOUT for the request a connection is on: paused once it is answered, resumed (from
+    zero) when the next one's head has come."""
+
+    served = False  # whether the connection has answered a request (kept alive since)
+
+    def pause(self) -> None:
+        self.served = True
+        self.cancel()
+
+    def resume(self) -> None:
+        self.start()
+
+
+def _deadline(seconds: float) -> _Deadline:
+    deadline = gevent.getcurrent().mnist_deadline = _Deadline(seconds, ClientTimeout())
+    return deadline
+
+
+def _deadline_of_this_connection() -> _Deadline:
+    return gevent.getcurrent().mnist_deadline
 
 
 class _SheddingServer(StreamServer):
