@@ -3,7 +3,7 @@
 Flask's request cycle (contexts, routing, hooks, Response objects) costs more per request than
 everything this service adds (bench/README.md, "Service"), so the inference routes are matched here
 and every other request goes on to the Flask app (the control plane: control.py, page.py).
-werkzeug's Request parses a request as Flask's would; errors have the JSON form Flask's handlers
+werkzeug's Request (request.py) parses a request as Flask's would; errors have the JSON form Flask's handlers
 give them (responses.py).
 """
 
@@ -13,12 +13,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
-from werkzeug.wrappers import Request
 
 from .. import access
 from ..dataplane.options import Limits
 from ..dataplane.store import ModelStore
 from ..errors import ApiError, error_body_for, internal_error
+from .request import InferenceRequest
 from .responses import JSON_HEADER, answer, http_error
 
 
@@ -64,7 +64,7 @@ class Router:
         try:
             if environ["REQUEST_METHOD"] != "POST":
                 raise MethodNotAllowed(["POST"])
-            req = Request(environ)
+            req = InferenceRequest(environ)
             req.max_content_length = self.max_body_bytes
             status, (body, headers) = 200, route.handler(req, self.context, **parameters)
         except ApiError as e:

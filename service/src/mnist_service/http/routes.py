@@ -7,13 +7,13 @@ import re
 from dataclasses import replace
 
 import orjson
-from werkzeug.wrappers import Request
 
 from .. import access
 from ..codecs import v1, v2
 from ..dataplane import explain
 from ..dataplane.inference import Picked, pick_model, run_model
 from ..dataplane.options import RequestOptions, check_explained, read_options
+from .request import InferenceRequest as Request
 from .responses import JSON_HEADER
 from .router import Context, Route, match_route
 
@@ -56,14 +56,14 @@ def explain_route(req: Request, context: Context, name: str, version: str | None
     """POST /v1/models/<name>[/versions/<v>]:explain: the body of :predict, every prediction explained
     (integrated gradients unless "explain" names another method)."""
     picked = _pick(req, context, name, version)
-    pixels, options = v1.decode_json(req.get_data(cache=False), context.limits, read_options(req.args))
+    pixels, options = v1.decode_json(req.body(), context.limits, read_options(req.args))
     return _answer(picked, pixels, replace(options, explain=options.explain or explain.DEFAULT_METHOD), req, context)
 
 
 def infer(req: Request, context: Context, name: str, version: str | None = None) -> tuple[bytes, list]:
     """POST /v2/models/<name>[/versions/<version>]/infer: the Open Inference Protocol."""
     picked = _pick(req, context, name, version)
-    request = v2.InferRequest(req.get_data(cache=False), req.environ.get(v2.HEADER_LENGTH_KEY), context.limits)
+    request = v2.InferRequest(req.body(), req.environ.get(v2.HEADER_LENGTH_KEY), context.limits)
     probabilities = run_model(picked, request.pixels, req.environ)
     body, headers = v2.encode_response(picked.model, request, probabilities)
     return body, [*headers, *picked.headers()]
@@ -75,7 +75,7 @@ def tf_serving_predict(req: Request, context: Context, name: str, version: str |
     JSON body as /v1/predict takes it (any Content-Type, as TF Serving accepts `curl -d`), answered
     {"predictions": [...]} with /v1/predict's predictions."""
     picked = _pick(req, context, name, version, label)
-    pixels, options = v1.decode_json(req.get_data(cache=False), context.limits, read_options(req.args))
+    pixels, options = v1.decode_json(req.body(), context.limits, read_options(req.args))
     probabilities = run_model(picked, pixels, req.environ)
     predictions = v1.prediction_objects(probabilities, pixels if options.include_input else None)
     body = orjson.dumps({"predictions": predictions}, option=orjson.OPT_SERIALIZE_NUMPY)
