@@ -131,6 +131,9 @@ def wait_quiet(minutes: float, cores: float = 0.2, window: float = 10) -> float:
         log(f"bench: waiting for a quiet machine: other processes {other:.2f} cores")
 
 
+EVERY_CPU = f"0-{(os.cpu_count() or 1) - 1}"  # for a child of a process pinned to one CPU: it is not
+
+
 def taskset(cpus: int | str | None) -> list[str]:
     """The command prefix that runs a program on `cpus` (a CPU or a list like "0-1"); none for None."""
     return [] if cpus is None else ["taskset", "--cpu-list", str(cpus)]
@@ -146,6 +149,12 @@ def pin_self(who: str, pin: bool = True) -> int | None:
     os.sched_setaffinity(0, {cpus[0]})
     log(f"{who}: this script and the load generators on CPU {cpus[0]}, every server on CPU {cpus[-1]} (taskset)")
     return cpus[-1]
+
+
+def unpin_self() -> None:
+    """This process on every CPU again: from a process pinned to one, common.yardstick ran about 35 % slower
+    although it gives its child every CPU (2026-12-07: 67-70k against 102-111k samples/s)."""
+    os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
 
 
 def machine_speed() -> dict:
@@ -179,8 +188,7 @@ def yardstick(data: str | None, runs: int = YARDSTICK_RUNS) -> list[dict]:
     of its own on every CPU; each run's samples/s and how many cores other processes used meanwhile."""
     if not BENCH_PYTHON.exists():
         raise RuntimeError(f"{BENCH_PYTHON} is missing: bench/run creates it")
-    every_cpu = f"0-{(os.cpu_count() or 1) - 1}"  # the caller may be pinned to one: its children are not
-    done = subprocess.run([*taskset(every_cpu), str(BENCH_PYTHON), "-m", "bench.yardstick", mnist_path(data),
+    done = subprocess.run([*taskset(EVERY_CPU), str(BENCH_PYTHON), "-m", "bench.yardstick", mnist_path(data),
                            str(runs)], capture_output=True, text=True, cwd=REPO)
     if done.returncode:
         raise RuntimeError(f"the PyTorch yardstick failed:\n{done.stderr[-2000:]}")

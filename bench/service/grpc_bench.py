@@ -1,7 +1,9 @@
-"""The Open Inference Protocol over gRPC: mnist-serve's gRPC server against MLServer's and its own REST v2
-path, batches of 256, an idle gRPC server's cost to /v1/predict, GRPC_WORKERS=2 against 1, the machine
-factor and py-spy profiles: `bench/service/run grpc [--cases unary,process,batch,idle,factor,profile]`.
-Every server on the last CPU, the load generators on the first (bench/README.md, "gRPC").
+"""The Open Inference Protocol over gRPC: mnist-serve's gRPC server per core against its transport's
+no-op ceiling (noop.py) and MLServer at its best (parallel_workers 0), and as deployed against MLServer's
+default and parallel_workers = cores; batches of 256 against its REST v2 path, an idle gRPC server's cost
+to /v1/predict, GRPC_WORKERS=2 against 1, the machine factor:
+`bench/service/run grpc [--cases unary,deployed,process,batch,idle,factor]`. Pinned servers on the last
+CPU, the load generators on the first; as deployed, everything on every CPU (bench/README.md, "gRPC").
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ import collections
 import contextlib
 import json
 import os
-import shutil
 import statistics
 import struct
 import subprocess
@@ -25,9 +26,9 @@ import numpy as np
 import tritonclient.http as triton_http
 
 from bench import common
-from bench.common import BUSY, latency_ms, log, machine_factor, markdown_table, pin_self, table, taskset, yardstick
+from bench.common import BUSY, EVERY_CPU, latency_ms, log, machine_factor, pin_self, table, taskset, yardstick
 from bench.service import servers as sv
-from bench.service.servers import WORKERS, Servers
+from bench.service.servers import Servers
 from mnist_artifact import Model
 from mnist_artifact.repository import LocalRepository
 from mnist_service.grpc.proto import grpc_predict_v2_pb2 as pb
@@ -35,19 +36,24 @@ from mnist_service.grpc.proto import grpc_predict_v2_pb2 as pb
 METHOD = "/inference.GRPCInferenceService/ModelInfer"
 STREAMS = 16  # concurrent requests in every load case
 BATCH = 256
-TARGET_VS_MLSERVER = 2.0  # our gRPC req/s >= 2x MLServer's gRPC
+TARGET_VS_NOOP = 0.80  # per core: our RPC/s >= 0.80x the grpc.aio no-op's
+TARGET_VS_MLSERVER = 1.5  # per core: our RPC/s >= 1.5x MLServer's at its best
 TARGET_P99_MS = 10.0  # on the reference machine
 TARGET_IDLE = 0.03  # /v1/predict req/s with an idle gRPC server within 3 % of without
-GROUPS = ("unary", "process", "batch", "idle", "factor", "profile")
+GROUPS = ("unary", "deployed", "process", "batch", "idle", "factor")
 SERVER_MODULE = "mnist_service.grpc.server"
 
 
-def infer_message(model_name: str, pixels: np.ndarray) -> bytes:
-    """A serialized ModelInferRequest: input "images", FP32 [N, 784] in raw_input_contents, no outputs
-    named (every output comes back, in raw_output_contents)."""
+def infer_message(model_name: str, pixels: np.ndarray, typed: bool = False) -> bytes:
+    """A serialized ModelInferRequest: input "images", FP32 [N, 784] in raw_input_contents (typed: in
+    contents.fp32_contents, as KServe's client sends Python lists), no outputs named (every output comes
+    back, in raw_output_contents)."""
     request = pb.ModelInferRequest(model_name=model_name)
-    request.inputs.add(name="images", datatype="FP32", shape=list(pixels.shape))
-    request.raw_input_contents.append(np.ascontiguousarray(pixels, dtype="<f4").tobytes())
+    tensor = request.inputs.add(name="images", datatype="FP32", shape=list(pixels.shape))
+    if typed:
+        tensor.contents.fp32_contents.extend(np.asarray(pixels, np.float32).ravel().tolist())
+    else:
+        request.raw_input_contents.append(np.ascontiguousarray(pixels, dtype="<f4").tobytes())
     return request.SerializeToString()
 
 
@@ -72,9 +78,10 @@ def compare(name: str, expected: np.ndarray, probabilities: np.ndarray, labels) 
         raise RuntimeError(f"{name}: probabilities differ from the artifact's forward pass")
 
 
-def grpc_check(name: str, port: int, message: bytes, expected: np.ndarray) -> int:
-    """Send `message` (what h2load sends, less the prefix) with grpcio and check the answer; returns its
-    size on the wire (prefix included), to compare with h2load's DATA bytes."""
+def grpc_check(name: str, port: int, message: bytes, expected: np.ndarray | None) -> int:
+    """Send `message` (what h2load sends, less the prefix) with grpcio and check the answer (against
+    `expected`, unless None: the no-op's constant); returns its size on the wire (prefix included), to
+    compare with h2load's DATA bytes."""
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         try:
             raw = channel.unary_unary(METHOD)(message, timeout=30)  # no serializers: bytes in, bytes out
@@ -86,7 +93,8 @@ def grpc_check(name: str, port: int, message: bytes, expected: np.ndarray) -> in
                for o, c in zip(response.outputs, response.raw_output_contents)}
     if "probabilities" not in tensors:
         raise RuntimeError(f"{name}: no raw probabilities in the answer: {list(tensors)}")
-    compare(name, expected, tensors["probabilities"], tensors.get("labels", tensors.get("label")))
+    if expected is not None:
+        compare(name, expected, tensors["probabilities"], tensors.get("labels", tensors.get("label")))
     return 5 + len(raw)
 
 
@@ -109,6 +117,7 @@ class Target:
     grpc_port: int
     http_base: str | None = None
     counts: Callable[[], dict[str, float]] | None = None
+    cpus: str | None = None  # the load generator's CPUs (as deployed: every one), else this process's
 
 
 def wait_grpc(target: Target, seconds: float = 20) -> None:
@@ -128,13 +137,14 @@ def wait_grpc(target: Target, seconds: float = 20) -> None:
     raise RuntimeError(f"{target.label}: {what}; log:\n{sv.tail(target.proc.log_path, 8)}")
 
 
-def start_ours(servers: Servers, key: str, label: str, model_dir: Path, args, **settings: str) -> Target:
-    """mnist-serve with gRPC on a free port, on the server CPU; its counter read from /metrics."""
+def start_ours(servers: Servers, key: str, label: str, model_dir: Path, args, cpus=None, **settings: str) -> Target:
+    """mnist-serve with gRPC on a free port, on `cpus` (default: the server CPU, one HTTP worker beside it);
+    its counter read from /metrics."""
     port = sv.free_port()
-    proc, base = sv.start_service(servers, key, model_dir, args.model_name, cpus=args.server_cpu,
-                                  GRPC_PORT=str(port), **settings)
+    proc, base = sv.start_service(servers, key, model_dir, args.model_name, cpus=cpus or args.server_cpu,
+                                  GRPC_PORT=str(port), **({} if cpus else {"WORKERS": "1"}) | settings)
     target = Target(label, proc, port, base, lambda: sv.totals(sv.scrape(base), "mnist_http_requests_total",
-                                                               by="status", protocol="grpc", route=METHOD))
+                                                               by="status", protocol="grpc", route=METHOD), cpus)
     wait_grpc(target)
     return target
 
@@ -160,7 +170,8 @@ class Case:
             done = sv.run_h2load(servers, "h2load", [
                 "--threads", "1", "--clients", str(self.connections), "--max-concurrent-streams", str(self.streams),
                 "--duration", f"{seconds:g}", "--data", str(self.body), "--header", "content-type: application/grpc",
-                "--header", "te: trailers"], f"http://127.0.0.1:{self.target.grpc_port}{METHOD}", seconds + 60)
+                "--header", "te: trailers"], f"http://127.0.0.1:{self.target.grpc_port}{METHOD}", seconds + 60,
+                self.target.cpus)
             if not (c := done["counts"]) or done["data_bytes"] is None or not done["duration_s"]:
                 raise RuntimeError(f"h2load printed no summary:\n{done['output']}")
             return {"requests": c["succeeded"], "started": c["started"], "data_bytes": done["data_bytes"],
@@ -169,7 +180,7 @@ class Case:
                     "errors": {k: c[k] for k in ("failed", "errored", "timeout")}}
         headers = [f"{k}: {v}" for k, v in self.headers.items() if k != "Content-Type"]
         r = sv.run_wrk(servers, self.url, self.body, seconds, self.connections,
-                       content_type=self.headers["Content-Type"], headers=tuple(headers))
+                       content_type=self.headers["Content-Type"], headers=tuple(headers), cpus=self.target.cpus)
         # Answered is not served: a shed request (503) is a status error, counted out of req/s.
         return r | {"requests": r["requests"] - r["errors"]["status"],
                     "rps": (r["requests"] - r["errors"]["status"]) / r["duration_s"]}
@@ -211,12 +222,12 @@ def build_cases(servers: Servers, args, model_dir: Path, version_dir: Path, test
     unit = images / np.float32(255)  # FP32 in [0, 1]: the service's v2 input
     cases = []
 
-    def grpc_case(key, group, target, server, n, connections, streams, pixels=unit):
+    def grpc_case(key, group, target, server, n, connections, streams, pixels=unit, answers=expected):
         message = infer_message(args.model_name, pixels[:n])
         (path := servers.workdir / f"body-{key}.grpc").write_bytes(b"\0" + struct.pack(">I", len(message)) + message)
         shape = f"{connections} connection{'s' * (connections > 1)} x {streams} stream{'s' * (streams > 1)}"
         cases.append(Case(key, group, target, server, f"{n} image{'s' * (n > 1)}, {shape}", n, path,
-                          lambda: grpc_check(key, target.grpc_port, message, expected), connections, streams))
+                          lambda: grpc_check(key, target.grpc_port, message, answers), connections, streams))
 
     def rest_case(key, group, target, server, n, binary=True):
         body, headers = rest_body(unit[:n], binary)
@@ -227,19 +238,29 @@ def build_cases(servers: Servers, args, model_dir: Path, version_dir: Path, test
                           url=url, headers=headers))
 
     if args.groups & {"unary", "batch", "process"}:
-        log("grpc: starting mnist-serve (its defaults, gRPC on a free port) ...")
+        log("grpc: starting mnist-serve (one HTTP worker, gRPC on a free port) ...")
         ours = start_ours(servers, "ours", "mnist-serve", model_dir, args)
-        label = "mnist-serve gRPC (grpc.aio, GRPC_WORKERS=1: what ships)"
-        grpc_case("ours-grpc", "unary", ours, label, 1, STREAMS, 1)
-        grpc_case("ours-grpc-1conn", "unary", ours, label, 1, 1, STREAMS)
+    if args.groups & {"unary", "process"}:
+        grpc_case("ours-grpc", "unary", ours, "mnist-serve gRPC (grpc.aio, GRPC_WORKERS=1: what ships)", 1, STREAMS, 1)
     if "unary" in args.groups:
-        log("grpc: starting MLServer ...")
-        proc, settings = sv.start_mlserver(servers, version_dir, args.model_name, cpus=args.server_cpu)
-        ml = Target(f"MLServer {sv.mlserver_version()}, parallel_workers {WORKERS}: gRPC", proc, settings["grpc_port"])
-        wait_grpc(ml)
-        grpc_case("mlserver-grpc", "unary", ml, ml.label, 1, STREAMS, 1, images)  # its runtime takes 0..255
-        grpc_case("mlserver-grpc-1conn", "unary", ml, ml.label, 1, 1, STREAMS, images)
-        rest_case("ours-rest", "unary", ours, f"mnist-serve REST v2 binary (gunicorn gevent, WORKERS={WORKERS})", 1)
+        log("grpc: starting the grpc.aio no-op and MLServer (parallel_workers 0) ...")
+        proc, port = sv.start_noop_grpc(servers, args.server_cpu)
+        wait_grpc(noop := Target("grpc.aio answering a constant (noop.py)", proc, port))
+        grpc_case("noop-grpc", "unary", noop, noop.label, 1, STREAMS, 1, answers=None)
+        proc, settings = sv.start_mlserver(servers, version_dir, args.model_name, args.server_cpu, 0)
+        wait_grpc(ml := Target(f"MLServer {sv.mlserver_version()}, parallel_workers 0 (its best)", proc,
+                               settings["grpc_port"]))
+        grpc_case("mlserver-grpc", "unary", ml, ml.label, 1, STREAMS, 1)
+    if "deployed" in args.groups:
+        log("grpc: starting mnist-serve and MLServer as deployed, on every CPU ...")
+        deployed = start_ours(servers, "deployed", "mnist-serve", model_dir, args, cpus=EVERY_CPU)
+        grpc_case("deployed-grpc", "deployed", deployed, f"mnist-serve, its defaults ({os.cpu_count()} HTTP workers, "
+                  "GRPC_WORKERS=1)", 1, STREAMS, 1)
+        for key, workers, label in (("deployed-mlserver", None, "its default (parallel_workers 1)"),
+                                    ("deployed-mlserver-cores", os.cpu_count(), f"parallel_workers {os.cpu_count()}")):
+            proc, settings = sv.start_mlserver(servers, version_dir, args.model_name, EVERY_CPU, workers, key)
+            wait_grpc(ml := Target(f"MLServer, {label}", proc, settings["grpc_port"], cpus=EVERY_CPU))
+            grpc_case(f"{key}-grpc", "deployed", ml, ml.label, 1, STREAMS, 1)
     if "batch" in args.groups:
         grpc_case("ours-grpc-256", "batch", ours, "mnist-serve gRPC", BATCH, STREAMS, 1)
         rest_case("ours-rest-256", "batch", ours, "mnist-serve REST v2 binary", BATCH)
@@ -247,9 +268,7 @@ def build_cases(servers: Servers, args, model_dir: Path, version_dir: Path, test
     if "process" in args.groups:
         log("grpc: starting mnist-serve with GRPC_WORKERS=2 ...")
         two = start_ours(servers, "workers2", "mnist-serve GRPC_WORKERS=2", model_dir, args, GRPC_WORKERS="2")
-        label = "mnist-serve gRPC (grpc.aio), GRPC_WORKERS=2"
-        grpc_case("workers2-grpc", "process", two, label, 1, STREAMS, 1)
-        grpc_case("workers2-grpc-1conn", "process", two, label, 1, 1, STREAMS)
+        grpc_case("workers2-grpc", "process", two, "mnist-serve gRPC (grpc.aio), GRPC_WORKERS=2", 1, STREAMS, 1)
     for case in cases:
         case.check()  # every server answers right before any load
     return cases
@@ -274,80 +293,6 @@ def forward_pass_ms(version_dir: Path, test, args, workdir: Path) -> dict:
                            str(version_dir), str(path)], env=os.environ | {"OPENBLAS_NUM_THREADS": "1"},
                           capture_output=True, text=True, check=True)
     return {int(k): v for k, v in json.loads(done.stdout).items()}
-
-
-# Categories of a py-spy frame, by where its innermost frame of this project's code is.
-CATEGORIES = {"forward pass (mnist_artifact)": ("mnist_artifact/",),
-              "decode and encode (grpc/codec, codecs/v2)": ("mnist_service/grpc/codec.py",
-                                                            "mnist_service/codecs/v2.py"),
-              "metrics and access line": ("prometheus_client/", "mnist_service/metrics.py", "mnist_service/access.py",
-                                          "mnist_service/logs.py")}
-HANDLING = "the rest of mnist_service's request handling"
-FRAMEWORK = ("server framework, I/O and what py-spy cannot see into (grpc core and its Cython, protobuf, asyncio / "
-             "gunicorn, gevent)")
-# Leaves where a thread waits (py-spy's idle detection misses some under --nonblocking): not work, left out.
-WAITS = ("Condition.wait", "Event.wait", "EpollSelector.select", "BaseSelector.select", "select", "sleep")
-
-
-def frame_category(frame: str) -> str | None:
-    """What a py-spy frame ("function (file:line)") is part of, if it is code of this project's."""
-    function, _, where = frame.partition(" (")
-    if category := next((name for name, parts in CATEGORIES.items() if any(p in where for p in parts)), None):
-        return category
-    if "mnist_service/" in where and function not in ("main", "serve", "<module>") \
-            and "mnist_service/process/" not in where:  # the process (supervisor, workers), not a request
-        return HANDLING
-    return None
-
-
-def profile(servers: Servers, cases: dict[str, Case], seconds: float) -> dict:
-    """py-spy on the gRPC process (one image, batches) and on mnist-serve's gunicorn workers (REST
-    batches), each under its case's load: the share of busy samples by category, the top leaf frames."""
-    if not (spy := shutil.which("py-spy")):
-        return {"py-spy": {"skipped": "not installed"}}
-    results = {}
-    for case in (cases[k] for k in ("ours-grpc", "ours-grpc-256", "ours-rest-256") if k in cases):
-        pgid, name, output = case.target.proc.pid, f"py-spy-{case.key}", servers.workdir / f"py-spy-{case.key}.txt"
-        # The gRPC process; else the gunicorn arbiter (the group's first gunicorn), its workers with --subprocesses.
-        pids = sv.group_running(pgid, "gunicorn")[:1] if case.url else sv.group_running(pgid, SERVER_MODULE)
-        if not pids:
-            results[case.key] = {"skipped": "process not found"}
-            continue
-        sv.wait_idle(pgid)
-        spy_proc = servers.start(name, [spy, "record", "--pid", str(pids[0]), "--duration", f"{seconds + 2:g}",
-                                        "--rate", "250", "--nonblocking", "--format", "raw", "--output", str(output),
-                                        *(["--subprocesses"] if case.url else [])], dict(os.environ))
-        time.sleep(1)  # attached
-        meter = sv.CpuMeter(pgid)
-        requests, cpu = case.load(servers, seconds)["requests"], meter.read()
-        spy_proc.wait(timeout=seconds + 30)
-        servers.running.pop(name, None)
-        if not output.exists():
-            results[case.key] = {"skipped": f"py-spy wrote nothing: {sv.tail(spy_proc.log_path, 5)}"}
-            continue
-        results[case.key] = shares(output.read_text()) | {
-            "requests": requests, "server_cpu_ms_per_request": cpu["server_cpu_s"] * 1000 / max(1, requests)}
-    return results
-
-
-def shares(raw: str) -> dict:
-    """py-spy's collapsed stacks ("frame;frame;... count"): the share of busy samples in each category (by
-    the innermost frame of this project's code), and the top leaf frames."""
-    categories, leaves, waiting = collections.Counter(), collections.Counter(), 0
-    for line in raw.splitlines():
-        stack, _, count = line.rpartition(" ")
-        if not stack or not count.isdigit():
-            continue
-        frames = stack.split(";")
-        if frames[-1].partition(" (")[0] in WAITS:
-            waiting += int(count)
-            continue
-        leaves[frames[-1]] += int(count)
-        categories[next((c for c in map(frame_category, reversed(frames)) if c), FRAMEWORK)] += int(count)
-    total = sum(categories.values()) or 1
-    return {"samples": sum(categories.values()), "waiting_samples_left_out": waiting,
-            "shares": {k: v / total for k, v in categories.most_common()},
-            "top_leaves": [[frame, n / total] for frame, n in leaves.most_common(8)]}
 
 
 def idle_phase(servers: Servers, args, model_dir: Path, test, expected: np.ndarray) -> dict:
@@ -414,11 +359,12 @@ def verdicts(out: dict) -> tuple[dict, list[str], list[str]]:
     results, factor, forward, verdict, unary, batch = (out["results"], out["machine_factor"], out["forward_pass_ms"],
                                                        {}, [], [])
     f = factor["factor"] if factor else None
-    for suffix, shape in (("", "16 connections x 1 stream"), ("-1conn", "1 connection x 16 streams")):
-        if (a := results.get("ours-grpc" + suffix)) and (b := results.get("mlserver-grpc" + suffix)):
-            verdict[f"vs_mlserver{suffix}"] = ratio = a["rps"] / b["rps"]
-            unary.append(f"- ours / MLServer gRPC req/s, {shape}: **{ratio:.2f}x** (target >= {TARGET_VS_MLSERVER:g}: "
-                         f"{'met' if ratio >= TARGET_VS_MLSERVER else 'MISSED'})")
+    for other, target, name in (("noop-grpc", TARGET_VS_NOOP, "the grpc.aio no-op"),
+                                ("mlserver-grpc", TARGET_VS_MLSERVER, "MLServer at its best")):
+        if (a := results.get("ours-grpc")) and (b := results.get(other)):
+            verdict[f"vs_{other}"] = ratio = a["rps"] / b["rps"]
+            unary.append(f"- per core, ours / {name} RPC/s: **{ratio:.2f}x** (target >= {target:g}: "
+                         f"{'met' if ratio >= target else 'MISSED'})")
     if ours := results.get("ours-grpc"):
         p99 = ours["p99_ms"]
         verdict |= {"p99_ms": p99, "p99_ms_reference": (scaled := p99 / f if f else None)}
@@ -431,9 +377,10 @@ def verdicts(out: dict) -> tuple[dict, list[str], list[str]]:
             judged = "MISSED"
         unary.append(f"- our gRPC p99 (16 x 1): {p99:.2f} ms here" + (f", {scaled:.2f} ms scaled to the reference "
                      "machine" if f else "") + f" (target <= {TARGET_P99_MS:g} ms on the reference machine: {judged})")
-        if rest := results.get("ours-rest"):
-            verdict["grpc_vs_rest_1"] = ours["rps"] / rest["rps"]
-            unary.append(f"- our gRPC / our REST v2 binary req/s, one image: {verdict['grpc_vs_rest_1']:.2f}x")
+    if (a := results.get("deployed-grpc")) and (b := results.get("deployed-mlserver-cores-grpc")):
+        verdict["deployed_vs_mlserver_cores"] = a["rps"] / b["rps"]
+        unary.append(f"- as deployed, ours / MLServer parallel_workers {os.cpu_count()} RPC/s: "
+                     f"{verdict['deployed_vs_mlserver_cores']:.2f}x (reported, no target)")
     g, rb, rj = (results.get(f"ours-{k}-256") for k in ("grpc", "rest", "rest-json"))
     if g and rb:
         verdict["grpc_vs_rest_256"] = g["images_per_s"] / rb["images_per_s"]
@@ -458,20 +405,12 @@ def report(args, out: dict, env: dict) -> tuple[str, str]:
     if factor:
         text.append(common.describe_factor(factor) + " (runs before and after the servers). Reference-machine "
                     "figures below are this run's divided by it: a linear scaling, not a measurement.\n")
-    for group, title, lines in (("unary", "Unary ModelInfer, one image, 16 concurrent requests", unary_lines),
+    for group, title, lines in (("unary", f"Per core: unary ModelInfer, one image, {STREAMS} concurrent requests, each "
+                                 f"server alone on CPU {out['server_cpu']}", unary_lines),
+                                ("deployed", "As deployed: every process on every CPU", []),
                                 ("batch", f"Batches of {BATCH} images, 16 concurrent requests", batch_lines)):
         if rows := [r for r in results.values() if r["group"] == group]:
             text.append(f"\n{title}:\n\n" + load_table(rows, f) + "\n\n" + "\n".join(lines))
-    for key, p in (out["profile"] or {}).items():
-        if "shares" not in p:
-            text.append(f"\npy-spy, {key}: {p.get('skipped', p)}")
-            continue
-        rows = [[name, f"{share:.0%}", f"{share * p['server_cpu_ms_per_request']:.2f}"]
-                for name, share in p["shares"].items()]
-        text.append(f"\nWhere the time goes, {key} (py-spy, {p['samples']:,} samples of busy threads; ms are the share "
-                    f"of that load's {p['server_cpu_ms_per_request']:.2f} ms of server CPU per request):\n\n"
-                    + markdown_table(["part", "share", "ms/request"], rows) + "\n\nTop leaf frames: "
-                    + "; ".join(f"{frame} {share:.0%}" for frame, share in p["top_leaves"][:5]))
     if process := [r for r in results.values() if r["group"] == "process"]:
         base = results.get("ours-grpc")
         text.append("\nProcess models, one image (server on one core):\n\n"
@@ -495,8 +434,9 @@ def report(args, out: dict, env: dict) -> tuple[str, str]:
                     + ("" if idle["resolved"] else " at the median, but the rounds spread more than 3 %: this run "
                        "cannot resolve 3 %"))
     heading = (f"bench/service/run grpc: {args.seconds} s per case and round, {args.rounds} rounds (idle: "
-               f"{args.idle_rounds}), {STREAMS} concurrent requests; servers on CPU {out['server_cpu']}, load "
-               f"generators on the other; commit {env['commit']}{' (service/ modified)' if env['dirty'] else ''}, "
+               f"{args.idle_rounds}), {STREAMS} concurrent requests; pinned servers on CPU {out['server_cpu']}, load "
+               "generators on the other (as deployed: on every CPU); "
+               f"commit {env['commit']}{' (service/ modified)' if env['dirty'] else ''}, "
                f"grpcio {env['grpcio']}, MLServer {env['mlserver']}, {env['h2load']}; "
                f"model {out['model']['layer_sizes']}")
     return heading, "\n".join(text)
@@ -515,18 +455,15 @@ def run(args, servers: Servers, test, model_dir: Path) -> dict:
                            lambda c, seconds: c.load(servers, seconds), lambda c: c.measure(servers, args.seconds))
     results = {case.key: case.summary(slices[case.key]) for case in cases}
     forward = forward_pass_ms(version_dir, test, args, servers.workdir) if "batch" in args.groups else None
-    prof = profile(servers, {c.key: c for c in cases}, args.profile_seconds) if "profile" in args.groups else None
     servers.stop_all()
     idle = idle_phase(servers, args, model_dir, test, expected) if "idle" in args.groups else None
     factor = None
     if factor_before is not None:
-        # Unpinned again, although common.yardstick gives its child every CPU: from this process pinned
-        # to one, the yardstick ran about 35 % slower (2026-12-07: 67-70k against 102-111k samples/s).
-        os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
+        common.unpin_self()
         factor = machine_factor(factor_before, yardstick(args.data, args.factor_runs))
     out = {"model": {"layer_sizes": layers, "version": str(model.version)}, "results": results,
            "forward_pass_ms": forward,
-           "profile": prof, "idle": idle, "machine_factor": factor, "server_cpu": args.server_cpu}
+           "idle": idle, "machine_factor": factor, "server_cpu": args.server_cpu}
     return out | {"verdict": verdicts(out)[0]}
 
 
@@ -539,7 +476,6 @@ def main() -> int:
                         help="rounds of /v1/predict with gRPC off and on, a server started per slice [6]")
     parser.add_argument("--factor-runs", type=int, default=3,
                         help="runs of the PyTorch speed case before and again after the servers [3]")
-    parser.add_argument("--profile-seconds", type=int, default=8, help="py-spy: seconds of load per path [8]")
     parser.add_argument("--cases", default=",".join(GROUPS), help=f"comma-separated subset of {','.join(GROUPS)} [all]")
     args = parser.parse_args()
     args.groups = {g for g in args.cases.split(",") if g}

@@ -1,6 +1,7 @@
 """An MLServer custom runtime serving the mnist-mlp artifact (bench/service/run's MLServer case): the version
-directory of `parameters.uri` (mnist_artifact.Model), input "images" (FP32 [N, 784], 0..255), outputs
-"label", "confidence" and "probabilities". Runs in .bench-mlserver-venv/."""
+directory of `parameters.uri` (mnist_artifact.Model), input "images" (FP32 [N, 784] in [0, 1], as
+mnist-serve's own v2 input: both servers get the same requests), outputs "label", "confidence" and
+"probabilities". Runs in .bench-mlserver-venv/."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ class MnistRuntime(MLModel):
         return True
 
     async def predict(self, payload: InferenceRequest) -> InferenceResponse:
-        pixels = NumpyCodec.decode_input(payload.inputs[0]).reshape(-1, 784).astype(np.float32, copy=False)
+        pixels = np.multiply(NumpyCodec.decode_input(payload.inputs[0]).reshape(-1, 784), 255, dtype=np.float32)
         probabilities = self._model.predict_proba(pixels)
         outputs = [NumpyCodec.encode_output("label", probabilities.argmax(axis=1)),
                    NumpyCodec.encode_output("confidence", probabilities.max(axis=1)),

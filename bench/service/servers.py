@@ -257,13 +257,13 @@ def tail(path: Path, lines: int = 30) -> str:
 
 def run_wrk(servers: Servers, url: str, body_path: Path, seconds: float, connections: int, threads: int = 1,
             timeout: float = 10, name: str = "wrk", content_type: str = "application/json",
-            headers: tuple[str, ...] = ()) -> dict:
-    """wrk POSTing `body_path` to `url` with post.lua (`headers`, "Name: value", sent too): its counts,
-    errors by kind and latencies (wrk's own percentiles), and req/s."""
+            headers: tuple[str, ...] = (), cpus: str | None = None) -> dict:
+    """wrk POSTing `body_path` to `url` with post.lua (`headers`, "Name: value", sent too), on `cpus` if
+    given: its counts, errors by kind and latencies (wrk's own percentiles), and req/s."""
     env = os.environ | {"BODY_FILE": str(body_path), "CONTENT_TYPE": content_type}
-    argv = ["wrk", "--threads", str(threads), "--connections", str(connections), "--duration", f"{seconds:g}s",
-            "--timeout", f"{timeout:g}s", "--latency", *(arg for header in headers for arg in ("--header", header)),
-            "--script", str(HERE / "post.lua"), url]
+    argv = [*taskset(cpus), "wrk", "--threads", str(threads), "--connections", str(connections),
+            "--duration", f"{seconds:g}s", "--timeout", f"{timeout:g}s", "--latency",
+            *(arg for header in headers for arg in ("--header", header)), "--script", str(HERE / "post.lua"), url]
     stdout, stderr, returncode, _ = servers.run(name, argv, env)
     match = re.search(r"^WRK_JSON (.*)$", stdout, re.MULTILINE)
     if returncode != 0 or not match:
@@ -283,13 +283,14 @@ def measure_wrk(servers: Servers, pgid: int, url: str, body: Path, seconds: floa
                      "error_count": sum(result["errors"].values())}
 
 
-def run_h2load(servers: Servers, name: str, argv: list[str], url: str, timeout: float) -> dict:
-    """h2load ARGV URL with a per-request log, stopped after `timeout` s: the request counts, DATA bytes
-    and duration of its summary (None where it printed none), the log's rows (start µs, status, µs)."""
+def run_h2load(servers: Servers, name: str, argv: list[str], url: str, timeout: float, cpus: str | None = None) -> dict:
+    """h2load ARGV URL with a per-request log, on `cpus` if given, stopped after `timeout` s: the request
+    counts, DATA bytes and duration of its summary (None where it printed none), the log's rows (start µs,
+    status, µs)."""
     requests_log = servers.workdir / f"{name}.tsv"
     requests_log.unlink(missing_ok=True)  # h2load appends
     stdout, stderr, returncode, stopped = servers.run(
-        name, ["h2load", *argv, "--log-file", str(requests_log), url], timeout=timeout)
+        name, [*taskset(cpus), "h2load", *argv, "--log-file", str(requests_log), url], timeout=timeout)
     if returncode and not stopped:
         raise RuntimeError(f"h2load failed ({returncode}):\n{stdout[-2000:]}\n{stderr[-2000:]}")
     counts = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, "
@@ -365,9 +366,9 @@ def start_service(servers: Servers, name: str, model_dir: Path | str, model_name
     gRPC is off (GRPC_PORT=0, as before mnist-serve had gRPC) unless they set GRPC_PORT."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("WORKER_CLASS", "THREADS", "GRPC_PORT", "GRPC_WORKERS")}
-    env |= {"GRPC_PORT": "0"} | settings | {
+    env |= {"GRPC_PORT": "0", "WORKERS": str(WORKERS)} | settings | {
         "MODEL_DIR": str(model_dir), "MODEL_NAME": model_name, "HOST": "127.0.0.1", "PORT": str(port),
-        "WORKERS": str(WORKERS), "PROMETHEUS_MULTIPROC_DIR": str(servers.workdir / f"metrics-{name}")}
+        "PROMETHEUS_MULTIPROC_DIR": str(servers.workdir / f"metrics-{name}")}
     if worker_class:
         env["WORKER_CLASS"] = worker_class
     if worker_class == "gthread":
@@ -379,41 +380,70 @@ def start_service(servers: Servers, name: str, model_dir: Path | str, model_name
     return proc, base
 
 
-def start_bare(servers: Servers, version_dir: Path) -> tuple[subprocess.Popen, str]:
-    """bare_app.py under gunicorn, 2 sync workers, one BLAS thread each; returns its /v1/predict URL."""
+def start_bare(servers: Servers, version_dir: Path, name: str = "bare", workers: int = WORKERS,
+               cpus: int | None = None) -> tuple[subprocess.Popen, str]:
+    """bare_app.py under gunicorn at its best for this load: `workers` workers of gunicorn's own gevent class,
+    keep-alive 5 s (mnist-serve's default), one BLAS thread each, on `cpus` if given; returns its /v1/predict
+    URL."""
     port = free_port()
     env = {"OPENBLAS_NUM_THREADS": "1"} | os.environ | {"BARE_MODEL_PATH": str(version_dir)}
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    argv = [str(SERVICE_VENV / "bin/python"), "-m", "gunicorn", "--chdir", str(HERE), "--workers", str(WORKERS),
-            "--worker-class", "sync", "--bind", f"127.0.0.1:{port}", "--worker-tmp-dir", "/dev/shm",
-            "--no-control-socket", "bare_app:app"]
-    proc = servers.start("bare", argv, env)
+    argv = [*taskset(cpus), str(SERVICE_VENV / "bin/python"), "-m", "gunicorn", "--chdir", str(HERE), "--workers",
+            str(workers), "--worker-class", "gevent", "--keep-alive", "5", "--bind", f"127.0.0.1:{port}",
+            "--worker-tmp-dir", "/dev/shm", "--no-control-socket", "bare_app:app"]
+    proc = servers.start(name, argv, env)
     url = f"http://127.0.0.1:{port}/v1/predict"
     # No health route: ready when it answers a prediction.
     wait_ready(proc, url, 60, method="POST", body=b'{"instances": [[' + b",".join([b"0"] * 784) + b"]]}")
     return proc, url
 
 
-def start_mlserver(servers: Servers, version_dir: Path, model_name: str,
-                   cpus: int | None = None) -> tuple[subprocess.Popen, dict]:
-    """MLServer with mlserver_runtime.py, production-like (no access log, its default metrics, 2 inference
-    processes), on `cpus` if given; returns its settings (ports) once the model is ready."""
-    root = servers.workdir / "mlserver"
+def start_mlserver(servers: Servers, version_dir: Path, model_name: str, cpus: int | None = None,
+                   parallel_workers: int | None = WORKERS, name: str = "mlserver") -> tuple[subprocess.Popen, dict]:
+    """MLServer with mlserver_runtime.py, production-like (no access log, its default metrics), with
+    `parallel_workers` inference processes (0: inference in the server process; None: MLServer's default),
+    on `cpus` if given; returns its settings (ports) once the model is ready."""
+    root = servers.workdir / name
     (root / model_name).mkdir(parents=True)
     settings = {"host": "127.0.0.1", "http_port": free_port(), "grpc_port": free_port(),
-                "metrics_port": free_port(), "parallel_workers": WORKERS, "debug": False,
+                "metrics_port": free_port(), "debug": False,
                 "metrics_dir": str(root / ".metrics"), "environments_dir": str(root / ".envs")}
+    if parallel_workers is not None:
+        settings["parallel_workers"] = parallel_workers
     (root / "settings.json").write_text(json.dumps(settings, indent=2))
     model_settings = {"name": model_name, "implementation": "mlserver_runtime.MnistRuntime",
                       "parameters": {"uri": str(version_dir), "version": version_dir.name}}
     (root / model_name / "model-settings.json").write_text(json.dumps(model_settings, indent=2))
     env = os.environ | {"PYTHONPATH": str(HERE)}
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    proc = servers.start("mlserver", [*taskset(cpus), str(MLSERVER_VENV / "bin/mlserver"), "start", str(root)], env,
+    proc = servers.start(name, [*taskset(cpus), str(MLSERVER_VENV / "bin/mlserver"), "start", str(root)], env,
                          cwd=root)
     settings["infer_url"] = f"http://127.0.0.1:{settings['http_port']}/v2/models/{model_name}/infer"
     wait_ready(proc, settings["infer_url"].removesuffix("/infer") + "/ready")
     return proc, settings
+
+
+def start_noop_http(servers: Servers, cpus: int | None = None) -> tuple[subprocess.Popen, str]:
+    """noop.py's WSGI constant under gunicorn with mnist-serve's configuration and worker (its defaults, one
+    worker), on `cpus` if given: the ceiling of mnist-serve's HTTP transport. Returns its URL."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("WORKER_CLASS", "KEEPALIVE", "PROMETHEUS_MULTIPROC_DIR")}
+    env |= {"WORKERS": "1", "HOST": "127.0.0.1", "PORT": str(port)}
+    proc = servers.start("noop-http", [*taskset(cpus), str(SERVICE_VENV / "bin/gunicorn"), "-c",
+                                       "python:mnist_service.process.gunicorn_config", "bench.service.noop:app"],
+                         env, cwd=REPO)
+    url = f"http://127.0.0.1:{port}/v1/predict"
+    wait_ready(proc, url, 30, method="POST", body=b"{}")
+    return proc, url
+
+
+def start_noop_grpc(servers: Servers, cpus: int | None = None) -> tuple[subprocess.Popen, int]:
+    """noop.py's grpc.aio server answering a fixed ModelInferResponse, on `cpus` if given: the ceiling of
+    mnist-serve's gRPC transport. Returns its port (the caller waits for it to serve)."""
+    port = free_port()
+    proc = servers.start("noop-grpc", [*taskset(cpus), str(SERVICE_VENV / "bin/python"), "-m", "bench.service.noop",
+                                       str(port)], dict(os.environ), cwd=REPO)
+    return proc, port
 
 
 def mlserver_version() -> str | None:
