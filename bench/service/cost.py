@@ -252,19 +252,14 @@ def report(args, out: dict, env: dict) -> tuple[str, str]:
 
 def main() -> int:
     parser = sv.parser("bench/service/run cost", __doc__)
-    parser.add_argument("--seconds", type=int, default=5, help="seconds of load per case and round [5]")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of every case [3]")
-    parser.add_argument("--warmup", type=int, default=2, help="seconds of unrecorded load per case first [2]")
+    sv.add_round_options(parser, rounds=3, warmup=2)
     parser.add_argument("--profile-seconds", type=int, default=8, help="py-spy: seconds of load per route; 0: none [8]")
-    parser.add_argument("--factor-runs", type=int, default=3,
-                        help="runs of the PyTorch speed case before and again after the servers; 0: none [3]")
     parser.add_argument("--routes", default=",".join(ROUTES), help=f"comma-separated subset of {','.join(ROUTES)}")
     args = parser.parse_args()
-    args.route_list = [r for r in args.routes.split(",") if r]
-    if unknown := set(args.route_list) - set(ROUTES):
-        parser.error(f"unknown route(s) {sorted(unknown)}")
-    if args.rounds < 1 or args.seconds < 1 or args.warmup < 0 or args.profile_seconds < 0 or args.factor_runs < 0:
-        parser.error("--rounds and --seconds must be >= 1, the others >= 0")
+    args.route_list = sv.subset(parser, args.routes, ROUTES, "route(s)")
+    sv.check_rounds(parser, args)
+    if args.profile_seconds < 0:
+        parser.error("--profile-seconds must be >= 0")
     return sv.main("cost", args, run, report, distributions=("gunicorn", "gevent", "grpcio", "prometheus-client"),
                    commit=sv.git("rev-parse", "--short", "HEAD"))
 

@@ -234,7 +234,7 @@ def build_cases(servers: Servers, args, model_dir: Path, version_dir: Path, test
         url = f"{target.http_base}/v2/models/{args.model_name}/infer"
         (path := servers.workdir / f"body-{key}.bin").write_bytes(body)
         cases.append(Case(key, group, target, server, f"{n} image{'s' * (n > 1)}, {STREAMS} connections (HTTP/1.1, "
-                          "one request each)", n, path, lambda: rest_check(key, url, body, headers, expected),
+                          "kept alive)", n, path, lambda: rest_check(key, url, body, headers, expected),
                           url=url, headers=headers))
 
     if args.groups & {"unary", "batch", "process"}:
@@ -469,20 +469,15 @@ def run(args, servers: Servers, test, model_dir: Path) -> dict:
 
 def main() -> int:
     parser = sv.parser("bench/service/run grpc", __doc__)
-    parser.add_argument("--seconds", type=int, default=5, help="recorded seconds per case and round [5]")
-    parser.add_argument("--rounds", type=int, default=4, help="interleaved rounds of every load case [4]")
-    parser.add_argument("--warmup", type=int, default=2, help="seconds of unrecorded load per case first [2]")
+    sv.add_round_options(parser, rounds=4, warmup=2)
     parser.add_argument("--idle-rounds", type=int, default=6,
                         help="rounds of /v1/predict with gRPC off and on, a server started per slice [6]")
-    parser.add_argument("--factor-runs", type=int, default=3,
-                        help="runs of the PyTorch speed case before and again after the servers [3]")
     parser.add_argument("--cases", default=",".join(GROUPS), help=f"comma-separated subset of {','.join(GROUPS)} [all]")
     args = parser.parse_args()
-    args.groups = {g for g in args.cases.split(",") if g}
-    if args.groups - set(GROUPS):
-        parser.error(f"unknown case(s) {sorted(args.groups - set(GROUPS))}")
-    if args.seconds < 1 or args.rounds < 1 or args.idle_rounds < 1 or args.factor_runs < 1 or args.warmup < 0:
-        parser.error("--seconds, --rounds, --idle-rounds and --factor-runs must be >= 1, --warmup >= 0")
+    args.groups = set(sv.subset(parser, args.cases, GROUPS))
+    sv.check_rounds(parser, args)
+    if args.idle_rounds < 1 or ("factor" in args.groups and args.factor_runs < 1):
+        parser.error("--idle-rounds must be >= 1, and --factor-runs too with the factor case")
     return sv.main("grpc", args, run, report, distributions=("grpcio",), mlserver=sv.mlserver_version(),
                    h2load=sv.tool_version(["h2load", "--version"]), commit=sv.git("rev-parse", "--short", "HEAD"),
                    dirty=bool(sv.git("status", "--porcelain", "--", "service")))

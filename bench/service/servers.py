@@ -489,6 +489,28 @@ def parser(prog: str, doc: str, model: bool = True) -> argparse.ArgumentParser:
     return p
 
 
+def add_round_options(p: argparse.ArgumentParser, rounds: int, warmup: int) -> None:
+    """--seconds, --rounds, --warmup (interleaved slices of load) and --factor-runs (the machine factor)."""
+    p.add_argument("--seconds", type=int, default=5, help="seconds of load per case and round [5]")
+    p.add_argument("--rounds", type=int, default=rounds, help=f"interleaved rounds of every case [{rounds}]")
+    p.add_argument("--warmup", type=int, default=warmup, help=f"seconds of unrecorded load per case first [{warmup}]")
+    p.add_argument("--factor-runs", type=int, default=3,
+                   help="runs of the PyTorch speed case before and again after the servers; 0: none [3]")
+
+
+def check_rounds(p: argparse.ArgumentParser, args) -> None:
+    if args.rounds < 1 or args.seconds < 1 or args.warmup < 0 or args.factor_runs < 0:
+        p.error("--rounds and --seconds must be >= 1, --warmup and --factor-runs >= 0")
+
+
+def subset(p: argparse.ArgumentParser, text: str, known, what: str = "case(s)") -> list[str]:
+    """The comma-separated names of `text`, each one of `known`: else a usage error."""
+    names = [name for name in text.split(",") if name]
+    if unknown := set(names) - set(known):
+        p.error(f"unknown {what} {sorted(unknown)}; known: {', '.join(known)}")
+    return names
+
+
 def main(who: str, args, run, report, errors: tuple = (), distributions: tuple[str, ...] = (), **versions) -> int:
     """The scaffold of every service benchmark: wait for a quiet machine if asked, run(args, servers,
     test, model_dir) in a session of servers (stopped on the way out), print report(args, results) (a

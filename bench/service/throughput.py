@@ -216,20 +216,13 @@ def report(args, out: dict, env: dict) -> tuple[str, str]:
 
 def main() -> int:
     parser = sv.parser("bench/service/run", __doc__)
-    parser.add_argument("--seconds", type=int, default=5, help="seconds of load per case and round [5]")
-    parser.add_argument("--rounds", type=int, default=4, help="interleaved rounds of every case [4]")
-    parser.add_argument("--warmup", type=int, default=3, help="seconds of unrecorded load per case first [3]")
+    sv.add_round_options(parser, rounds=4, warmup=3)
     parser.add_argument("--connections", type=int, default=16, help="concurrent connections [16]")
     parser.add_argument("--threads", type=int, default=1, help="wrk threads [1]")
-    parser.add_argument("--factor-runs", type=int, default=3,
-                        help="runs of the PyTorch speed case before and again after the servers; 0: none [3]")
     parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated subset of {','.join(CASES)} [all]")
     args = parser.parse_args()
-    args.case_list = [c for c in args.cases.split(",") if c]
-    if unknown := set(args.case_list) - set(CASES):
-        parser.error(f"unknown case(s) {sorted(unknown)}")
-    if args.rounds < 1 or args.seconds < 1 or args.warmup < 0 or args.factor_runs < 0:
-        parser.error("--rounds and --seconds must be >= 1, --warmup and --factor-runs >= 0")
+    args.case_list = sv.subset(parser, args.cases, CASES)
+    sv.check_rounds(parser, args)
     if args.threads > args.connections:
         parser.error("--threads must not exceed --connections")
     return sv.main("bench", args, run, report, distributions=("flask", "gunicorn", "gevent", "orjson"),
