@@ -7,5 +7,6 @@
     router.py       the inference routes of routes.py, decoded by codecs/ and run by dataplane/
     Flask           everything else: control.py (health, metadata, metrics, OpenAPI), page.py (GET /)
 
-responses.py writes their answers and errors.
+router.py reads each inference request as request.py's InferenceRequest; responses.py writes
+their answers and errors.
 """
