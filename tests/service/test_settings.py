@@ -17,7 +17,8 @@ from mnist_service.settings import Settings
 CLEAN = {k: v for k, v in os.environ.items() if k not in {
     "MODEL_DIR", "MODEL_NAME", "MODEL_VERSION", "MODEL_POLL_SECONDS", "MAX_BATCH", "MAX_BODY_BYTES", "MAX_IMAGE_PIXELS",
     "LOG_LEVEL", "HOST", "PORT", "WORKERS", "WORKER_CLASS", "THREADS", "TIMEOUT", "GRACEFUL_TIMEOUT",
-    "WORKER_CONNECTIONS", "CLIENT_TIMEOUT", "KEEPALIVE", "QUEUE_LIMIT", "QUEUE_TIMEOUT", "QUEUE_TIMEOUT_MAX", "BACKLOG"}}
+    "WORKER_CONNECTIONS", "CLIENT_TIMEOUT", "KEEPALIVE", "QUEUE_LIMIT", "QUEUE_TIMEOUT", "QUEUE_TIMEOUT_MAX",
+    "BACKLOG"}}
 
 
 def test_defaults_and_every_variable():
@@ -39,7 +40,8 @@ def test_defaults_and_every_variable():
     ("WORKERS", "two"), ("WORKERS", "0"), ("PORT", "70000"), ("PORT", "80.5"), ("THREADS", "-1"), ("TIMEOUT", "0"),
     ("GRACEFUL_TIMEOUT", "soon"), ("MODEL_POLL_SECONDS", "nan"), ("MODEL_POLL_SECONDS", "inf"),
     ("MODEL_VERSION", "0"), ("MAX_BATCH", "1e3"), ("WORKER_CLASS", "eventlet"), ("LOG_LEVEL", "loud"),
-    ("CLIENT_TIMEOUT", "0"), ("KEEPALIVE", "-1"), ("KEEPALIVE", "2.5"), ("QUEUE_TIMEOUT", "-1"), ("QUEUE_TIMEOUT_MAX", "0"), ("BACKLOG", "0"),
+    ("CLIENT_TIMEOUT", "0"), ("KEEPALIVE", "-1"), ("KEEPALIVE", "2.5"), ("QUEUE_TIMEOUT", "-1"),
+    ("QUEUE_TIMEOUT_MAX", "0"), ("BACKLOG", "0"),
     ("WORKER_CONNECTIONS", "many"), ("GRPC_PORT", "65536"), ("GRPC_PORT", "-1"), ("GRPC_WORKERS", "0"),
     ("GRPC_MAX_CONNECTION_IDLE", "0"), ("GRPC_MAX_CONNECTION_AGE", "never"),
 ])
