@@ -22,6 +22,7 @@ from mnist_service.process.shedding import peek_request, waited_seconds
 from service_helpers import metric_total, wait_for
 
 BODY = json.dumps({"instances": [[0] * 784]}).encode()
+HEALTH_CHECK = b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"  # one request, then closed
 
 
 def request_bytes(path: str = "/v1/predict", body: bytes = BODY, close: bool = True) -> bytes:
@@ -156,7 +157,7 @@ def test_requests_that_waited_too_long_are_shed_unparsed_while_health_checks_pas
         paths = ["/v1/predict", "/v2/models/mnist/infer", "/healthz"] + ["/v1/predict"] * 5
         queued = [socket.create_connection(("127.0.0.1", server.port)) for _ in paths]
         for sock, path in zip(queued, paths):
-            sock.sendall(request_bytes(path) if path != "/healthz" else b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+            sock.sendall(request_bytes(path) if path != "/healthz" else HEALTH_CHECK)
         partial = socket.create_connection(("127.0.0.1", server.port))  # the rest of its body comes later
         partial.sendall(request_bytes()[:-100])
         time.sleep(0.5)  # longer than QUEUE_TIMEOUT
