@@ -365,6 +365,8 @@ def start_service(servers: Servers, name: str, model_dir: Path | str, model_name
     returns (process, base URL) once /readyz answers 200. `settings` are more environment variables;
     gRPC is off (GRPC_PORT=0, as before mnist-serve had gRPC) unless they set GRPC_PORT."""
     port = free_port()
+    while str(port) == settings.get("GRPC_PORT"):  # the kernel may hand the caller's free port out again
+        port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("WORKER_CLASS", "THREADS", "GRPC_PORT", "GRPC_WORKERS")}
     env |= {"GRPC_PORT": "0", "WORKERS": str(WORKERS)} | settings | {
         "MODEL_DIR": str(model_dir), "MODEL_NAME": model_name, "HOST": "127.0.0.1", "PORT": str(port),

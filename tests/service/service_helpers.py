@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -82,10 +83,18 @@ def bomb_png(side: int = 20000) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free loopback ports: held together while they are chosen, since the kernel may
+    hand out a port again as soon as its socket is closed."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
 
 
 class Server:
@@ -94,9 +103,9 @@ class Server:
 
     def __init__(self, model_dir: Path, metrics_dir: Path, workers: int = 2, grpc_workers: int = 0, **env):
         self.workers, self.grpc_workers = workers, grpc_workers
-        self.port = free_port()
+        self.port, grpc_port = free_ports(2)
         self.url = f"http://127.0.0.1:{self.port}"
-        self.grpc_port = free_port() if grpc_workers else 0
+        self.grpc_port = grpc_port if grpc_workers else 0
         self.grpc_target = f"127.0.0.1:{self.grpc_port}"
         self.log_path = metrics_dir.parent / f"server-{self.port}.log"
         environment = {**os.environ, "MODEL_DIR": str(model_dir), "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
