@@ -99,6 +99,6 @@ def test_gunicorn_takes_its_settings_from_the_same_object(monkeypatch):
     monkeypatch.setenv("BACKLOG", "512")
     config = importlib.reload(config)
     assert (config.worker_class, config.worker_connections, config.backlog, config.keepalive) == (
-        "mnist_service.process.worker.Worker", 64, 512, 5)
-    monkeypatch.setenv("KEEPALIVE", "0")  # one request per connection
-    assert importlib.reload(config).keepalive == 0
+        "mnist_service.process.worker.Worker", 64, 512, 0)  # one request per connection
+    monkeypatch.setenv("KEEPALIVE", "5")
+    assert importlib.reload(config).keepalive == 5

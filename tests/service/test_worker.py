@@ -191,7 +191,7 @@ def test_requests_that_waited_too_long_are_shed_unparsed_while_health_checks_pas
 def test_a_request_that_waited_on_a_kept_alive_connection_is_shed_too(model_dir, serve):
     """A kept-alive connection's second request is never accepted: it is checked against the same
     budget once its head is parsed."""
-    server = serve(model_dir, workers=1, QUEUE_TIMEOUT=0.1)
+    server = serve(model_dir, workers=1, QUEUE_TIMEOUT=0.1, KEEPALIVE=5)
     (worker,) = worker_pids(server)
     with socket.create_connection(("127.0.0.1", server.port)) as sock:
         sock.settimeout(5)
@@ -226,9 +226,9 @@ def test_a_kept_alive_connection_serves_request_after_request_then_closes_when_i
 
 
 def test_a_crowd_of_connections_is_not_kept_alive(model_dir, serve):
-    """Past a sixteenth of WORKER_CONNECTIONS open, a worker closes each connection after its answer, so
-    that a crowd takes turns through accept instead of the first connections keeping the worker."""
-    server = serve(model_dir, workers=1, WORKER_CONNECTIONS=32)  # kept alive while at most 2 are open
+    """Past a thirty-second of WORKER_CONNECTIONS open, a worker closes each connection after its answer,
+    so that a crowd takes turns through accept instead of the first connections keeping the worker."""
+    server = serve(model_dir, workers=1, WORKER_CONNECTIONS=64, KEEPALIVE=5)  # kept alive while at most 2 are open
 
     def answer_on_a_kept_alive_connection() -> bytes:
         with socket.create_connection(("127.0.0.1", server.port)) as sock:

@@ -40,7 +40,7 @@ class Settings:
     threads: int = 1  # gthread only
     worker_connections: int = 1000  # gevent: open connections per worker, idle ones included
     client_timeout: float = 10.0  # gevent: to send a whole request and read the answer
-    keepalive: int = 5  # seconds a connection may wait idle for its next request; 0: one request per connection
+    keepalive: int = 0  # seconds a connection may wait idle for its next request; 0: one request per connection
     queue_timeout: float = 0.25  # gevent: shed an inference request that waited longer than this...
     queue_timeout_max: float = 1.0  # ...or than this while a crowd keeps every request waiting
     backlog: int = 8192  # connections the kernel may queue for accept() (capped by net.core.somaxconn)

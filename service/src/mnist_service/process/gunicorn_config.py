@@ -27,9 +27,10 @@ worker_connections = _settings.worker_connections
 backlog = _settings.backlog
 timeout = _settings.timeout
 graceful_timeout = _settings.graceful_timeout
-# Kept-alive connections: a new connection per request cost a gevent worker more than the request
-# itself (bench/README.md, "Service"). The worker serves them in turn and bounds each request by
-# CLIENT_TIMEOUT (worker.py); 0 is one request per connection.
+# KEEPALIVE: 0 (the default) is one request per connection. Kept-alive connections cost a gevent
+# worker less per request (bench/README.md, "Service"); the worker serves them in turn and bounds each
+# request by CLIENT_TIMEOUT (worker.py). Not the default: kept alive, 64 connections of mixed PNG and
+# JSON requests on 2 workers had 0.2-0.3 % of them shed past QUEUE_TIMEOUT (tests/reliability).
 keepalive = _settings.keepalive
 # The worker heartbeat file on a disk-backed /tmp can stall workers (gunicorn FAQ); /dev/shm is
 # RAM and also works with a read-only root filesystem.

@@ -33,10 +33,13 @@ from .shedding import answer_503, shed_if_late, waited_seconds
 
 SHED_BATCH = 256  # connections one wake-up may shed before it lets the event loop run
 TURN_SECONDS = 1e-6  # a kept-alive connection's next request waits one turn of the event loop
-# Past WORKER_CONNECTIONS / CROWD_SHARE open connections, a worker closes each after its answer: kept
-# alive, the first thousand of a crowd of 8,000 kept the workers while the others timed out in the
-# accept queue; closed, they take turns through accept, where late requests are shed (shedding.py).
-CROWD_SHARE = 16
+# Past WORKER_CONNECTIONS / CROWD_SHARE open connections (31 by default), a worker closes each after
+# its answer, so that a crowd takes turns through accept, where late requests are shed (shedding.py),
+# and is spread over the workers request by request: a kept-alive connection stays with the worker
+# that took it. A crowd of 8,000 kept alive up to 250 a worker had 1.2-1.8 % of its requests time out
+# (target 1 %), none at 62; 64 connections of PNG requests kept alive on 2 workers had 0.3 % shed
+# past QUEUE_TIMEOUT (bench/README.md, "Slow clients and overload").
+CROWD_SHARE = 32
 
 
 class Worker(ggevent.GeventWorker):
