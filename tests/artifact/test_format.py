@@ -13,6 +13,7 @@ import pytest
 
 from artifact_files import random_arrays
 from mnist_artifact import ArtifactError, Model, format
+from mnist_artifact.profile import Profile, build_profile
 from mnist_artifact.repository import LocalRepository
 
 
@@ -42,6 +43,27 @@ def test_a_valid_version_loads(version):
     model = Model.load(version)
     assert (model.name, model.version, model.sha256) == ("mnist", 1, manifest["weights"]["sha256"])
     assert model.predict_proba(np.zeros((3, 784), np.float32)).shape == (3, 10)
+
+
+def _profile(seed=0) -> dict:
+    """A valid "profile" section, on random pixels and probabilities."""
+    rng = np.random.default_rng(seed)
+    return build_profile(rng.integers(0, 256, (50, 784)).astype(np.float32), rng.dirichlet(np.ones(10), 50))
+
+
+def test_a_version_with_a_profile_serves_it_and_one_without_serves_none(tmp_path):
+    profile = _profile()
+    with_profile = Model.load(write(tmp_path / "mnist" / "1", _arrays(), profile=profile))
+    assert isinstance(with_profile.profile, Profile) and with_profile.profile.samples == 50
+    np.testing.assert_array_equal(with_profile.profile.shares["ink"], profile["signals"]["ink"]["shares"])
+    without = write(tmp_path / "mnist" / "2", _arrays())  # as published before profiles existed
+    assert "profile" not in format.read_manifest(without) and Model.load(without).profile is None
+
+
+def _spoil_profile(path: Path, spoil) -> None:
+    profile = _profile()
+    spoil(profile)
+    _edit_manifest(path, profile=profile)
 
 
 def _flip_a_byte(path: Path) -> None:
@@ -107,6 +129,30 @@ def test_invalid_versions_are_refused_with_a_one_line_reason(version, corruption
     assert "\n" not in str(error.value)
     with pytest.raises(ArtifactError):
         Model.load(version)
+
+
+PROFILE_CORRUPTIONS = {
+    "profile_null": (lambda p: _edit_manifest(p, profile=None), "profile"),
+    "profile_without_a_signal": (lambda p: _spoil_profile(p, lambda s: s["signals"].pop("offset")),
+                                 "profile: signal 'offset' is missing"),
+    "profile_unsorted_edges": (lambda p: _spoil_profile(p, lambda s: s["signals"]["ink"]["edges"].reverse()),
+                               "profile: ink.edges"),
+    "profile_shares": (lambda p: _spoil_profile(p, lambda s: s["signals"]["confidence"]["shares"].append(0.5)),
+                       "profile: confidence.shares must be "),
+}
+
+
+@pytest.mark.parametrize("corruption", sorted(PROFILE_CORRUPTIONS))
+def test_a_version_with_an_invalid_profile_is_refused_by_whoever_runs_it(version, corruption):
+    """The profile is checked where a version becomes a Model (the service's store, the trainer's
+    evaluate): its message names the version and the field."""
+    corrupt, words = PROFILE_CORRUPTIONS[corruption]
+    corrupt(version)
+    repository = LocalRepository(version.parent.parent)
+    for read in (Model.load, lambda v: Model(*repository.load("mnist", 1))):
+        with pytest.raises(ArtifactError, match=words) as error:
+            read(version)
+        assert str(error.value).startswith("mnist version 1: profile") and "\n" not in str(error.value)
 
 
 def test_versions_are_positive_integer_directories(tmp_path):

@@ -8,10 +8,12 @@ import sys
 
 import numpy as np
 import pytest
-from trainer_helpers import run
+from trainer_helpers import learnable_digits, run
 
-from idx_files import write_idx_dataset
-from mnist_artifact import format
+from idx_files import IDX_NAMES, idx_bytes, write_file, write_idx_dataset
+from mnist_artifact import Model, format
+from mnist_artifact.profile import Profile, build_profile
+from mnist_trainer import data
 
 TINY = ["--preset", "fast", "--hidden", "16", "--epochs", "2", "--batch-size", "16", "--val-size", "20"]
 
@@ -52,6 +54,44 @@ def test_train_publishes_a_complete_version(published, tiny_data):
     assert len(epochs) == 2
     for field in ("train_loss", "val_loss", "val_acc", "lr", "samples/s", "elapsed"):
         assert field in epochs[0]
+
+
+@pytest.fixture(scope="module")
+def learnable_data(tmp_path_factory):
+    """Digits a tiny network learns in a few epochs: its predictions spread over the classes (on random
+    images it predicts one class for all, and a profile of one class would prove little)."""
+    directory = tmp_path_factory.mktemp("learnable")
+    arrays = (*learnable_digits(400), *learnable_digits(50, seed=1))
+    for name, array in zip(IDX_NAMES, arrays):
+        write_file(directory / name, idx_bytes(array), gz=False)
+    return directory
+
+
+def test_the_profile_is_the_published_models_on_the_validation_split(learnable_data, tmp_path):
+    """docs/artifact.md, "profile": computed at publish on the validation images, with the probabilities
+    the published version gives them (what the service will compare live traffic with)."""
+    result = run("train", "--data", learnable_data, "--model-dir", tmp_path, *TINY, "--epochs", "3",
+                 "--val-size", "100")
+    assert result.returncode == 0, result.stderr
+    path = tmp_path / "mnist" / "1"
+    manifest = format.read_manifest(path)
+    assert Profile(manifest["profile"]).samples == manifest["dataset"]["validation_size"] == 100
+    _, validation = data.split_validation(data.load(learnable_data).train, 100, manifest["training"]["seed"])
+    pixels = validation.images.reshape(100, 784).astype(np.float32)
+    probabilities = Model.load(path).predict_proba(pixels)
+    predicted = np.bincount(probabilities.argmax(axis=1), minlength=10) / 100
+    assert np.count_nonzero(predicted) >= 8  # the model learnt: the shares below say something
+    assert manifest["profile"]["signals"]["predicted_class"]["shares"] == pytest.approx(predicted.tolist(), abs=1e-6)
+    assert manifest["profile"] == json.loads(json.dumps(build_profile(pixels, probabilities)))  # every signal
+
+
+def test_without_a_validation_split_there_is_no_profile(tiny_data, tmp_path):
+    result = run("train", "--data", tiny_data, "--model-dir", tmp_path, *TINY, "--val-size", "0")
+    assert result.returncode == 0, result.stderr
+    assert "profile" not in format.read_manifest(tmp_path / "mnist" / "1")
+    assert Model.load(tmp_path / "mnist" / "1").profile is None  # served without drift statistics
+    said = [line for line in result.stderr.splitlines() if "profile" in line]
+    assert len(said) == 1 and "no validation split" in said[0]
 
 
 def test_evaluate_reproduces_the_manifest(published, tiny_data):

@@ -100,6 +100,7 @@ def test_a_parallel_sweep_publishes_candidates_and_a_leaderboard(tmp_path, tiny_
     for version in (1, 2):
         manifest = format.load(models / "mnist" / str(version))[0]
         assert manifest["sweep"]["id"] == "s1" and manifest["sweep"]["trials"] == 3
+        assert manifest["profile"]["samples"] == 40  # trials get a reference profile too (format.load checked it)
         trials[manifest["sweep"]["trial"]] = manifest
     assert sorted(trials) == [0, 1]  # trial 2 (dropout 1.5) published nothing
     assert trials[1]["sweep"]["parameters"] == {"hidden": [16], "epochs": 1, "batch_size": 32, "dropout": 0.0}

@@ -1,22 +1,11 @@
 import numpy as np
 import pytest
+from trainer_helpers import learnable_digits
 
 from mnist_trainer import MLP
 from mnist_trainer.augment import random_affine, random_shift
 from mnist_trainer.nn import Network
 from mnist_trainer.train import Interrupted, TrainConfig, fit, to_input
-
-
-def learnable_digits(n, seed=0):
-    """Images whose label is the position of a bright 6x6 square, plus noise: easy to learn."""
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, 10, n).astype(np.uint8)
-    images = rng.integers(0, 40, (n, 28, 28)).astype(np.uint8)
-    for i, k in enumerate(labels):
-        r, c = 3 + (k // 5) * 13, 1 + (k % 5) * 5
-        images[i, r : r + 6, c : c + 5] = 255
-    return images, labels
-
 
 SMALL = TrainConfig(hidden=(32,), epochs=3, batch_size=32, lr=0.05)
 

@@ -113,7 +113,7 @@ def check_labels(document, path: Path | str = LABELS_FILE) -> VersionLabels:
 def build_manifest(name: str, arrays: dict[str, np.ndarray], *, scale: float, mean: float, std: float,
                    **sections) -> dict:
     """The manifest of an MLP with these arrays and input normalisation; `sections` (training,
-    dataset, metrics, code_version, library_versions) are recorded as given. The publisher adds
+    dataset, metrics, profile, code_version, library_versions) are recorded as given. The publisher adds
     `version` and `weights.sha256` when it writes the version."""
     sizes = layer_sizes(arrays)
     return {

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from . import format
+from .profile import Profile
 
 
 class Model:
@@ -22,6 +23,9 @@ class Model:
         self.dtype = np.result_type(self.weights[0], np.float32)  # float32 as published; float64 if the weights are
         spec = manifest["input"]
         self.scale, self.mean, self.std = (np.float32(spec[k]) for k in ("scale", "mean", "std"))
+        # The reference that live traffic's drift is measured against; None for versions published without one
+        self.profile: Profile | None = (Profile(manifest["profile"], f"{self.name} version {self.version}: profile")
+                                        if "profile" in manifest else None)
 
     @classmethod
     def load(cls, directory: Path) -> Model:

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from mnist_artifact import ArtifactError, format, preprocess
+from mnist_artifact import ArtifactError, Model, format, preprocess
+from mnist_artifact.profile import build_profile
 from mnist_artifact.repository import Repository
 
 from . import __version__, data, metrics, report
@@ -75,7 +76,8 @@ def train_and_publish(args, config: TrainConfig, preset: str, log: EventLog, sho
                   on_epoch=on_epoch, on_batch=bar.update_to, should_stop=should_stop)
 
     metrics_ = _metrics(model, validation, mnist.test)
-    manifest = _manifest(args, preset, config, mnist, train_split, val_split, model, metrics_)
+    profile = _profile(model, val_split, log)
+    manifest = _manifest(args, preset, config, mnist, train_split, val_split, model, metrics_, profile)
     if sweep is not None:
         manifest["sweep"] = sweep
 
@@ -141,7 +143,24 @@ def _code_version() -> str:
     return f"{__version__}+g{commit}" if commit else __version__
 
 
-def _manifest(args, preset: str, config, mnist, train_split, val_split, model: MLP, metrics_: dict) -> dict:
+def _profile(model: MLP, val_split: data.Split, log: EventLog) -> dict | None:
+    """The reference profile (docs/artifact.md): the validation images through the published arrays and
+    the service's forward pass, so that live traffic is compared with what this very version saw."""
+    if not len(val_split.images):
+        log("profile", "no validation split: this version has no reference profile and will serve "
+            "without drift statistics")
+        return None
+    arrays = model.arrays()
+    served = Model({"name": "", "version": 0, "weights": {"sha256": ""},  # not published yet: no number, no file
+                    "architecture": {"layer_sizes": format.layer_sizes(arrays)},
+                    "input": {"scale": PIXEL_SCALE, "mean": MEAN, "std": STD}}, arrays)
+    # MNIST's images are already what the service's preprocessing makes of a picture: 28x28, ink high
+    pixels = val_split.images.reshape(len(val_split.images), format.PIXELS).astype(np.float32)
+    return build_profile(pixels, served.predict_proba(pixels))
+
+
+def _manifest(args, preset: str, config, mnist, train_split, val_split, model: MLP, metrics_: dict,
+              profile: dict | None) -> dict:
     import matplotlib
 
     return format.build_manifest(
@@ -153,6 +172,7 @@ def _manifest(args, preset: str, config, mnist, train_split, val_split, model: M
                  "train_size": len(train_split.images), "validation_size": len(val_split.images),
                  "test_size": len(mnist.test.images) if mnist.test else 0},
         metrics=metrics_,
+        **({"profile": profile} if profile is not None else {}),  # none: no key at all (null is invalid)
         code_version=_code_version(),
         library_versions={"python": platform.python_version(), "numpy": np.__version__,
                           "matplotlib": matplotlib.__version__},
