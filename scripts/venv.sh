@@ -6,7 +6,7 @@
 # those files and the list. ensure_dev_venv: .venv, with everything the project, its tests and the
 # service benchmarks (bench/service) need. ensure_bench_venv: .bench-venv, bench/run's, with the
 # trainer, PyTorch and scikit-learn (also the machine factor's yardstick for bench/service/run grpc).
-DEV_PACKAGES=(-e artifact -e trainer -e service pytest pytest-xdist hypothesis ruff requests openapi-spec-validator "tritonclient[http,grpc]" grpcio-tools kserve playwright psutil schemathesis pytest-timeout "moto[server]" py-spy)
+DEV_PACKAGES=(-e artifact -e trainer -e service pytest pytest-xdist hypothesis ruff requests openapi-spec-validator "tritonclient[http,grpc]" grpcio-tools kserve playwright psutil schemathesis pytest-timeout "moto[server]" py-spy cloudevents)
 
 ensure_venv() {
   local venv="$1" want constraints="${CONSTRAINTS:-constraints.txt}"

@@ -21,6 +21,7 @@ from PIL import Image
 
 from artifact_files import random_arrays
 from mnist_artifact import Model
+from mnist_artifact.profile import build_profile
 from mnist_service.http.app import create_app
 from mnist_service.settings import Settings
 
@@ -48,6 +49,27 @@ def write_version(model_dir: Path, version: int, *, name: str = "mnist", sizes=(
     final = model_dir / name / str(version)
     staging.rename(final)
     return final
+
+
+def add_profile(version_dir: Path, pixels: np.ndarray) -> None:
+    """Give a published version the reference profile the trainer writes, computed on `pixels`."""
+    manifest_path = version_dir / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["profile"] = build_profile(pixels, Model.load(version_dir).predict_proba(pixels))
+    manifest_path.write_text(json.dumps(manifest))
+
+
+def varied_digits(n: int, seed: int = 0) -> np.ndarray:
+    """n digit-like images (N, 784) on 0..255: rings of random size, place, thickness and darkness."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:28, :28]
+    images = []
+    for _ in range(n):
+        cy, cx, radius, width, dark = rng.uniform(12, 16), rng.uniform(12, 16), rng.uniform(5, 9), \
+            rng.uniform(1.5, 3.5), rng.uniform(0.6, 1)
+        ring = 1 - np.abs(np.hypot(yy - cy, (xx - cx) * 1.3) - radius) / width
+        images.append(np.clip(ring * dark * 255, 0, 255).round().reshape(-1))
+    return np.stack(images).astype(np.float32)
 
 
 def make_app(model_dir: Path, **settings):

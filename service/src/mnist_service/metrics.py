@@ -64,6 +64,18 @@ REPOSITORY_REQUESTS = Counter("mnist_model_repository_requests", "Requests sent 
 REPOSITORY_ERRORS = Counter("mnist_model_repository_errors", "Failed reads of the model repository (unreachable, "
                             "denied, throttled); what serves keeps serving.", ["operation"])
 
+# Each process scores its own window (dataplane/drift.py); the highest score among the live ones is shown.
+DRIFT_SCORE = Gauge("mnist_drift_score", "Population stability index of the last DRIFT_WINDOW instances of a "
+                    "process against the version's reference profile, per signal (> 0.25: drift).",
+                    ["model_version", "signal"], multiprocess_mode="livemax")
+PAYLOAD_EVENTS = Counter("mnist_payload_events", "Payload log events by outcome: sent, failed (refused or not "
+                         "answered after the retries), dropped (queue full, or no time left at shutdown), "
+                         "sampled_out, skipped (a failed request, PAYLOAD_LOG_FAILED=false).", ["type", "outcome"])
+PAYLOAD_QUEUE_EVENTS = Gauge("mnist_payload_queue_events", "Payload log events held: waiting to be sent, or "
+                             "being sent.", multiprocess_mode="livesum")
+PAYLOAD_QUEUE_BYTES = Gauge("mnist_payload_queue_bytes", "Bytes of payload held by the events of "
+                            "mnist_payload_queue_events.", multiprocess_mode="livesum")
+
 
 def exposition() -> tuple[bytes, str]:
     """The text exposition of every worker's metrics (or this process's, outside gunicorn)."""

@@ -13,13 +13,16 @@ import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
+from mnist_artifact.options import parse_bool
 from mnist_artifact.repository import S3Location, parse_location
 
 from .keys import read_keys
 
 WORKER_CLASSES = ("gevent", "sync", "gthread")  # gevent: process/worker.py; measured in bench/README.md
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+PAYLOAD_EVENTS = ("all", "request", "response")
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,21 @@ class Settings:
     grpc_max_connection_age: float = 600.0  # then clients reconnect: new pods get their share
     api_keys_file: Path | None = None  # set: every route but health, metrics and the page needs a key
     cors_origins: tuple[str, ...] = ()  # origins whose pages may call the API; empty: same origin only
+    payload_log_url: str | Path | S3Location | None = None  # http(s):// sink, directory or s3://; None: off
+    payload_log_events: str = "all"  # all, request or response
+    payload_log_sample_rate: float = 1.0  # share of requests logged, decided by request id
+    payload_log_failed: bool = True  # log requests answered with an error too
+    payload_log_data: bool = True  # False: metadata only, no inputs or outputs
+    payload_log_max_event_bytes: int = 1024 * 1024  # an event's data over this is left out
+    payload_log_queue_events: int = 10_000  # events a process may hold unsent...
+    payload_log_queue_bytes: int = 64 * 1024 * 1024  # ...and bytes of payload they may hold
+    payload_log_timeout: float = 2.0  # for the sink to answer
+    payload_log_retries: int = 2  # further attempts of a failed delivery
+    payload_log_batch_events: int = 1000  # files: events per file at most...
+    payload_log_batch_seconds: float = 60.0  # ...and a file at least this often while events arrive
+    payload_log_flush_seconds: float = 5.0  # at shutdown, to send what waits
+    pod_namespace: str | None = None  # written into each event (ce-namespace); the chart sets it
+    drift_window: int = 500  # recent instances per process and version scored for drift; 0: off
 
     @classmethod
     def from_env(cls, environ=os.environ) -> Settings:
@@ -91,6 +109,29 @@ class Settings:
                                             default.grpc_max_connection_age, minimum=0.1),
             api_keys_file=_keys_file(environ),
             cors_origins=_origins(environ),
+            payload_log_url=_payload_location(environ),
+            payload_log_events=_choice(environ, "PAYLOAD_LOG_EVENTS", PAYLOAD_EVENTS, default.payload_log_events),
+            payload_log_sample_rate=_number(environ, "PAYLOAD_LOG_SAMPLE_RATE", float,
+                                            default.payload_log_sample_rate, minimum=0, maximum=1),
+            payload_log_failed=_flag(environ, "PAYLOAD_LOG_FAILED", default.payload_log_failed),
+            payload_log_data=_flag(environ, "PAYLOAD_LOG_DATA", default.payload_log_data),
+            payload_log_max_event_bytes=_number(environ, "PAYLOAD_LOG_MAX_EVENT_BYTES", int,
+                                                default.payload_log_max_event_bytes, minimum=0),
+            payload_log_queue_events=_number(environ, "PAYLOAD_LOG_QUEUE_EVENTS", int,
+                                             default.payload_log_queue_events, minimum=1),
+            payload_log_queue_bytes=_number(environ, "PAYLOAD_LOG_QUEUE_BYTES", int,
+                                            default.payload_log_queue_bytes, minimum=1),
+            payload_log_timeout=_number(environ, "PAYLOAD_LOG_TIMEOUT", float, default.payload_log_timeout,
+                                        minimum=0.01),
+            payload_log_retries=_number(environ, "PAYLOAD_LOG_RETRIES", int, default.payload_log_retries, minimum=0),
+            payload_log_batch_events=_number(environ, "PAYLOAD_LOG_BATCH_EVENTS", int,
+                                             default.payload_log_batch_events, minimum=1),
+            payload_log_batch_seconds=_number(environ, "PAYLOAD_LOG_BATCH_SECONDS", float,
+                                              default.payload_log_batch_seconds, minimum=0.1),
+            payload_log_flush_seconds=_number(environ, "PAYLOAD_LOG_FLUSH_SECONDS", float,
+                                              default.payload_log_flush_seconds, minimum=0),
+            pod_namespace=environ.get("POD_NAMESPACE", "").strip() or None,
+            drift_window=_number(environ, "DRIFT_WINDOW", int, default.drift_window, minimum=0),
         )._checked()
 
     def _checked(self) -> Settings:
@@ -124,6 +165,30 @@ def _choice(environ, name: str, choices: tuple[str, ...], default: str) -> str:
     if text.lower() in choices:
         return text.lower()
     raise ValueError(f"{name}={text!r} must be one of {', '.join(choices)}")
+
+
+def _flag(environ, name: str, default: bool) -> bool:
+    text = environ.get(name, "").strip()
+    return parse_bool(name, text) if text else default
+
+
+def _payload_location(environ) -> str | Path | S3Location | None:
+    """PAYLOAD_LOG_URL: an http(s):// CloudEvents sink, or where JSON Lines files go (a directory,
+    file:///dir or s3://bucket/prefix); None when unset."""
+    text = environ.get("PAYLOAD_LOG_URL", "").strip()
+    if not text:
+        return None
+    parts = urlsplit(text)
+    if parts.scheme in ("http", "https"):
+        if not parts.hostname:
+            raise ValueError(f"PAYLOAD_LOG_URL={text!r} has no host")
+        return text
+    if parts.scheme == "file":
+        return Path(parts.path)
+    if parts.scheme and parts.scheme != "s3":
+        raise ValueError(f"PAYLOAD_LOG_URL={text!r}: unsupported scheme {parts.scheme!r}; use http(s):// for a "
+                         "CloudEvents sink, or a directory or s3://bucket/prefix for JSON Lines files")
+    return parse_location("PAYLOAD_LOG_URL", text)
 
 
 ORIGIN = re.compile(r"https?://[^/\s]+")

@@ -73,6 +73,11 @@ class Repository:
 
     def write_document(self, name: str, relative: str, document: dict) -> str:
         """Write a JSON document (a sweep's leaderboard) at <name>/<relative>; returns where it went."""
+        return self.write_object(f"{name}/{relative}", json_bytes(document))
+
+    def write_object(self, relative: str, data: bytes) -> str:
+        """Write `data` at <root>/<relative> whole (readers never see part of it); returns where it went.
+        RepositoryError (a bucket) or OSError (a directory) when it cannot."""
         raise NotImplementedError
 
     def location(self, name: str, version: int | None = None) -> str:

@@ -119,8 +119,8 @@ class LocalRepository(Repository):
             shutil.rmtree(staging, ignore_errors=True)
             raise
 
-    def write_document(self, name: str, relative: str, document: dict) -> str:
-        path = self.root / name / relative
+    def write_object(self, relative: str, data: bytes) -> str:
+        path = self.root / relative
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_file_atomically(path, json_bytes(document))
+        write_file_atomically(path, data)
         return str(path)

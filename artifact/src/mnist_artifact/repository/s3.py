@@ -312,9 +312,9 @@ class S3Repository(Repository):
             version += 1
         return version
 
-    def write_document(self, name: str, relative: str, document: dict) -> str:
-        self._call("upload", "put_object", Key=self._key(name, relative), Body=json_bytes(document))
-        return f"{self.location(name)}/{relative}"
+    def write_object(self, relative: str, data: bytes) -> str:
+        self._call("upload", "put_object", Key=f"{self.prefix}{relative}", Body=data)
+        return f"s3://{self.bucket}/{self.prefix}{relative}"
 
 
 def _code(e: ClientError) -> str:

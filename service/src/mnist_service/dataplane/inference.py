@@ -16,6 +16,7 @@ from mnist_artifact.format import CANARY, LABEL_NAME
 
 from .. import access, metrics
 from ..errors import ApiError
+from .drift import DriftMonitor
 from .store import ModelStore, Routing
 
 VERSION = re.compile(r"[0-9]{1,9}")  # ASCII digits: str.isdigit() passes "²", which int() refuses
@@ -81,11 +82,13 @@ def _draws_canary(routing: Routing, client_id: str | None) -> bool:
     return random.random() * 100 < routing.canary_percent
 
 
-def run_model(picked: Picked, pixels: np.ndarray, notes: dict) -> np.ndarray:
-    """The forward pass, timed and counted in the metrics and the access line (`notes`: access.note's)."""
+def run_model(picked: Picked, pixels: np.ndarray, notes: dict, drift: DriftMonitor) -> np.ndarray:
+    """The forward pass, timed and counted in the metrics, the drift windows and the access line
+    (`notes`: access.note's, where the payload log finds what the model was given and answered)."""
     started = time.perf_counter()
     probabilities = picked.model.predict_proba(pixels)
     metrics.observe_inference(picked.model.version, time.perf_counter() - started,
                               probabilities.argmax(axis=1), probabilities.max(axis=1))
-    access.note(notes, batch_size=len(pixels))
+    drift.observe(picked.model, pixels, probabilities)
+    access.note(notes, batch_size=len(pixels), pixels=pixels, probabilities=probabilities)
     return probabilities

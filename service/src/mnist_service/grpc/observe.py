@@ -19,6 +19,7 @@ from .. import access, metrics
 from ..admission import Admission
 from ..errors import ApiError
 from ..keys import ApiKeys, presented_key
+from ..payloads import PayloadLog
 from .lag import EventLoopLag
 from .servicer import SERVICE, Rpc, current_rpc
 
@@ -44,8 +45,9 @@ class ObservedRpcs:
     at once.
     """
 
-    def __init__(self, server: grpc.aio.Server, keys: ApiKeys | None, admission: Admission, lag: EventLoopLag):
-        self.server, self.keys, self.admission, self.lag = server, keys, admission, lag
+    def __init__(self, server: grpc.aio.Server, keys: ApiKeys | None, admission: Admission, lag: EventLoopLag,
+                 payloads: PayloadLog | None = None):
+        self.server, self.keys, self.admission, self.lag, self.payloads = server, keys, admission, lag, payloads
 
     def add_generic_rpc_handlers(self, handlers) -> None:
         self.server.add_generic_rpc_handlers(tuple(_WrappedHandlers(h, self._wrap) for h in handlers))
@@ -83,6 +85,11 @@ class ObservedRpcs:
             metrics.IN_FLIGHT.dec()
             access.record(notes, request_id=request_id, protocol="grpc", method="POST", status=code.name,
                           seconds=seconds)
+            if self.payloads is not None and method == INFER:
+                fields = access.notes_of(notes)
+                fields["error"] = message or None
+                self.payloads.record(fields, request_id=request_id, protocol="grpc", status=code.name,
+                                     failed=code is not grpc.StatusCode.OK, seconds=seconds)
         # With the status, not as initial metadata: that is one more operation of grpc core per RPC
         # (12-16 % of a one-image RPC, bench/README.md).
         context.set_trailing_metadata([("x-request-id", request_id), *access.notes_of(notes).get("metadata", [])])

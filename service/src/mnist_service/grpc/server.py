@@ -27,9 +27,11 @@ from grpc_reflection.v1alpha import reflection
 
 from .. import logs
 from ..admission import Admission
+from ..dataplane.drift import DriftMonitor
 from ..dataplane.options import Limits
 from ..dataplane.store import ModelStore, open_store
 from ..keys import ApiKeys
+from ..payloads import PayloadLog, open_payload_log
 from ..settings import Settings
 from .lag import EventLoopLag
 from .observe import ObservedRpcs
@@ -66,14 +68,15 @@ def server_options(settings: Settings, reuse_port: bool) -> list[tuple[str, int]
     ]
 
 
-def build_server(settings: Settings, store: ModelStore,
-                 lag: EventLoopLag) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
+def build_server(settings: Settings, store: ModelStore, lag: EventLoopLag,
+                 payloads: PayloadLog | None = None) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
     """The server with every service added, not yet started (in the event loop that will run it)."""
     keys = ApiKeys(settings.api_keys_file) if settings.api_keys_file else None
     admission = Admission(settings.queue_timeout, settings.queue_timeout_max)
     server = grpc.aio.server(options=server_options(settings, reuse_port=settings.grpc_workers > 1))
-    observed = ObservedRpcs(server, keys, admission, lag)  # every unary method of these services
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(store, Limits.of(settings)), observed)
+    observed = ObservedRpcs(server, keys, admission, lag, payloads)  # every unary method of these services
+    servicer = InferenceServicer(store, Limits.of(settings), DriftMonitor(settings.drift_window))
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, observed)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, observed)
     # A stream, which observe.py leaves alone; and reflection picks its servicer by the server's class.
@@ -99,7 +102,8 @@ async def serve(settings: Settings) -> None:
     SIGHUP re-reads the model repository now."""
     store = open_store(settings)
     lag = EventLoopLag()
-    server, health_servicer = build_server(settings, store, lag)
+    payloads = open_payload_log(settings)
+    server, health_servicer = build_server(settings, store, lag, payloads)
     loop, stop = asyncio.get_running_loop(), asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
@@ -114,6 +118,8 @@ async def serve(settings: Settings) -> None:
         task.cancel()
     await health_servicer.enter_graceful_shutdown()  # probes see NOT_SERVING while the RPCs in flight finish
     await server.stop(grace=settings.graceful_timeout)
+    if payloads is not None:  # the RPCs are done: send what they left, for up to PAYLOAD_LOG_FLUSH_SECONDS
+        await asyncio.to_thread(payloads.close, settings.payload_log_flush_seconds)
     log.info("gRPC server stopped")
 
 

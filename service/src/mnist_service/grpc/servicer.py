@@ -7,6 +7,7 @@ from contextvars import ContextVar
 from typing import NamedTuple
 
 from .. import access
+from ..dataplane.drift import DriftMonitor
 from ..dataplane.inference import check_name, pick_model, run_model
 from ..dataplane.metadata import SERVER
 from ..dataplane.options import Limits
@@ -32,8 +33,8 @@ current_rpc: ContextVar[Rpc] = ContextVar("current_rpc")
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     """The protocol's RPCs, answered as the REST path answers them (http/control.py, http/routes.py)."""
 
-    def __init__(self, store: ModelStore, limits: Limits):
-        self.store, self.limits = store, limits
+    def __init__(self, store: ModelStore, limits: Limits, drift: DriftMonitor):
+        self.store, self.limits, self.drift = store, limits, drift
 
     async def ServerLive(self, request, context):
         return pb.ServerLiveResponse(live=True)
@@ -70,7 +71,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                             metadata.get("x-client-id"))
         access.note(notes, model_version=picked.model.version, model_label=picked.label,
                      metadata=[(name.lower(), value) for name, value in picked.headers()])
+        access.note(notes, inference_id=request.id)
         pixels = codec.decode_pixels(request, self.limits)
         outputs = codec.requested_outputs(request)
-        probabilities = run_model(picked, pixels, notes)
+        probabilities = run_model(picked, pixels, notes, self.drift)
         return codec.encode_response(picked.model, request, outputs, probabilities)

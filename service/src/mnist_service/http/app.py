@@ -10,9 +10,11 @@ from flask import Flask, request
 from werkzeug.exceptions import HTTPException
 
 from .. import access, logs
+from ..dataplane.drift import DriftMonitor
 from ..dataplane.options import Limits
 from ..dataplane.store import open_store
 from ..keys import ApiKeys
+from ..payloads import open_payload_log
 from ..settings import Settings
 from . import control, page
 from .api_keys import RequireApiKey
@@ -40,13 +42,15 @@ def create_app(settings: Settings | None = None) -> Flask:
     def note_route():
         access.note(request.environ, route=request.url_rule.rule if request.url_rule else "unmatched")
 
-    context = Context(store, Limits.of(settings))
+    context = Context(store, Limits.of(settings), DriftMonitor(settings.drift_window))
     served = Router(ROUTES, app.wsgi_app, context, settings.max_body_bytes)
     if settings.api_keys_file:
         served = RequireApiKey(served, ApiKeys(settings.api_keys_file), _route_namer(app))
     if settings.cors_origins:
         served = Cors(served, settings.cors_origins)  # outside the keys: a preflight carries none
-    app.wsgi_app = ObservedRequests(ChunkedBodyLimit(served, settings.max_body_bytes))
+    payload_log = app.extensions["payload_log"] = open_payload_log(settings)  # gunicorn_config closes it
+    app.wsgi_app = ObservedRequests(ChunkedBodyLimit(served, settings.max_body_bytes), payload_log,
+                                    frozenset(route.rule for route in ROUTES))
     logging.getLogger(__name__).info("app ready", extra={
         "model": settings.model_name, "version": store.current.version if store.current else None})
     return app

@@ -8,11 +8,14 @@ import time
 
 from .. import access, metrics
 from ..errors import ClientTimeout
+from ..payloads import PayloadLog
 
 
 class ObservedRequests:
-    def __init__(self, app):
-        self.app = app
+    """`payloads`: the payload log, given each request to `logged_routes` (the inference routes)."""
+
+    def __init__(self, app, payloads: PayloadLog | None = None, logged_routes: frozenset[str] = frozenset()):
+        self.app, self.payloads, self.logged_routes = app, payloads, logged_routes
 
     def __call__(self, environ, start_response):
         started = time.perf_counter()
@@ -33,5 +36,9 @@ class ObservedRequests:
         finally:  # WSGI apps call start_response before they return: the status is known here
             seconds = time.perf_counter() - started
             metrics.IN_FLIGHT.dec()
+            status = int(statuses[-1][:3]) if statuses else 500
             access.record(environ, request_id=request_id, protocol="http", method=environ["REQUEST_METHOD"],
-                          status=int(statuses[-1][:3]) if statuses else 500, seconds=seconds)
+                          status=status, seconds=seconds)
+            if self.payloads is not None and (notes := access.notes_of(environ)).get("route") in self.logged_routes:
+                self.payloads.record(notes, request_id=request_id, protocol="http", status=status,
+                                     failed=status >= 400, seconds=seconds)

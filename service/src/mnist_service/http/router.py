@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from .. import access
+from ..dataplane.drift import DriftMonitor
 from ..dataplane.options import Limits
 from ..dataplane.store import ModelStore
 from ..errors import ApiError, error_body_for, internal_error
@@ -28,6 +29,7 @@ class Context:
 
     store: ModelStore
     limits: Limits
+    drift: DriftMonitor
 
 
 @dataclass(frozen=True)
@@ -69,9 +71,11 @@ class Router:
             status, (body, headers) = 200, route.handler(req, self.context, **parameters)
         except ApiError as e:
             status, body, headers = e.status, error_body_for(path, e.code, e.message, e.details), [JSON_HEADER]
+            access.note(environ, error=e.message)
         except HTTPException as e:  # 405, and 413 from werkzeug's body limit
             status, (body, extra) = e.code, http_error(e, path)
             headers = [JSON_HEADER, *extra]
+            access.note(environ, error=e.description)
         except Exception:
             status, body, headers = 500, internal_error(), [JSON_HEADER]
         return answer(start_response, status, body, headers)

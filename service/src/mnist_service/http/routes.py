@@ -31,7 +31,7 @@ def _answer(picked: Picked, pixels, options: RequestOptions, req: Request, conte
     """Run the model and answer {"model", "predictions"}, each prediction explained if asked."""
     if options.explain:
         check_explained(len(pixels), context.limits)
-    probabilities = run_model(picked, pixels, req.environ)
+    probabilities = run_model(picked, pixels, req.environ, context.drift)
     predictions = v1.prediction_objects(probabilities, pixels if options.include_input else None)
     if options.explain:
         explanations = explain.explanation_objects(picked.model, pixels, probabilities, options.explain,
@@ -64,7 +64,8 @@ def infer(req: Request, context: Context, name: str, version: str | None = None)
     """POST /v2/models/<name>[/versions/<version>]/infer: the Open Inference Protocol."""
     picked = _pick(req, context, name, version)
     request = v2.InferRequest(req.body(), req.environ.get(v2.HEADER_LENGTH_KEY), context.limits)
-    probabilities = run_model(picked, request.pixels, req.environ)
+    access.note(req.environ, inference_id=request.id)
+    probabilities = run_model(picked, request.pixels, req.environ, context.drift)
     body, headers = v2.encode_response(picked.model, request, probabilities)
     return body, [*headers, *picked.headers()]
 
@@ -76,7 +77,7 @@ def tf_serving_predict(req: Request, context: Context, name: str, version: str |
     {"predictions": [...]} with /v1/predict's predictions."""
     picked = _pick(req, context, name, version, label)
     pixels, options = v1.decode_json(req.body(), context.limits, read_options(req.args))
-    probabilities = run_model(picked, pixels, req.environ)
+    probabilities = run_model(picked, pixels, req.environ, context.drift)
     predictions = v1.prediction_objects(probabilities, pixels if options.include_input else None)
     body = orjson.dumps({"predictions": predictions}, option=orjson.OPT_SERIALIZE_NUMPY)
     return body, [JSON_HEADER, *picked.headers()]

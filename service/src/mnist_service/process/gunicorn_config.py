@@ -56,6 +56,13 @@ def child_exit(server, worker):
         multiprocess.mark_process_dead(worker.pid)
 
 
+def worker_exit(server, worker):
+    """Send what the payload log holds, for up to PAYLOAD_LOG_FLUSH_SECONDS, as the worker leaves."""
+    payload_log = getattr(getattr(worker, "wsgi", None), "extensions", {}).get("payload_log")
+    if payload_log is not None:
+        payload_log.close(_settings.payload_log_flush_seconds)
+
+
 class GunicornLogger(Logger):
     """gunicorn's own log lines as JSON; no gunicorn access log (the app writes its own: access.py)."""
 
