@@ -12,7 +12,9 @@ from pathlib import Path, PurePosixPath
 import pytest
 import yaml
 
-from service_helpers import digit, make_app, write_version
+from mnist_service.http.app import create_app
+from mnist_service.settings import Settings
+from service_helpers import add_profile, digit, varied_digits, write_version
 
 REPO = Path(__file__).resolve().parents[2]
 DASHBOARD = REPO / "docker/grafana/mnist-mlp-dashboard.json"
@@ -43,7 +45,8 @@ def test_alerting_rules_are_valid(promtool):
 
 
 def test_alerting_rules_pass_their_unit_tests(promtool):
-    # Canary at 5 % errors vs stable at 0 % fires, equal rates do not, a confidence drop, rejected labels.
+    # Canary at 5 % errors vs stable at 0 % fires, equal rates do not, a confidence drop, rejected labels,
+    # input drift above 0.25 (not a short burst), payload events dropped or failed (not a single loss).
     test = subprocess.run([promtool, "test", "rules", str(RULES_TESTS)], capture_output=True, text=True)
     assert test.returncode == 0, test.stdout + test.stderr
     tested = {case["alertname"] for group in yaml.safe_load(RULES_TESTS.read_text())["tests"]
@@ -85,13 +88,25 @@ def test_dashboard_queries_are_valid_promql(promtool, tmp_path):
 
 
 def test_dashboard_uses_only_metrics_the_service_exports(tmp_path):
-    write_version(tmp_path, 1)
-    write_version(tmp_path, 2)
+    models = tmp_path / "models"
+    for version in (1, 2):
+        add_profile(write_version(models, version), varied_digits(10))
     # A stable and a canary label, and one the service ignores: every label metric then has a sample.
-    (tmp_path / "mnist/labels.json").write_text(json.dumps({
+    (models / "mnist/labels.json").write_text(json.dumps({
         "format_version": 1, "labels": {"stable": 1, "canary": 2, "gone": 9}, "canary_percent": 50}))
-    client = make_app(tmp_path).test_client()
-    client.post("/v1/predict", json={"instances": [digit().tolist()]})
-    exported = client.get("/metrics").get_data(as_text=True)
+    # Payload logging (into files) and drift scores are off by default, and their metrics have no
+    # sample until they are on: on here, with a window that one request fills. The variables are
+    # the service's documented interface, which the chart and the compose file set too.
+    app = create_app(Settings.from_env({
+        "MODEL_DIR": str(models), "MODEL_POLL_SECONDS": "0",
+        "PAYLOAD_LOG_URL": str(tmp_path / "payloads"), "DRIFT_WINDOW": "4"}))
+    try:
+        client = app.test_client()
+        client.post("/v1/predict", json={"instances": [digit(seed).tolist() for seed in range(4)]})
+        exported = client.get("/metrics").get_data(as_text=True)
+    finally:
+        if (payload_log := app.extensions.get("payload_log")) is not None:
+            payload_log.close(5)
     names = {name for expr in _queries() for name in re.findall(r"\bmnist_[a-z_]+", expr)}
-    assert names and all(f"\n{name}" in exported or exported.startswith(name) for name in names), names
+    missing = sorted(name for name in names if f"\n{name}" not in exported and not exported.startswith(name))
+    assert names and not missing, f"the dashboard queries metrics the service does not export: {missing}"

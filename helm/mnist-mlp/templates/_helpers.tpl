@@ -132,18 +132,26 @@ The service pods also get an emptyDir for the versions they download (MODEL_CACH
 models.cacheSizeLimit): the root filesystem is read-only, and /tmp (server.tmpSizeLimit) is sized
 for temporary files, not for models.
 
+An s3:// payloadLog.url puts the payload logs in a bucket of the same store: the service pods then
+get the store's settings (and its egress) even with the models on a volume. There is one store, not
+one per bucket, because the process has one set of AWS_* variables for both.
+
 Each helper renders list items (or, for envFrom, the whole field), nothing when it has nothing to
 add. Call each with (dict "root" $ "server" BOOL): server is true for the service pods.
 */}}
+{{- define "mnist-mlp.objectStore.used" -}}
+{{- if or .root.Values.models.uri (and .server (hasPrefix "s3://" .root.Values.payloadLog.url)) }}true{{ end }}
+{{- end }}
+
 {{- define "mnist-mlp.models.env" -}}
 {{- $m := .root.Values.models -}}
 - name: MODEL_DIR
   value: {{ if $m.uri }}{{ $m.uri | quote }}{{ else }}/models{{ end }}
-{{- if $m.uri }}
-{{- if .server }}
+{{- if and $m.uri .server }}
 - name: MODEL_CACHE_DIR
   value: /var/cache/mnist-models
 {{- end }}
+{{- if include "mnist-mlp.objectStore.used" . }}
 {{- with $m.s3.endpoint }}
 - name: AWS_ENDPOINT_URL_S3
   value: {{ . | quote }}
@@ -159,7 +167,7 @@ add. Call each with (dict "root" $ "server" BOOL): server is true for the servic
 
 {{- define "mnist-mlp.models.envFrom" -}}
 {{- $m := .root.Values.models -}}
-{{- if and $m.uri $m.s3.existingSecret -}}
+{{- if and (include "mnist-mlp.objectStore.used" .) $m.s3.existingSecret -}}
 envFrom:
   - secretRef:
       name: {{ $m.s3.existingSecret }}
@@ -201,13 +209,24 @@ envFrom:
 
 {{/*
 NetworkPolicy egress rules shared by the policies below: DNS (every pod resolves names), and,
-with models.uri, the object store. The store's rule opens networkPolicy.models.ports plus the
-port of models.s3.endpoint (explicit, else 80 for http and 443 for https), so that an endpoint
-such as http://minio.minio.svc:9000 works without a second setting. Its peers are
-networkPolicy.models.cidrs and the pods of networkPolicy.models.namespaces: an in-cluster store
-(MinIO, Ceph RGW) is reached at pod IPs, which many CNIs never match with an ipBlock.
-Both empty: any destination on those ports.
+with models.uri (for the service pods also with an s3:// payloadLog.url), the object store. The
+store's rule opens networkPolicy.models.ports plus the port of models.s3.endpoint (explicit, else
+80 for http and 443 for https), so that an endpoint such as http://minio.minio.svc:9000 works
+without a second setting. Its peers are networkPolicy.models.cidrs and the pods of
+networkPolicy.models.namespaces: an in-cluster store (MinIO, Ceph RGW) is reached at pod IPs,
+which many CNIs never match with an ipBlock. Both empty: any destination on those ports.
+Call modelsEgress with (dict "root" $ "server" BOOL), as the models helpers above.
+
+An http(s):// payloadLog.url gets a rule of its own (payloadLogEgress, service pods only): the
+URL's port plus networkPolicy.payloadLog.ports, to networkPolicy.payloadLog.to (any peer when
+empty). Extra ports are there because a policy sees the port after a Service's translation: a
+sink such as a Knative Broker is reached at port 80 of its Service but 8080 of its pods.
 */}}
+{{- define "mnist-mlp.urlPort" -}}
+{{- $u := urlParse . }}
+{{- regexFind ":[0-9]+$" $u.host | trimPrefix ":" | default (ternary "80" "443" (eq $u.scheme "http")) }}
+{{- end }}
+
 {{- define "mnist-mlp.networkPolicy.dnsEgress" -}}
 - ports:
     - port: 53
@@ -217,19 +236,24 @@ Both empty: any destination on those ports.
 {{- end }}
 
 {{- define "mnist-mlp.networkPolicy.modelsEgress" -}}
-{{- $m := .Values.models -}}
-{{- $np := .Values.networkPolicy.models -}}
-{{- if $m.uri }}
+{{- $m := .root.Values.models -}}
+{{- $np := .root.Values.networkPolicy.models -}}
+{{- if include "mnist-mlp.objectStore.used" . }}
 {{- $ports := list }}
 {{- range $np.ports }}
 {{- $ports = append $ports (int .) }}
 {{- end }}
 {{- with $m.s3.endpoint }}
-{{- $u := urlParse . }}
-{{- $port := regexFind ":[0-9]+$" $u.host | trimPrefix ":" }}
-{{- $ports = append $ports (int ($port | default (ternary "80" "443" (eq $u.scheme "http")))) }}
+{{- $ports = append $ports (int (include "mnist-mlp.urlPort" .)) }}
+{{- end }}
+{{- $buckets := list }}
+{{- with $m.uri }}
+{{- $buckets = append $buckets (printf "the models bucket (%s)" .) }}
+{{- end }}
+{{- if and .server (hasPrefix "s3://" .root.Values.payloadLog.url) }}
+{{- $buckets = append $buckets (printf "the payload logs' bucket (%s)" .root.Values.payloadLog.url) }}
 {{- end -}}
-# The models bucket ({{ $m.uri }}{{ with $m.s3.endpoint }} at {{ . }}{{ end }}).
+# The object store{{ with $m.s3.endpoint }} at {{ . }}{{ end }}: {{ join " and " $buckets }}.
 - ports:
     {{- range $ports | uniq }}
     - port: {{ . }}
@@ -246,6 +270,28 @@ Both empty: any destination on those ports.
         matchLabels:
           kubernetes.io/metadata.name: {{ . | quote }}
     {{- end }}
+  {{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "mnist-mlp.networkPolicy.payloadLogEgress" -}}
+{{- $url := .Values.payloadLog.url -}}
+{{- $np := .Values.networkPolicy.payloadLog -}}
+{{- if regexMatch "^https?://" $url }}
+{{- $u := urlParse $url }}
+{{- $ports := list (int (include "mnist-mlp.urlPort" $url)) }}
+{{- range $np.ports }}
+{{- $ports = append $ports (int .) }}
+{{- end -}}
+# The payload logs' CloudEvents sink ({{ $u.scheme }}://{{ $u.host }}).
+- ports:
+    {{- range $ports | uniq }}
+    - port: {{ . }}
+      protocol: TCP
+    {{- end }}
+  {{- with $np.to }}
+  to:
+    {{- toYaml . | nindent 4 }}
   {{- end }}
 {{- end }}
 {{- end }}
