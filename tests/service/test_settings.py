@@ -44,6 +44,10 @@ def test_defaults_and_every_variable():
     ("QUEUE_TIMEOUT_MAX", "0"), ("BACKLOG", "0"),
     ("WORKER_CONNECTIONS", "many"), ("GRPC_PORT", "65536"), ("GRPC_PORT", "-1"), ("GRPC_WORKERS", "0"),
     ("GRPC_MAX_CONNECTION_IDLE", "0"), ("GRPC_MAX_CONNECTION_AGE", "never"),
+    ("PAYLOAD_LOG_URL", "gs://bucket/logs"), ("PAYLOAD_LOG_URL", "http:///events"), ("PAYLOAD_LOG_EVENTS", "both"),
+    ("PAYLOAD_LOG_SAMPLE_RATE", "1.5"), ("PAYLOAD_LOG_FAILED", "maybe"), ("PAYLOAD_LOG_DATA", "2"),
+    ("PAYLOAD_LOG_QUEUE_EVENTS", "0"), ("PAYLOAD_LOG_QUEUE_BYTES", "lots"), ("PAYLOAD_LOG_TIMEOUT", "0"),
+    ("PAYLOAD_LOG_RETRIES", "-1"), ("PAYLOAD_LOG_BATCH_SECONDS", "0"), ("DRIFT_WINDOW", "-5"),
 ])
 def test_a_bad_value_names_its_variable(variable, value):
     with pytest.raises(ValueError, match=f"^{variable}=") as error:
@@ -55,6 +59,21 @@ def test_a_bad_value_names_its_variable(variable, value):
 def test_an_unsupported_uri_is_refused_rather_than_served_from_a_local_folder(uri):
     with pytest.raises(ValueError, match=f"^MODEL_DIR '{uri}': unsupported scheme"):
         Settings.from_env({"MODEL_DIR": uri})
+
+
+def test_payload_log_locations_and_switches():
+    assert Settings.from_env({}).payload_log_url is None  # off by default
+    assert Settings.from_env({"PAYLOAD_LOG_URL": "https://broker.example/ns"}).payload_log_url == \
+        "https://broker.example/ns"
+    assert Settings.from_env({"PAYLOAD_LOG_URL": "logs/payloads"}).payload_log_url == Path("logs/payloads")
+    assert Settings.from_env({"PAYLOAD_LOG_URL": "file:///var/log/p"}).payload_log_url == Path("/var/log/p")
+    assert Settings.from_env({"PAYLOAD_LOG_URL": "s3://bucket/p"}).payload_log_url == S3Location("bucket", "p")
+    settings = Settings.from_env({"PAYLOAD_LOG_EVENTS": "Response", "PAYLOAD_LOG_FAILED": "no",
+                                  "PAYLOAD_LOG_DATA": "OFF", "PAYLOAD_LOG_SAMPLE_RATE": "0.1", "DRIFT_WINDOW": "0",
+                                  "POD_NAMESPACE": "team-a"})
+    assert (settings.payload_log_events, settings.payload_log_failed, settings.payload_log_data) == \
+        ("response", False, False)
+    assert (settings.payload_log_sample_rate, settings.drift_window, settings.pod_namespace) == (0.1, 0, "team-a")
 
 
 def test_a_bucket_is_a_model_dir():

@@ -169,7 +169,10 @@ def _choice(environ, name: str, choices: tuple[str, ...], default: str) -> str:
 
 def _flag(environ, name: str, default: bool) -> bool:
     text = environ.get(name, "").strip()
-    return parse_bool(name, text) if text else default
+    try:
+        return parse_bool(name, text) if text else default
+    except ValueError:
+        raise ValueError(f"{name}={text!r} must be true or false") from None
 
 
 def _payload_location(environ) -> str | Path | S3Location | None:

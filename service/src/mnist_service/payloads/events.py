@@ -12,6 +12,7 @@ numbers, else FP32 in [0, 1]), and the outputs probabilities and labels, or {"er
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 
@@ -57,15 +58,22 @@ class Source:
     with_data: bool  # PAYLOAD_LOG_DATA
     max_data_bytes: int  # PAYLOAD_LOG_MAX_EVENT_BYTES
 
+    def attributes(self) -> dict[str, str]:
+        """The attributes every event of this process has."""
+        attrs = {"specversion": "1.0", "source": self.source, "inferenceservicename": self.model_name,
+                 "component": "predictor"}
+        return attrs | ({"namespace": self.namespace} if self.namespace else {})
 
-def attributes(exchange: Exchange, kind: str, source: Source) -> dict[str, str]:
-    """The event's context attributes, extensions included (without data and its content type)."""
-    attrs = {"specversion": "1.0", "id": exchange.id, "source": source.source, "type": TYPES[kind],
-             "time": _timestamp(exchange.arrived), "inferenceservicename": source.model_name,
-             "component": "predictor", "endpoint": "canary" if exchange.model_label == "canary" else "default",
+    @functools.cached_property
+    def headers(self) -> str:
+        return "".join(f"ce-{name}: {value}\r\n" for name, value in self.attributes().items())
+
+
+def exchange_attributes(exchange: Exchange) -> dict[str, str]:
+    """The attributes of both events of one exchange (not their type)."""
+    attrs = {"id": exchange.id, "time": _timestamp(exchange.arrived),
+             "endpoint": "canary" if exchange.model_label == "canary" else "default",
              "protocol": exchange.protocol, "status": str(exchange.status)}
-    if source.namespace:
-        attrs["namespace"] = source.namespace
     if exchange.model_version is not None:
         attrs["modelversion"] = str(exchange.model_version)
     if exchange.model_label:
@@ -89,8 +97,9 @@ def _request_body(exchange: Exchange) -> bytes | None:
     pixels = exchange.pixels
     if pixels is None:
         return None
-    whole = bool(np.array_equal(pixels, np.round(pixels)))
-    values = (pixels.astype(np.uint8) if whole else pixels / np.float32(255)).ravel()
+    as_bytes = pixels.astype(np.uint8)
+    whole = not (as_bytes != pixels).any()  # np.array_equal costs twice as much
+    values = (as_bytes if whole else pixels / np.float32(255)).ravel()
     tensor = {"name": INPUT, "shape": list(pixels.shape), "datatype": "UINT8" if whole else "FP32", "data": values}
     return orjson.dumps({"id": exchange.id, "inputs": [tensor]}, option=orjson.OPT_SERIALIZE_NUMPY)
 
@@ -106,17 +115,21 @@ def _response_body(exchange: Exchange, model_name: str) -> bytes:
                          "id": exchange.id, "outputs": outputs}, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
+@functools.lru_cache(maxsize=4)
+def _second(whole_seconds: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole_seconds))
+
+
 def _timestamp(seconds: float) -> str:
-    """RFC 3339 in UTC, to the microsecond."""
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{int(seconds % 1 * 1e6):06d}Z"
+    """RFC 3339 in UTC, to the microsecond (the events of one second share the formatting of it)."""
+    return f"{_second(int(seconds))}.{int(seconds % 1 * 1e6):06d}Z"
 
 
 def http_messages(exchange: Exchange, kinds: tuple[str, ...], source: Source, host: str, path: str) -> list[bytes]:
     """Each event of the exchange as one HTTP/1.1 request in binary content mode: attributes as ce-
     headers, those the events share written once."""
-    attrs = attributes(exchange, REQUEST, source)
-    del attrs["type"]
-    shared = "".join(f"ce-{name}: {value}\r\n" for name, value in attrs.items())
+    own = exchange_attributes(exchange)
+    shared = source.headers + "".join(f"ce-{name}: {value}\r\n" for name, value in own.items())
     messages = []
     for kind in kinds:
         body, omitted = data(exchange, kind, source)
@@ -134,7 +147,7 @@ def http_messages(exchange: Exchange, kinds: tuple[str, ...], source: Source, ho
 def json_line(exchange: Exchange, kind: str, source: Source) -> bytes:
     """The event in structured content mode, as one line of JSON (the file sink's format)."""
     body, omitted = data(exchange, kind, source)
-    attrs = attributes(exchange, kind, source)
+    attrs = {"type": TYPES[kind], **source.attributes(), **exchange_attributes(exchange)}
     if omitted:
         attrs["dataomitted"] = omitted
     if body is None:

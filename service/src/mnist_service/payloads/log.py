@@ -28,10 +28,10 @@ log = logging.getLogger(__name__)
 
 EVENT_KINDS = {"all": (events.REQUEST, events.RESPONSE), "request": (events.REQUEST,),
                "response": (events.RESPONSE,)}
-PIPELINE = 32  # events written to an HTTP sink in one go: about 0.5 ms of the sender's work at a time
-# A sender that finds fewer waits this long for more: a batch costs the sender (and the worker it
-# shares a CPU with) about as much as one event, so batches of one would cost the most.
-LINGER_SECONDS = 0.01
+PIPELINE = 128  # events written to an HTTP sink in one go: about 1 ms of the sender's work at a time
+# A sender that finds fewer waits this long for more: each batch costs the sender (and the worker it
+# shares a CPU with) switches and system calls besides its events, so batches of one would cost the most.
+LINGER_SECONDS = 0.02
 IDLE_SECONDS = 1.0  # an idle sender still wakes this often (gauges, file batches that are due)
 BACKOFF_SECONDS, BACKOFF_MAX_SECONDS = 0.1, 2.0
 SENT, FAILED, DROPPED, SAMPLED_OUT, SKIPPED = "sent", "failed", "dropped", "sampled_out", "skipped"
