@@ -34,7 +34,6 @@ class Exchange:
     arrived: float  # seconds since the epoch
     protocol: str  # http or grpc
     status: int | str  # HTTP status, or gRPC status code name
-    failed: bool
     model_version: int | None
     model_label: str | None
     pixels: np.ndarray | None  # (N, 784) on 0..255: what the model was given, when it ran

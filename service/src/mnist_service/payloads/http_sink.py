@@ -2,7 +2,7 @@
 
 A batch of events is written in one go and their answers read back in order (HTTP/1.1 pipelining):
 http.client spends about 190 us of CPU on each POST, as much as the inference request the event
-describes (bench/README.md, "Payload logging"), while a batch costs a few microseconds an event.
+describes (bench/README.md, "Payload logging and drift"), while a batch costs a few microseconds an event.
 Answers are parsed by httptools (llhttp, the parser of Node.js and uvicorn). An event whose answer
 is missing (the connection broke, the sink timed out) or says 408, 429 or 5xx is sent again, at most
 `retries` more times; any other answer is final. A sink that answers `Connection: close` has the

@@ -75,7 +75,7 @@ class PayloadLog:
             return self._count(SKIPPED)
         given = notes.get("inference_id")  # an id that goes into a header only if it is tame
         exchange = Exchange(given if given and access.REQUEST_ID.fullmatch(given) else request_id,
-                            time.time() - seconds, protocol, status, failed, notes.get("model_version"),
+                            time.time() - seconds, protocol, status, notes.get("model_version"),
                             notes.get("model_label"), notes.get("pixels"), notes.get("probabilities"),
                             notes.get("error"))
         size, count = exchange.nbytes(), len(self.kinds)
@@ -163,7 +163,7 @@ class PayloadLog:
         statuses: list[int | None] = [None] * len(messages)
         pending = list(range(len(messages)))
         for attempt in range(1 + self.retries):
-            if attempt and not self._pause(min(BACKOFF_SECONDS * 2 ** (attempt - 1), BACKOFF_MAX_SECONDS)):
+            if attempt and not self._pause_before(attempt):
                 break
             for i, status in zip(pending, self.sink.send([messages[i][1] for i in pending])):
                 statuses[i] = status
@@ -187,7 +187,7 @@ class PayloadLog:
     def _write_once(self, lines: list[bytes]) -> None:
         error = ""
         for attempt in range(1 + self.retries):
-            if attempt and not self._pause(min(BACKOFF_SECONDS * 2 ** (attempt - 1), BACKOFF_MAX_SECONDS)):
+            if attempt and not self._pause_before(attempt):
                 break
             try:
                 self.sink.write(lines)
@@ -201,8 +201,10 @@ class PayloadLog:
             self._count(FAILED, (kind,), len(lines) // len(self.kinds))
         self._note_health(len(lines), error)
 
-    def _pause(self, seconds: float) -> bool:
-        """Sleep before a retry; False when the shutdown deadline leaves no time for one."""
+    def _pause_before(self, attempt: int) -> bool:
+        """Back off before retry `attempt` (0.1 s, 0.2 s, ... at most 2 s); False when the shutdown
+        deadline leaves no time for it."""
+        seconds = min(BACKOFF_SECONDS * 2 ** (attempt - 1), BACKOFF_MAX_SECONDS)
         if time.monotonic() + seconds >= self.deadline:
             return False
         time.sleep(seconds)
